@@ -1,0 +1,137 @@
+"""The BiLSTM tagger of the method, for one task (single-task model) or many (the teacher).
+
+word embedding + character BiLSTM -> shared BiLSTM -> per task: BiLSTM -> hidden layer -> logits,
+followed by softmax or a linear-chain CRF per task.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kd.data.batching import Batch
+from kd.models.bilstm import BiLSTM, reversal_index
+from kd.models.crf import CRF
+
+OUTPUTS = ("softmax", "crf")
+
+
+@dataclass
+class TaggerConfig:
+    """Everything needed to rebuild the module; saved as JSON beside the weights."""
+
+    tasks: dict[str, int]  # task name -> number of tags, in head order
+    num_words: int
+    num_chars: int
+    output: str = "softmax"
+    word_dim: int = 100
+    char_dim: int = 25
+    char_hidden: int = 25
+    shared_hidden: int = 200
+    task_hidden: int = 200
+    hidden_dim: int = 200
+    dropout: float = 0.5
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, not {self.output!r}")
+        if not self.tasks:
+            raise ValueError("a tagger needs at least one task")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TaggerConfig":
+        return cls(**data)
+
+
+@dataclass
+class TaggerOutput:
+    """Per-token outputs of one task's head; distillation matches any of them."""
+
+    logits: torch.Tensor  # (B, T, K) emission scores
+    task_hidden: torch.Tensor  # (B, T, 2 * task_hidden)
+    shared_hidden: torch.Tensor  # (B, T, 2 * shared_hidden)
+    mask: torch.Tensor  # (B, T) bool, True at real tokens
+
+
+class TaskHead(nn.Module):
+    def __init__(self, config: TaggerConfig, num_tags: int) -> None:
+        super().__init__()
+        self.lstm = BiLSTM(2 * config.shared_hidden, config.task_hidden)
+        self.hidden = nn.Linear(2 * config.task_hidden, config.hidden_dim)
+        self.output = nn.Linear(config.hidden_dim, num_tags)
+        self.crf = CRF(num_tags) if config.output == "crf" else None
+
+
+class Tagger(nn.Module):
+    def __init__(self, config: TaggerConfig, word_vectors: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.task_names = list(config.tasks)
+        self.word_embedding = nn.Embedding(config.num_words, config.word_dim, padding_idx=0)
+        if word_vectors is not None:
+            if word_vectors.shape != (config.num_words, config.word_dim):
+                raise ValueError(f"word vectors have shape {word_vectors.shape}, expected "
+                                 f"{(config.num_words, config.word_dim)}")
+            self.word_embedding.weight.data.copy_(torch.from_numpy(word_vectors))
+        self.char_embedding = nn.Embedding(config.num_chars, config.char_dim, padding_idx=0)
+        self.char_lstm = BiLSTM(config.char_dim, config.char_hidden)
+        self.shared_lstm = BiLSTM(config.word_dim + 2 * config.char_hidden, config.shared_hidden)
+        # A ModuleList, not a ModuleDict keyed by task: corpus names may contain dots.
+        self.heads = nn.ModuleList(TaskHead(config, n) for n in config.tasks.values())
+        self.dropout = nn.Dropout(config.dropout)
+
+    def head(self, task: str) -> TaskHead:
+        try:
+            return self.heads[self.task_names.index(task)]
+        except ValueError:
+            raise KeyError(f"the model has no task {task!r}; it has {', '.join(self.task_names)}") from None
+
+    def crf(self, task: str) -> CRF | None:
+        return self.head(task).crf
+
+    def encode_shared(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shared BiLSTM states (B, T, 2H) and the batch's reversal index, reusable across heads."""
+        char_reverse = reversal_index(batch.form_lengths, batch.form_chars.shape[1]).to(batch.form_chars.device)
+        form_vectors = self.char_lstm.final_states(
+            self.char_embedding(batch.form_chars), batch.form_lengths, char_reverse)
+        token_chars = form_vectors[batch.form_index]
+        embedded = torch.cat([self.word_embedding(batch.words), token_chars.to(form_vectors.dtype)], dim=2)
+        reverse = reversal_index(batch.lengths, batch.words.shape[1]).to(batch.words.device)
+        shared = self.shared_lstm(self.dropout(embedded), reverse)
+        return shared, reverse
+
+    def run_head(self, task: str, shared: torch.Tensor, reverse: torch.Tensor, mask: torch.Tensor) -> TaggerOutput:
+        head = self.head(task)
+        task_states = head.lstm(self.dropout(shared), reverse)
+        hidden = torch.relu(head.hidden(self.dropout(task_states)))
+        logits = head.output(self.dropout(hidden))
+        return TaggerOutput(logits=logits, task_hidden=task_states, shared_hidden=shared, mask=mask)
+
+    def forward(self, batch: Batch, task: str | None = None) -> TaggerOutput:
+        if task is None:
+            if len(self.task_names) != 1:
+                raise ValueError("a multi-task model needs the task name")
+            task = self.task_names[0]
+        shared, reverse = self.encode_shared(batch)
+        return self.run_head(task, shared, reverse, batch.mask)
+
+    @torch.no_grad()
+    def decode(self, output: TaggerOutput, task: str | None = None) -> torch.Tensor:
+        """Best tag ids (B, T): Viterbi for a CRF head, per-token argmax otherwise."""
+        crf = self.crf(task or self.task_names[0])
+        if crf is None:
+            return output.logits.argmax(dim=2)
+        return crf.decode(output.logits.float(), output.mask)
+
+    def num_parameters(self, task: str | None = None) -> int:
+        """Parameters used by one task (all shared ones plus its own head), or by all tasks."""
+        heads = [self.head(task)] if task is not None else list(self.heads)
+        shared = [self.word_embedding, self.char_embedding, self.char_lstm, self.shared_lstm]
+        return sum(p.numel() for module in shared + heads for p in module.parameters())

@@ -1,0 +1,28 @@
+"""MLflow "model from code" for a kd tagger: MLflow stores this file, not a pickle, so loading a
+logged model runs only kd's own code and reads weights with `weights_only=True`.
+
+Input: a DataFrame with a column `tokens` (one list of tokens per sentence), or a list of token
+lists. Output: one list of IOB2 tags per sentence.
+"""
+from __future__ import annotations
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class KdTaggerModel(PythonModel):
+    def load_context(self, context) -> None:
+        from kd.models.inference import SavedTagger
+
+        self.tagger = SavedTagger(context.artifacts["tagger"])
+
+    def predict(self, context, model_input, params=None):
+        if hasattr(model_input, "columns"):
+            column = "tokens" if "tokens" in model_input.columns else model_input.columns[0]
+            sentences = [list(tokens) for tokens in model_input[column]]
+        else:
+            sentences = [list(tokens) for tokens in model_input]
+        return self.tagger.tag(sentences)
+
+
+mlflow.models.set_model(KdTaggerModel())

@@ -1,0 +1,100 @@
+"""An MLflow run driven through an explicit client: no global active run, so library code and
+tests can hold several runs (a study and its trials, a teacher and its cache) at once."""
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kd.errors import KdError
+
+# MLflow rejects longer param values.
+MAX_PARAM_LENGTH = 6000
+
+
+def git_commit(path: Path | None = None) -> str:
+    """The commit of the kd checkout the code runs from, or "unknown" for an installed copy."""
+    where = path or Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+class TrackedRun:
+    def __init__(self, client, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    @classmethod
+    def start(cls, client, experiment: str, run_name: str | None, tags: Mapping[str, str],
+              parent_run_id: str | None = None) -> "TrackedRun":
+        existing = client.get_experiment_by_name(experiment)
+        if existing is None:
+            try:
+                experiment_id = client.create_experiment(experiment)
+            except Exception:  # another process created it first
+                experiment_id = client.get_experiment_by_name(experiment).experiment_id
+        else:
+            experiment_id = existing.experiment_id
+        all_tags = {key: str(value) for key, value in tags.items()}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
+        return cls(client, run.info.run_id)
+
+    @classmethod
+    def resume(cls, client, run_id: str) -> "TrackedRun":
+        try:
+            run = client.get_run(run_id)
+        except Exception:
+            raise KdError(f"--resume {run_id}: no such run in the tracking store") from None
+        if run.info.status == "FINISHED":
+            raise KdError(f"--resume {run_id}: the run already finished")
+        client.update_run(run_id, status="RUNNING")
+        return cls(client, run_id)
+
+    def get(self):
+        return self.client.get_run(self.run_id)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start:start + 100])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[start:start + 500])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_json(self, data: Any, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            target = Path(directory) / Path(artifact_file).name
+            target.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+            parent = str(Path(artifact_file).parent)
+            self.log_artifact(target, None if parent == "." else parent)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)

@@ -1,0 +1,68 @@
+"""Tagging and entity-level scoring (seqeval, strict IOB2 matching)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from seqeval.metrics import classification_report
+from seqeval.scheme import IOB2
+
+from kd.data.batching import EncodedDataset, bucketed_batches
+from kd.data.types import Sentence
+from kd.data.vocab import Vocabularies
+from kd.models.tagger import Tagger
+from kd.training.device import autocast
+
+
+@dataclass
+class EntityScores:
+    precision: float
+    recall: float
+    f1: float
+    per_type: dict[str, dict[str, float]]  # type -> precision, recall, f1, support
+
+    def as_metrics(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}_precision": self.precision, f"{prefix}_recall": self.recall, f"{prefix}_f1": self.f1}
+
+
+def entity_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> EntityScores:
+    """Micro-averaged and per-type entity scores; an entity counts only if its type and both
+    boundaries match exactly."""
+    report = classification_report([list(s) for s in gold], [list(s) for s in predicted], mode="strict",
+                                   scheme=IOB2, output_dict=True, zero_division=0)
+    micro = report.pop("micro avg")
+    per_type = {name: {k: float(v) for k, v in values.items()} for name, values in report.items()
+                if not name.endswith(" avg")}
+    return EntityScores(precision=float(micro["precision"]), recall=float(micro["recall"]),
+                        f1=float(micro["f1-score"]), per_type=per_type)
+
+
+def as_sentences(token_lists: Sequence[Sequence[str]]) -> list[Sentence]:
+    """Wraps untagged token lists for encoding; the placeholder tags are never read."""
+    return [Sentence(tuple(tokens), ("O",) * len(tokens)) for tokens in token_lists]
+
+
+@torch.no_grad()
+def predict_tags(model: Tagger, dataset: EncodedDataset, vocabularies: Vocabularies, task: str,
+                 device: torch.device, precision: str = "fp32", batch_size: int = 256) -> list[list[str]]:
+    """Tag strings for every sentence of the dataset, in dataset order."""
+    was_training = model.training
+    model.eval()
+    tag_names = vocabularies.tags[task]
+    predictions: list[list[str]] = [[] for _ in range(len(dataset))]
+    for sentence_ids in bucketed_batches(dataset.lengths, batch_size, rng=None):
+        batch = dataset.batch(sentence_ids).to(device)
+        with autocast(device, precision):
+            output = model(batch, task)
+        best = model.decode(output, task).cpu().tolist()
+        for row, sentence_id in enumerate(batch.sentence_ids.tolist()):
+            predictions[sentence_id] = [tag_names[t] for t in best[row][: len(dataset.sentences[sentence_id])]]
+    model.train(was_training)
+    return predictions
+
+
+def evaluate(model: Tagger, dataset: EncodedDataset, vocabularies: Vocabularies, task: str,
+             device: torch.device, precision: str = "fp32") -> tuple[EntityScores, list[list[str]]]:
+    predicted = predict_tags(model, dataset, vocabularies, task, device, precision)
+    return entity_scores([s.tags for s in dataset.sentences], predicted), predicted

@@ -1,0 +1,139 @@
+"""Pieces every training job shares: corpus loading, model construction, run bookkeeping."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kd.data.batching import EncodedDataset
+from kd.data.corpora import available_splits, load_split, resolve_corpus_dir
+from kd.data.embeddings import embedding_matrix, read_word_vectors
+from kd.data.types import SPLITS, Sentence
+from kd.data.vocab import Vocabularies
+from kd.errors import KdError
+from kd.models.tagger import Tagger, TaggerConfig
+from kd.tracking.runs import TrackedRun
+from kd.training.loop import TrainingState
+
+
+@dataclass
+class ModelOptions:
+    output: str = "softmax"
+    word_dim: int = 100
+    char_dim: int = 25
+    char_hidden: int = 25
+    shared_hidden: int = 200
+    task_hidden: int = 200
+    hidden_dim: int = 200
+    dropout: float = 0.5
+    embeddings: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.output not in ("softmax", "crf"):
+            raise KdError(f"--output {self.output}: use softmax or crf")
+        if not 0 <= self.dropout < 1:
+            raise KdError(f"--dropout {self.dropout}: must be in [0, 1)")
+        for name in ("word_dim", "char_dim", "char_hidden", "shared_hidden", "task_hidden", "hidden_dim"):
+            if getattr(self, name) < 1:
+                raise KdError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+
+
+@dataclass
+class TaskData:
+    """One corpus: its name (the task) and the sentences of the splits that were asked for."""
+
+    name: str
+    directory: Path
+    splits: dict[str, list[Sentence]]
+
+    def sentences(self, splits: Sequence[str]) -> list[Sentence]:
+        return [s for split in splits for s in self.splits[split]]
+
+
+def parse_splits(value: str, option: str) -> list[str]:
+    splits = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = [s for s in splits if s not in SPLITS]
+    if not splits or unknown:
+        raise KdError(f"{option} {value}: use a comma-separated subset of {', '.join(SPLITS)}")
+    return splits
+
+
+def load_task(corpus: str, data_dir: Path | None, splits: Sequence[str], optional: Sequence[str] = ()) -> TaskData:
+    """Reads the `splits` of a corpus (an error if one is missing) and those of `optional` that exist."""
+    directory = resolve_corpus_dir(corpus, data_dir)
+    present = available_splits(directory)
+    missing = [s for s in splits if s not in present]
+    if missing:
+        raise KdError(f"{directory}: no {', '.join(missing)} split (found: {', '.join(present) or 'none'})")
+    wanted = dict.fromkeys([*splits, *(s for s in optional if s in present)])
+    return TaskData(name=directory.name, directory=directory,
+                    splits={split: load_split(directory, split) for split in wanted})
+
+
+def build_tagger(options: ModelOptions, vocabularies: Vocabularies, seed: int) -> tuple[Tagger, dict[str, Any]]:
+    """A freshly initialised tagger (deterministic for the seed) and facts worth logging."""
+    torch.manual_seed(seed)
+    word_vectors, facts = None, {}
+    word_dim = options.word_dim
+    if options.embeddings:
+        vector_words, vectors = read_word_vectors(options.embeddings, keep=set(vocabularies.words.items) | {
+            w.lower() for w in vocabularies.words.items})
+        word_dim = vectors.shape[1]
+        word_vectors, found = embedding_matrix(vocabularies.words.items, vector_words, vectors,
+                                               np.random.default_rng(seed))
+        facts = {"pretrained_words_found": found, "pretrained_dim": word_dim}
+    config = TaggerConfig(
+        tasks={task: len(tags) for task, tags in vocabularies.tags.items()},
+        num_words=len(vocabularies.words), num_chars=len(vocabularies.chars), output=options.output,
+        word_dim=word_dim, char_dim=options.char_dim, char_hidden=options.char_hidden,
+        shared_hidden=options.shared_hidden, task_hidden=options.task_hidden, hidden_dim=options.hidden_dim,
+        dropout=options.dropout)
+    model = Tagger(config, word_vectors=None if word_vectors is None else word_vectors.astype(np.float32))
+    return model, facts
+
+
+def encode(task: str, sentences: Sequence[Sentence], vocabularies: Vocabularies) -> EncodedDataset:
+    return EncodedDataset(sentences, vocabularies, task)
+
+
+def flatten_params(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}{key}": value for key, value in values.items()}
+
+
+def options_params(*groups: Any) -> dict[str, Any]:
+    """Every option of the given dataclasses as one flat dict of MLflow params."""
+    params: dict[str, Any] = {}
+    for group in groups:
+        params.update(asdict(group))
+    return params
+
+
+def checkpoint_file(checkpoint_dir: Path, run_id: str) -> Path:
+    return checkpoint_dir / f"{run_id}.pt"
+
+
+def resume_state(run: TrackedRun) -> tuple[TrainingState, Path]:
+    """The checkpoint a run left behind, from the path tagged on the run."""
+    path = run.get().data.tags.get("checkpoint")
+    if not path:
+        raise KdError(f"--resume {run.run_id}: the run has no checkpoint tag")
+    return TrainingState.load(path), Path(path)
+
+
+@contextlib.contextmanager
+def run_status(run: TrackedRun) -> Iterator[None]:
+    """Ends the run FINISHED, or FAILED/KILLED (resumable from its checkpoint) if the block raises."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        run.finish("KILLED")
+        raise
+    except BaseException:
+        run.finish("FAILED")
+        raise
+    run.finish("FINISHED")

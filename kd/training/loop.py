@@ -1,0 +1,168 @@
+"""The epoch loop shared by single-task models, teachers and students.
+
+What differs between them is passed in: which (task, batch) pairs make an epoch, the loss, and
+which optimizer steps for which task. The loop owns the rest: precision, gradient clipping,
+per-epoch evaluation and best-epoch selection, callbacks that may stop training, and an atomic
+checkpoint after every epoch from which a run resumes to the same result.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kd.data.batching import Batch
+from kd.errors import KdError
+from kd.models.tagger import Tagger
+from kd.training.device import autocast
+from kd.utils.atomic import atomic_path
+
+# (epoch, metrics of that epoch) -> True to stop training after this epoch.
+EpochCallback = Callable[[int, dict[str, float]], bool]
+# The batches of one epoch, drawn with the loop's generator so a resumed run draws the same ones.
+EpochPlan = Callable[[np.random.Generator], Iterable[tuple[str, Batch]]]
+# (task, batch on device) -> named loss terms; "loss" is the one minimised.
+LossFunction = Callable[[str, Batch], Mapping[str, torch.Tensor]]
+
+
+@dataclass
+class TrainingOptions:
+    epochs: int = 20
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    clip_norm: float = 5.0
+    seed: int = 1
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise KdError(f"--epochs {self.epochs}: must be at least 1")
+        if self.batch_size < 1:
+            raise KdError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.learning_rate <= 0:
+            raise KdError(f"--learning-rate {self.learning_rate}: must be positive")
+
+
+@dataclass
+class TrainingState:
+    """Everything a resumed run needs to continue exactly where it stopped."""
+
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_score: float | None = None
+    best_model: dict[str, torch.Tensor] | None = None
+    model: dict[str, torch.Tensor] | None = None
+    optimizers: dict[str, Any] = field(default_factory=dict)
+    torch_rng: torch.Tensor | None = None
+    numpy_rng: dict[str, Any] | None = None
+    job: dict[str, Any] | None = None  # the options of the run, so a resume needs none
+
+    def save(self, path: str | Path) -> None:
+        with atomic_path(path) as temporary:
+            torch.save(self.__dict__, temporary)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainingState":
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise KdError(f"{path}: checkpoint not found") from None
+        except Exception as error:  # a truncated or foreign file
+            raise KdError(f"{path}: not a readable kd checkpoint ({error})") from None
+        return cls(**data)
+
+
+@dataclass
+class TrainingResult:
+    state: TrainingState
+    stopped_early: bool
+
+
+def clone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+
+
+def train(
+    model: Tagger,
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    plan_epoch: EpochPlan,
+    loss_function: LossFunction,
+    options: TrainingOptions,
+    device: torch.device,
+    *,
+    evaluate_epoch: Callable[[int], dict[str, float]] | None = None,
+    selection_metric: str | None = None,
+    callbacks: Sequence[EpochCallback] = (),
+    log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
+    checkpoint_path: Path | None = None,
+    state: TrainingState | None = None,
+) -> TrainingResult:
+    """Trains for `options.epochs` epochs (or until a callback stops it).
+
+    `optimizers` maps each task to the optimizer that steps when a batch of that task is seen.
+    With `selection_metric`, the weights of the epoch with the highest value of that metric are
+    restored at the end; otherwise the last epoch's weights are kept. A `state` loaded from a
+    checkpoint (one with model weights) continues where it stopped.
+    """
+    state = state or TrainingState()
+    generator = np.random.default_rng(options.seed)
+    if state.model is not None:
+        try:
+            model.load_state_dict(state.model)
+        except RuntimeError as error:
+            raise KdError(f"the checkpoint does not fit this model (did the data change?): "
+                          f"{str(error).splitlines()[0]}") from None
+        for task, optimizer in optimizers.items():
+            optimizer.load_state_dict(state.optimizers[task])
+        torch.set_rng_state(state.torch_rng)
+        generator.bit_generator.state = state.numpy_rng
+    else:
+        torch.manual_seed(options.seed)
+
+    stopped_early = False
+    while state.epoch < options.epochs and not stopped_early:
+        epoch = state.epoch + 1
+        model.train()
+        sums: dict[str, float] = {}
+        batches = 0
+        for task, batch in plan_epoch(generator):
+            batch = batch.to(device)
+            optimizer = optimizers[task]
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, options.precision):
+                terms = loss_function(task, batch)
+            terms["loss"].backward()
+            if options.clip_norm > 0:
+                parameters = [p for group in optimizer.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(parameters, options.clip_norm)
+            optimizer.step()
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            batches += 1
+        metrics = {f"train_{name}": total / max(batches, 1) for name, total in sums.items()}
+        if evaluate_epoch is not None:
+            metrics.update(evaluate_epoch(epoch))
+        if selection_metric is not None:
+            score = metrics[selection_metric]
+            if state.best_score is None or score > state.best_score:
+                state.best_score, state.best_epoch, state.best_model = score, epoch, clone_state(model)
+        log_metrics(metrics, epoch)
+        state.history.append(metrics)
+        state.epoch = epoch
+        for callback in callbacks:
+            stopped_early = bool(callback(epoch, metrics)) or stopped_early
+        if checkpoint_path is not None:
+            state.model = clone_state(model)
+            state.optimizers = {task: optimizer.state_dict() for task, optimizer in optimizers.items()}
+            state.torch_rng = torch.get_rng_state()
+            state.numpy_rng = generator.bit_generator.state
+            state.save(checkpoint_path)
+
+    if selection_metric is not None and state.best_model is not None:
+        model.load_state_dict(state.best_model)
+    return TrainingResult(state=state, stopped_early=stopped_early)
