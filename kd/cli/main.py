@@ -1,6 +1,7 @@
 """The `kd` command line: thin wrappers that parse options and call the library."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from kd import __version__
 from kd.cli.data_cmd import data
 from kd.cli.errors import handle_errors
 from kd.cli.options import (apply_threads, as_path, build_model_options, build_training_options, data_dir_option,
-                            echo_result, model_options, tracking_client, tracking_uri, training_options)
+                            echo_result, model_options, project_run_id, tracking_client, tracking_uri, training_options)
 
 
 @click.group()
@@ -48,7 +49,8 @@ def train(task, data_dir, train_splits, eval_split, resume_run_id, device, threa
             train_splits=parse_splits(train_splits, "--train-splits"),
             eval_split=parse_splits(eval_split, "--eval-split")[0], device=device, experiment=experiment,
             run_name=run_name)
-    summary = train_single_task(job, tracking_client(), Path(checkpoint_dir), resume_run_id=resume_run_id)
+    summary = train_single_task(job, tracking_client(), Path(checkpoint_dir), resume_run_id=resume_run_id,
+                                attach_to=project_run_id())
     echo_result(as_json, {"run_id": summary.run_id, **summary.metrics})
 
 
@@ -74,6 +76,8 @@ def predict(model_ref, input_path, out_path, task, device) -> None:
 
 
 def main() -> None:
+    # Progress bars for copying local artifacts are noise in logs and CI.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     cli(prog_name="kd")
 
 

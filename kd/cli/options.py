@@ -83,6 +83,11 @@ def tracking_client():
     return open_client(resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI")))
 
 
+def project_run_id() -> str | None:
+    """The run `mlflow run` created for this process, if any."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
 def tracking_uri() -> str:
     from kd.tracking.store import resolve_tracking_uri
 

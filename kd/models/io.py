@@ -3,6 +3,7 @@ state dict). Loading never unpickles code: the weights load with `weights_only=T
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +53,14 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Sav
         raise KdError(f"{directory / CONFIG_FILE}: cannot read model description: {error}") from None
     if description.get("format_version") != FORMAT_VERSION:
         raise KdError(f"{directory / CONFIG_FILE}: unsupported model format {description.get('format_version')}")
-    model = Tagger(TaggerConfig.from_json(description["config"]))
-    state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
-    model.load_state_dict(state)
+    try:
+        model = Tagger(TaggerConfig.from_json(description["config"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise KdError(f"{directory / CONFIG_FILE}: invalid model description ({error})") from None
+    try:
+        state = torch.load(directory / WEIGHTS_FILE, map_location=device, weights_only=True)
+        model.load_state_dict(state)
+    except (OSError, RuntimeError, pickle.UnpicklingError) as error:
+        raise KdError(f"{directory / WEIGHTS_FILE}: cannot load weights ({str(error).splitlines()[0]})") from None
     model.to(device).eval()
     return SavedModel(model=model, vocabularies=Vocabularies.from_json(description["vocabularies"]))

@@ -26,10 +26,14 @@ def log_tagger_model(run: TrackedRun, model_directory: Path) -> None:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
+    import warnings
+
     package = Path(kd.__file__).resolve().parent
     signature = ModelSignature(inputs=Schema([ColSpec(Array(DataType.string), "tokens")]),
                                outputs=Schema([ColSpec(Array(DataType.string))]))
-    with tempfile.TemporaryDirectory() as staging:
+    with tempfile.TemporaryDirectory() as staging, warnings.catch_warnings():
+        # MLflow nags for an input example; the signature already documents the input.
+        warnings.filterwarnings("ignore", message=".*input example.*")
         target = Path(staging) / MODEL_ARTIFACT
         mlflow.pyfunc.save_model(
             path=str(target),

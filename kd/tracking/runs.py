@@ -33,7 +33,13 @@ class TrackedRun:
 
     @classmethod
     def start(cls, client, experiment: str, run_name: str | None, tags: Mapping[str, str],
-              parent_run_id: str | None = None) -> "TrackedRun":
+              parent_run_id: str | None = None, attach_to: str | None = None) -> "TrackedRun":
+        """A new run in `experiment`; or, with `attach_to`, the run that `mlflow run` created for
+        this process (its MLFLOW_RUN_ID), so a project run does not leave an empty twin."""
+        if attach_to:
+            run = cls(client, attach_to)
+            run.set_tags(tags)
+            return run
         existing = client.get_experiment_by_name(experiment)
         if existing is None:
             try:
@@ -65,7 +71,9 @@ class TrackedRun:
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+        # Params are immutable in MLflow; those `mlflow run` already logged from -P stay as given.
+        logged = self.get().data.params
+        items = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items() if key not in logged]
         for start in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[start:start + 100])
 

@@ -43,7 +43,22 @@ def open_client(uri: str):
     database = sqlite_path(uri)
     if database is None:
         return MlflowClient(tracking_uri=uri)
-    with _file_lock(database.with_name(database.name + ".lock")):
+    with _file_lock(database.with_name(database.name + ".lock")), _quiet("mlflow.store.db.utils", "alembic"):
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)  # creates and migrates the schema if needed
     return client
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """Hides MLflow's schema-creation chatter, which would bury a one-line error."""
+    import logging
+
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)

@@ -32,8 +32,9 @@ def entity_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[st
     report = classification_report([list(s) for s in gold], [list(s) for s in predicted], mode="strict",
                                    scheme=IOB2, output_dict=True, zero_division=0)
     micro = report.pop("micro avg")
-    per_type = {name: {k: float(v) for k, v in values.items()} for name, values in report.items()
-                if not name.endswith(" avg")}
+    per_type = {name: {"precision": float(values["precision"]), "recall": float(values["recall"]),
+                       "f1": float(values["f1-score"]), "support": float(values["support"])}
+                for name, values in report.items() if not name.endswith(" avg")}
     return EntityScores(precision=float(micro["precision"]), recall=float(micro["recall"]),
                         f1=float(micro["f1-score"]), per_type=per_type)
 

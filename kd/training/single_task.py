@@ -90,7 +90,7 @@ def log_final_artifacts(run: TrackedRun, model: Tagger, vocabularies: Vocabulari
 
 def train_single_task(job: SingleTaskJob | None, client, checkpoint_dir: Path, *,
                       callbacks: Sequence[EpochCallback] = (), resume_run_id: str | None = None,
-                      extra_tags: dict[str, str] | None = None) -> RunSummary:
+                      extra_tags: dict[str, str] | None = None, attach_to: str | None = None) -> RunSummary:
     """Trains, evaluates and logs one STM; with `resume_run_id`, continues that run from its
     checkpoint with the options it was started with (`job` is then ignored)."""
     state: TrainingState | None = None
@@ -114,7 +114,7 @@ def train_single_task(job: SingleTaskJob | None, client, checkpoint_dir: Path, *
     if state is None:
         run = TrackedRun.start(client, job.experiment, job.run_name, {
             "task": task, "model_kind": "stm", "output": job.model.output, "seed": job.training.seed,
-            "git_commit": git_commit(), **(extra_tags or {})})
+            "git_commit": git_commit(), **(extra_tags or {})}, attach_to=attach_to)
         run.log_params(job.params())
         checkpoint = checkpoint_file(checkpoint_dir, run.run_id).resolve()
         run.set_tags({"checkpoint": str(checkpoint)})

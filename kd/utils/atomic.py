@@ -50,15 +50,19 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    retired: Path | None = None
     try:
         yield staging
         if path.exists():
+            # A folder cannot be replaced in one rename: move the old one aside, and back on failure.
             retired = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
             os.replace(path, retired / "old")
-            os.replace(staging, path)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, path)
+        os.replace(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if retired is not None and not path.exists() and (retired / "old").exists():
+            os.replace(retired / "old", path)
         raise
+    finally:
+        if retired is not None:
+            shutil.rmtree(retired, ignore_errors=True)

@@ -1,0 +1,3 @@
+from kd.cli.main import main
+
+main()
