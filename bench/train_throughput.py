@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from seqeval.metrics import f1_score as conlleval_f1
 
+import kd
 from kd.data.batching import EncodedDataset, bucketed_batches
 from kd.data.vocab import Vocabularies, build_vocabularies
 from kd.errors import KdError
@@ -58,7 +59,15 @@ from kd.training.device import PRECISIONS, autocast
 from kd.training.evaluate import entity_scores, predict_tags
 from kd.training.jobs import ModelOptions, build_tagger, load_task
 from kd.training.loop import TrainingOptions, train
-from kd.training.single_task import single_task_plan, supervised_loss
+
+try:  # the single-task training job, wherever this version of kd keeps it
+    from kd.training.single_task import single_task_plan, supervised_loss
+except ImportError:
+    from kd.training.tagger_job import alternating_plan, supervised_loss
+
+    def single_task_plan(task: str, data: EncodedDataset, batch_size: int):
+        """With one corpus the multi-corpus plan is exactly the single-task one."""
+        return alternating_plan({task: data}, batch_size, "uniform")
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "datasets"
@@ -602,6 +611,7 @@ def environment(args: argparse.Namespace, corpus: Corpus) -> dict[str, Any]:
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "corpus": corpus.name,
         "epochs": args.epochs, "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+        "kd_path": str(Path(kd.__file__).resolve().parent),
         "train_sentences": len(corpus.train), "train_tokens": corpus.train.num_tokens,
         "test_sentences": len(corpus.test), "test_tokens": corpus.test.num_tokens,
         "num_tags": len(corpus.vocabularies.tags[corpus.name]),

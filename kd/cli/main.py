@@ -36,21 +36,88 @@ cli.add_command(data)
 def train(task, data_dir, train_splits, eval_split, resume_run_id, device, threads, experiment, run_name,
           checkpoint_dir, as_json, **kwargs) -> None:
     """Train a single-task model (STM) on one corpus."""
+    if not resume_run_id and not task:
+        raise click.UsageError("--task is required (or --resume RUN_ID)")
+    run_job([task] if task else [], "uniform", data_dir, train_splits, eval_split, resume_run_id, device, threads,
+            experiment, run_name, checkpoint_dir, as_json, kwargs)
+
+
+@cli.command("train-teacher")
+@click.option("--tasks", default=None, help="Comma-separated corpus names or folders, or `all` (every corpus under --data-dir).")
+@data_dir_option
+@click.option("--sampling", type=click.Choice(["uniform", "proportional"]), default="uniform", show_default=True,
+              help="How each step draws its corpus: uniformly, or in proportion to the corpus's batches.")
+@click.option("--train-splits", default="train,devel", show_default=True)
+@click.option("--eval-split", default="test", show_default=True)
+@click.option("--resume", "resume_run_id", default=None, help="Continue an interrupted run from its checkpoint.")
+@model_options
+@training_options
+@handle_errors
+def train_teacher(tasks, data_dir, sampling, train_splits, eval_split, resume_run_id, device, threads, experiment,
+                  run_name, checkpoint_dir, as_json, **kwargs) -> None:
+    """Train a multi-task teacher (MTM): shared layers, a head per corpus."""
+    from kd.data.corpora import discover_corpora
+
+    if not resume_run_id and not tasks:
+        raise click.UsageError("--tasks is required (or --resume RUN_ID)")
+    corpora = [] if not tasks else (
+        [str(p) for p in discover_corpora(as_path(data_dir))] if tasks.strip() == "all"
+        else [t.strip() for t in tasks.split(",") if t.strip()])
+    if not resume_run_id and len(corpora) < 2:
+        raise click.BadParameter("a multi-task teacher needs at least two corpora", param_hint="--tasks")
+    run_job(corpora, sampling, data_dir, train_splits, eval_split, resume_run_id, device, threads, experiment,
+            run_name, checkpoint_dir, as_json, kwargs)
+
+
+@cli.command("cache-logits")
+@click.option("--teacher", "teachers", required=True, help="Teacher run id, or several comma-separated (an ensemble).")
+@click.option("--tasks", default=None, help="Corpora to cache (default: all of the teacher's).")
+@data_dir_option
+@click.option("--splits", default="train,devel", show_default=True)
+@click.option("--layers", default="logits", show_default=True,
+              help="Comma-separated: logits, task (task BiLSTM), shared (shared BiLSTM), marginals (token posteriors).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--threads", type=int, default=None)
+@click.option("--experiment", default="kd", show_default=True)
+@click.option("--run-name", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the run id and metrics last.")
+@handle_errors
+def cache_logits(teachers, tasks, data_dir, splits, layers, dtype, batch_size, precision, device, threads, experiment,
+                 run_name, as_json) -> None:
+    """Run teacher(s) over corpora and cache their per-token outputs as an MLflow run."""
+    from kd.cache.build import CacheJob, build_cache
     from kd.training.jobs import parse_splits
-    from kd.training.single_task import SingleTaskJob, train_single_task
+
+    apply_threads(threads)
+    job = CacheJob(teacher_runs=[t.strip() for t in teachers.split(",") if t.strip()],
+                   tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
+                   splits=parse_splits(splits, "--splits"), layers=[l.strip() for l in layers.split(",") if l.strip()],
+                   dtype=dtype, data_dir=data_dir or None, device=device, precision=precision, batch_size=batch_size,
+                   experiment=experiment, run_name=run_name)
+    summary = build_cache(job, tracking_client(), tracking_uri(), attach_to=project_run_id())
+    echo_result(as_json, {"run_id": summary.run_id, "ensemble": summary.manifest.ensemble, **summary.metrics})
+
+
+def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_splits: str, eval_split: str,
+            resume_run_id: str | None, device: str, threads: int | None, experiment: str, run_name: str | None,
+            checkpoint_dir: str, as_json: bool, kwargs: dict) -> None:
+    """Shared by `train` and `train-teacher`: one corpus makes an STM, several an MTM."""
+    from kd.training.jobs import parse_splits
+    from kd.training.tagger_job import TaggerJob, run_tagger_job
 
     apply_threads(threads)
     job = None
     if not resume_run_id:
-        if not task:
-            raise click.UsageError("--task is required (or --resume RUN_ID)")
-        job = SingleTaskJob(
-            corpus=task, data_dir=data_dir, model=build_model_options(kwargs), training=build_training_options(kwargs),
-            train_splits=parse_splits(train_splits, "--train-splits"),
-            eval_split=parse_splits(eval_split, "--eval-split")[0], device=device, experiment=experiment,
-            run_name=run_name)
-    summary = train_single_task(job, tracking_client(), Path(checkpoint_dir), resume_run_id=resume_run_id,
-                                attach_to=project_run_id())
+        job = TaggerJob(
+            corpora=corpora, data_dir=data_dir or None, model=build_model_options(kwargs),
+            training=build_training_options(kwargs), train_splits=parse_splits(train_splits, "--train-splits"),
+            eval_split=parse_splits(eval_split, "--eval-split")[0], sampling=sampling, device=device,
+            experiment=experiment, run_name=run_name)
+    summary = run_tagger_job(job, tracking_client(), Path(checkpoint_dir), resume_run_id=resume_run_id,
+                             attach_to=project_run_id())
     echo_result(as_json, {"run_id": summary.run_id, **summary.metrics})
 
 

@@ -129,6 +129,23 @@ def resolve_corpus_dir(name_or_path: str, data_dir: Path | None) -> Path:
     raise KdError(f"corpus {name_or_path!r} not found: it is not a directory, and {where}; {hint}")
 
 
+def discover_corpora(data_dir: Path | None) -> list[Path]:
+    """Every folder directly under data_dir that holds a train split, sorted by name."""
+    if data_dir is None or not data_dir.is_dir():
+        raise KdError("`all` corpora needs a data directory (use --data-dir or set KD_DATA_DIR)")
+    found = sorted((entry for entry in data_dir.iterdir() if entry.is_dir() and split_path(entry, "train")),
+                   key=lambda entry: entry.name.lower())
+    if not found:
+        raise KdError(f"{data_dir}: no corpus folders with a train split")
+    return found
+
+
+def corpus_name(corpus_dir: Path) -> str:
+    """The task name of a corpus folder: its name, without the upstream `-IOB` suffix."""
+    name = corpus_dir.name
+    return name[:-4] if name.upper().endswith("-IOB") and len(name) > 4 else name
+
+
 def split_path(corpus_dir: Path, split: str) -> Path | None:
     """The file holding one split (`<split>.tsv`, `.conll`, `.txt` or `.iob2`), if any."""
     for suffix in SPLIT_SUFFIXES:

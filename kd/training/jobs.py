@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from kd.data.batching import EncodedDataset
-from kd.data.corpora import available_splits, load_split, resolve_corpus_dir
+from kd.data.corpora import available_splits, corpus_name, load_split, resolve_corpus_dir
 from kd.data.embeddings import embedding_matrix, read_word_vectors
 from kd.data.types import SPLITS, Sentence
 from kd.data.vocab import Vocabularies
@@ -71,7 +71,7 @@ def load_task(corpus: str, data_dir: Path | None, splits: Sequence[str], optiona
     if missing:
         raise KdError(f"{directory}: no {', '.join(missing)} split (found: {', '.join(present) or 'none'})")
     wanted = dict.fromkeys([*splits, *(s for s in optional if s in present)])
-    return TaskData(name=directory.name, directory=directory,
+    return TaskData(name=corpus_name(directory), directory=directory,
                     splits={split: load_split(directory, split) for split in wanted})
 
 

@@ -1,0 +1,254 @@
+"""Training a tagger on one corpus (the single-task model, STM) or many (the multi-task teacher,
+MTM), evaluated and tracked as one MLflow run.
+
+The two differ only in data and schedule: the MTM shares embeddings and the shared BiLSTM across
+corpora and has a head per corpus; each step draws one corpus and steps that corpus's own
+optimizer, which owns the shared parameters and that corpus's head. With one corpus this is exactly
+single-task training.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kd.data.batching import Batch, EncodedDataset, bucketed_batches
+from kd.data.conll import write_conll
+from kd.data.vocab import Vocabularies, build_vocabularies
+from kd.errors import KdError
+from kd.losses.supervised import hard_label_loss
+from kd.models.io import save_model
+from kd.models.tagger import Tagger
+from kd.tracking.models import log_tagger_model
+from kd.tracking.runs import TrackedRun, git_commit
+from kd.training.device import resolve_device
+from kd.training.evaluate import EntityScores, evaluate
+from kd.training.jobs import (ModelOptions, TaskData, build_tagger, checkpoint_file, load_task, options_params,
+                              resume_state, run_status)
+from kd.training.loop import EpochCallback, TrainingOptions, TrainingState, train
+
+SAMPLINGS = ("uniform", "proportional")
+
+
+@dataclass
+class TaggerJob:
+    corpora: list[str]
+    data_dir: str | None = None
+    model: ModelOptions = field(default_factory=ModelOptions)
+    training: TrainingOptions = field(default_factory=TrainingOptions)
+    train_splits: list[str] = field(default_factory=lambda: ["train", "devel"])
+    eval_split: str = "test"
+    sampling: str = "uniform"
+    device: str = "auto"
+    experiment: str = "kd"
+    run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.corpora:
+            raise KdError("no corpus given")
+        if self.sampling not in SAMPLINGS:
+            raise KdError(f"--sampling {self.sampling}: use one of {', '.join(SAMPLINGS)}")
+
+    @property
+    def model_kind(self) -> str:
+        return "stm" if len(self.corpora) == 1 else "mtm"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TaggerJob":
+        data = dict(data)
+        data["model"] = ModelOptions(**data["model"])
+        data["training"] = TrainingOptions(**data["training"])
+        return cls(**data)
+
+    def params(self) -> dict[str, Any]:
+        params = {"corpora": ",".join(self.corpora), "train_splits": ",".join(self.train_splits),
+                  "eval_split": self.eval_split, "device": self.device, **options_params(self.model, self.training)}
+        if self.model_kind == "mtm":
+            params["sampling"] = self.sampling
+        return params
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    metrics: dict[str, float]
+
+
+def alternating_plan(datasets: dict[str, EncodedDataset], batch_size: int, sampling: str):
+    """An epoch is as many steps as the batches of all corpora together. Each step draws a corpus
+    (uniformly, or in proportion to its number of batches) and takes that corpus's next batch of
+    its shuffled, length-bucketed batches, reshuffled when they run out. With one corpus, an
+    epoch is each of its batches once."""
+    names = list(datasets)
+
+    def shuffled(task: str, generator: np.random.Generator) -> deque[np.ndarray]:
+        return deque(bucketed_batches(datasets[task].lengths, batch_size, generator))
+
+    def plan(generator: np.random.Generator) -> Iterator[tuple[str, Batch]]:
+        queues = {task: shuffled(task, generator) for task in names}
+        if len(names) == 1:
+            task = names[0]
+            for sentence_ids in queues[task]:
+                yield task, datasets[task].batch(sentence_ids)
+            return
+        counts = np.array([len(queues[task]) for task in names], dtype=np.float64)
+        weights = counts / counts.sum() if sampling == "proportional" else np.full(len(names), 1 / len(names))
+        for index in generator.choice(len(names), size=int(counts.sum()), p=weights):
+            task = names[index]
+            if not queues[task]:
+                queues[task] = shuffled(task, generator)
+            yield task, datasets[task].batch(queues[task].popleft())
+    return plan
+
+
+def supervised_loss(model: Tagger):
+    def loss(task: str, batch: Batch) -> dict[str, torch.Tensor]:
+        return {"loss": hard_label_loss(model(batch, task), batch.tags, model.crf(task))}
+    return loss
+
+
+def task_optimizers(model: Tagger, learning_rate: float) -> dict[str, torch.optim.Optimizer]:
+    """One Adam per task over the shared parameters and that task's head, as in the method."""
+    shared = [p for module in (model.word_embedding, model.char_embedding, model.char_lstm, model.shared_lstm)
+              for p in module.parameters()]
+    return {task: torch.optim.Adam(shared + list(model.head(task).parameters()), lr=learning_rate)
+            for task in model.task_names}
+
+
+def metric_names(split: str, scores: dict[str, EntityScores]) -> dict[str, float]:
+    """`<split>_f1` etc.; with several corpora also `<split>_f1/<corpus>`, the plain names then
+    being macro averages over corpora."""
+    if len(scores) == 1:
+        return next(iter(scores.values())).as_metrics(split)
+    metrics: dict[str, float] = {}
+    for task, task_scores in scores.items():
+        metrics.update({f"{name}/{task}": value for name, value in task_scores.as_metrics(split).items()})
+    for name in ("precision", "recall", "f1"):
+        metrics[f"{split}_{name}"] = float(np.mean([getattr(s, name) for s in scores.values()]))
+    return metrics
+
+
+class Evaluator:
+    """Scores every task of one split and keeps the predictions for logging."""
+
+    def __init__(self, model: Tagger, vocabularies: Vocabularies, datasets: dict[str, EncodedDataset],
+                 device: torch.device, precision: str) -> None:
+        self.model, self.vocabularies, self.datasets = model, vocabularies, datasets
+        self.device, self.precision = device, precision
+
+    def run(self) -> tuple[dict[str, EntityScores], dict[str, list[list[str]]]]:
+        scores, predictions = {}, {}
+        for task, dataset in self.datasets.items():
+            scores[task], predictions[task] = evaluate(self.model, dataset, self.vocabularies, task, self.device,
+                                                       self.precision)
+        return scores, predictions
+
+
+def log_final_artifacts(run: TrackedRun, model: Tagger, vocabularies: Vocabularies, job_dict: dict[str, Any],
+                        evaluators: dict[str, Evaluator],
+                        results: dict[str, tuple[dict[str, EntityScores], dict[str, list[list[str]]]]]) -> None:
+    """The model (pyfunc), its config, predictions per split (and corpus) as CoNLL, per-type reports."""
+    reports: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as staging:
+        staging = Path(staging)
+        log_tagger_model(run, save_model(model, vocabularies, staging / "tagger"))
+        for split, (scores, predictions) in results.items():
+            single = len(predictions) == 1
+            for task, predicted in predictions.items():
+                dataset = evaluators[split].datasets[task]
+                target = staging / split / (f"{split}.conll" if single else f"{task}.conll")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_conll([s.tokens for s in dataset.sentences], predicted, target)
+                run.log_artifact(target, "predictions" if single else f"predictions/{split}")
+            reports[split] = {task: {"precision": s.precision, "recall": s.recall, "f1": s.f1,
+                                     "per_type": s.per_type} for task, s in scores.items()}
+    run.log_json(job_dict, "config.json")
+    run.log_json(reports, "report.json")
+
+
+def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
+                   callbacks: Sequence[EpochCallback] = (), resume_run_id: str | None = None,
+                   attach_to: str | None = None) -> RunSummary:
+    """Trains, evaluates and logs one STM or MTM. With `resume_run_id`, continues that run from its
+    checkpoint with the options it was started with (`job` is then ignored); `attach_to` logs into
+    an existing run (the one `mlflow run` made) instead of creating one."""
+    state: TrainingState | None = None
+    if resume_run_id:
+        run = TrackedRun.resume(client, resume_run_id)
+        state, checkpoint = resume_state(run)
+        job = TaggerJob.from_dict(state.job)
+    assert job is not None
+    device = resolve_device(job.device)
+    held_out_devel = "devel" not in job.train_splits
+    tasks: dict[str, TaskData] = {}
+    for corpus in job.corpora:
+        data = load_task(corpus, _path(job.data_dir), [*job.train_splits, job.eval_split],
+                         optional=["devel"] if held_out_devel else [])
+        if data.name in tasks:
+            raise KdError(f"corpus {data.name} given twice")
+        tasks[data.name] = data
+    held_out_devel = held_out_devel and all("devel" in data.splits for data in tasks.values())
+    vocabularies = build_vocabularies({name: data.sentences(job.train_splits) for name, data in tasks.items()})
+    model, facts = build_tagger(job.model, vocabularies, job.training.seed)
+    model.to(device)
+
+    def encode(split_of: dict[str, list]) -> dict[str, EncodedDataset]:
+        return {name: EncodedDataset(sentences, vocabularies, name) for name, sentences in split_of.items()}
+
+    train_data = encode({name: data.sentences(job.train_splits) for name, data in tasks.items()})
+    evaluators = {job.eval_split: Evaluator(model, vocabularies, encode(
+        {name: data.splits[job.eval_split] for name, data in tasks.items()}), device, job.training.precision)}
+    if held_out_devel and job.eval_split != "devel":
+        evaluators["devel"] = Evaluator(model, vocabularies, encode(
+            {name: data.splits["devel"] for name, data in tasks.items()}), device, job.training.precision)
+
+    if state is None:
+        run = TrackedRun.start(client, job.experiment, job.run_name, {
+            "task": ",".join(tasks), "model_kind": job.model_kind, "output": job.model.output,
+            "seed": job.training.seed, "git_commit": git_commit()}, attach_to=attach_to)
+        run.log_params(job.params())
+        checkpoint = checkpoint_file(checkpoint_dir, run.run_id).resolve()
+        run.set_tags({"checkpoint": str(checkpoint)})
+        state = TrainingState(job=job.to_dict())
+    with run_status(run):
+        run.log_metrics({"num_parameters": model.num_parameters(),
+                         "train_tokens": sum(d.num_tokens for d in train_data.values()),
+                         **{k: float(v) for k, v in facts.items()}})
+
+        def evaluate_devel(epoch: int) -> dict[str, float]:
+            scores, _ = evaluators["devel"].run()
+            return {k: v for k, v in metric_names("devel", scores).items() if k.startswith("devel_f1")}
+
+        result = train(
+            model, task_optimizers(model, job.training.learning_rate),
+            alternating_plan(train_data, job.training.batch_size, job.sampling),
+            supervised_loss(model), job.training, device,
+            evaluate_epoch=evaluate_devel if held_out_devel else None,
+            selection_metric="devel_f1" if held_out_devel else None,
+            callbacks=callbacks, log_metrics=run.log_metrics, checkpoint_path=checkpoint, state=state)
+
+        final: dict[str, float] = {}
+        results = {}
+        for split, evaluator in evaluators.items():
+            results[split] = evaluator.run()
+            final.update(metric_names(split, results[split][0]))
+        if result.state.best_epoch is not None:
+            final["best_epoch"] = float(result.state.best_epoch)
+        final["epochs_trained"] = float(result.state.epoch)
+        run.log_metrics(final, step=result.state.epoch)
+        log_final_artifacts(run, model, vocabularies, job.to_dict(), evaluators, results)
+    checkpoint.unlink(missing_ok=True)
+    return RunSummary(run_id=run.run_id, metrics=final)
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
