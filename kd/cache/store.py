@@ -158,7 +158,8 @@ class CachedTargets:
     def __init__(self, reader: CacheReader, task: str, splits: Sequence[str],
                  sentences: Sequence[Sequence[str]], layers: Sequence[str], tags: Sequence[str] = ()) -> None:
         """`tags`: the gold tags of the student's data, which must all be tags the teacher knows."""
-        unknown_tags = sorted(set(tags) - set(reader.split(task, splits[0]) and reader.manifest.tasks[task]))
+        parts = [reader.split(task, split) for split in splits]
+        unknown_tags = sorted(set(tags) - set(reader.manifest.tasks[task]))
         if unknown_tags:
             raise KdError(f"the cache's tag set for {task} lacks {', '.join(unknown_tags)}: "
                           f"the cache belongs to other data or another tag scheme")
@@ -166,7 +167,6 @@ class CachedTargets:
         if missing:
             raise KdError(f"the cache has no {', '.join(missing)} layer(s); it has "
                           f"{', '.join(reader.manifest.layers)} (re-run kd cache-logits --layers ...)")
-        parts = [reader.split(task, split) for split in splits]
         expected = np.concatenate([p.hashes for p in parts]) if parts else np.zeros(0, np.uint64)
         actual = sentence_hashes(sentences)
         if len(expected) != len(actual):
