@@ -141,6 +141,7 @@ def test_resume_after_interruption_reaches_the_same_result(data_dir, tracking, m
     assert losses(run_id) == losses(straight["run_id"])
     assert client.get_run(run_id).info.status == "FINISHED"
     assert not Path(interrupted[0].data.tags["checkpoint"]).exists()
+    assert "checkpoint" not in client.get_run(run_id).data.tags
 
 
 def test_bad_corpus_line_is_one_line_error_and_no_run(data_dir, tracking):

@@ -101,10 +101,46 @@ def cache_logits(teachers, tasks, data_dir, splits, layers, dtype, batch_size, p
     echo_result(as_json, {"run_id": summary.run_id, "ensemble": summary.manifest.ensemble, **summary.metrics})
 
 
+@cli.command()
+@click.option("--task", default=None, help="Corpus name (found under --data-dir) or folder.")
+@click.option("--cache", "cache_run", default=None, help="Cache run id (kd cache-logits): the fast path.")
+@click.option("--teacher", "teachers", default=None, help="Teacher run id(s), run live: for users without a cache.")
+@click.option("--loss", default="logits", show_default=True,
+              help="logits (eq. 2), intermediate (eq. 3-4), soft (eq. 5), kl, marginals.")
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the hard-label term.")
+@click.option("--beta", type=float, default=None,
+              help="Weight of the logit/soft term (default 1 - alpha; a negative value means the default).")
+@click.option("--gamma", type=float, default=0.0, show_default=True, help="Weight of the task BiLSTM MSE.")
+@click.option("--kappa", type=float, default=0.0, show_default=True, help="Weight of the shared BiLSTM MSE.")
+@click.option("--tau", type=float, default=1.0, show_default=True, help="Temperature of soft and kl.")
+@data_dir_option
+@click.option("--train-splits", default="train,devel", show_default=True)
+@click.option("--eval-split", default="test", show_default=True)
+@click.option("--resume", "resume_run_id", default=None, help="Continue an interrupted run from its checkpoint.")
+@model_options
+@training_options
+@handle_errors
+def distill(task, cache_run, teachers, loss, alpha, beta, gamma, kappa, tau, data_dir, train_splits, eval_split,
+            resume_run_id, device, threads, experiment, run_name, checkpoint_dir, as_json, **kwargs) -> None:
+    """Train a single-task student from a teacher's cache or live teacher(s)."""
+    from kd.training.distillation import DistillOptions
+
+    options = None
+    if not resume_run_id:
+        if not task:
+            raise click.UsageError("--task is required (or --resume RUN_ID)")
+        options = DistillOptions(loss=loss, alpha=alpha, beta=None if beta is None or beta < 0 else beta, gamma=gamma, kappa=kappa, tau=tau,
+                                 cache_run=cache_run or None,
+                                 teacher_runs=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None)
+    run_job([task] if task else [], "uniform", data_dir, train_splits, eval_split, resume_run_id, device, threads,
+            experiment, run_name, checkpoint_dir, as_json, kwargs, distill=options)
+
+
 def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_splits: str, eval_split: str,
             resume_run_id: str | None, device: str, threads: int | None, experiment: str, run_name: str | None,
-            checkpoint_dir: str, as_json: bool, kwargs: dict) -> None:
-    """Shared by `train` and `train-teacher`: one corpus makes an STM, several an MTM."""
+            checkpoint_dir: str, as_json: bool, kwargs: dict, distill=None) -> None:
+    """Shared by `train`, `train-teacher` and `distill`: one corpus makes an STM, several an MTM,
+    distillation options a student."""
     from kd.training.jobs import parse_splits
     from kd.training.tagger_job import TaggerJob, run_tagger_job
 
@@ -115,7 +151,7 @@ def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_split
             corpora=corpora, data_dir=data_dir or None, model=build_model_options(kwargs),
             training=build_training_options(kwargs), train_splits=parse_splits(train_splits, "--train-splits"),
             eval_split=parse_splits(eval_split, "--eval-split")[0], sampling=sampling, device=device,
-            experiment=experiment, run_name=run_name)
+            experiment=experiment, run_name=run_name, distill=distill)
     summary = run_tagger_job(job, tracking_client(), Path(checkpoint_dir), resume_run_id=resume_run_id,
                              attach_to=project_run_id())
     echo_result(as_json, {"run_id": summary.run_id, **summary.metrics})

@@ -17,7 +17,6 @@ import torch
 
 from kd.data.batching import Batch
 from kd.errors import KdError
-from kd.models.tagger import Tagger
 from kd.training.device import autocast
 from kd.utils.atomic import atomic_path
 
@@ -88,7 +87,7 @@ def clone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def train(
-    model: Tagger,
+    model: torch.nn.Module,
     optimizers: Mapping[str, torch.optim.Optimizer],
     plan_epoch: EpochPlan,
     loss_function: LossFunction,

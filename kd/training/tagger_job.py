@@ -28,6 +28,8 @@ from kd.models.tagger import Tagger
 from kd.tracking.models import log_tagger_model
 from kd.tracking.runs import TrackedRun, git_commit
 from kd.training.device import resolve_device
+from kd.training.distillation import (CachedTargetSource, DistillOptions, LiveTargetSource, StudentModel,
+                                      distillation_loss)
 from kd.training.evaluate import EntityScores, evaluate
 from kd.training.jobs import (ModelOptions, TaskData, build_tagger, checkpoint_file, load_task, options_params,
                               resume_state, run_status)
@@ -48,15 +50,20 @@ class TaggerJob:
     device: str = "auto"
     experiment: str = "kd"
     run_name: str | None = None
+    distill: DistillOptions | None = None  # set for a student
 
     def __post_init__(self) -> None:
         if not self.corpora:
             raise KdError("no corpus given")
         if self.sampling not in SAMPLINGS:
             raise KdError(f"--sampling {self.sampling}: use one of {', '.join(SAMPLINGS)}")
+        if self.distill is not None and len(self.corpora) != 1:
+            raise KdError("a student learns one corpus")
 
     @property
     def model_kind(self) -> str:
+        if self.distill is not None:
+            return "student"
         return "stm" if len(self.corpora) == 1 else "mtm"
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,6 +74,8 @@ class TaggerJob:
         data = dict(data)
         data["model"] = ModelOptions(**data["model"])
         data["training"] = TrainingOptions(**data["training"])
+        if data.get("distill") is not None:
+            data["distill"] = DistillOptions(**data["distill"])
         return cls(**data)
 
     def params(self) -> dict[str, Any]:
@@ -74,6 +83,12 @@ class TaggerJob:
                   "eval_split": self.eval_split, "device": self.device, **options_params(self.model, self.training)}
         if self.model_kind == "mtm":
             params["sampling"] = self.sampling
+        if self.distill is not None:
+            weights = self.distill.weights()
+            params.update({"loss": self.distill.loss, "alpha": weights.alpha, "beta": weights.beta,
+                           "gamma": weights.gamma, "kappa": weights.kappa, "tau": weights.tau,
+                           "cache_run": self.distill.cache_run or "",
+                           "teacher_runs": ",".join(self.distill.teacher_runs or [])})
         return params
 
 
@@ -198,8 +213,18 @@ def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
         tasks[data.name] = data
     held_out_devel = held_out_devel and all("devel" in data.splits for data in tasks.values())
     vocabularies = build_vocabularies({name: data.sentences(job.train_splits) for name, data in tasks.items()})
+    teacher = TeacherKnowledge.gather(job, client, next(iter(tasks.values())), device) if job.distill else None
+    if teacher is not None:
+        # The student's logits must line up with the teacher's: it takes the teacher's tag order.
+        vocabularies.tags = {teacher.task: teacher.tags}
     model, facts = build_tagger(job.model, vocabularies, job.training.seed)
     model.to(device)
+    trained: torch.nn.Module = model
+    loss_function = supervised_loss(model)
+    if teacher is not None:
+        trained = StudentModel(model, teacher.widths, job.distill.layers).to(device)
+        loss_function = distillation_loss(trained, job.distill, teacher.source(
+            next(iter(tasks.values())).sentences(job.train_splits), job.train_splits, job.distill.layers, device))
 
     def encode(split_of: dict[str, list]) -> dict[str, EncodedDataset]:
         return {name: EncodedDataset(sentences, vocabularies, name) for name, sentences in split_of.items()}
@@ -214,7 +239,9 @@ def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
     if state is None:
         run = TrackedRun.start(client, job.experiment, job.run_name, {
             "task": ",".join(tasks), "model_kind": job.model_kind, "output": job.model.output,
-            "seed": job.training.seed, "git_commit": git_commit()}, attach_to=attach_to)
+            "seed": job.training.seed, "git_commit": git_commit(),
+            **({"loss": job.distill.loss, **teacher.run_tags()} if teacher else {})},
+            attach_to=attach_to)
         run.log_params(job.params())
         checkpoint = checkpoint_file(checkpoint_dir, run.run_id).resolve()
         run.set_tags({"checkpoint": str(checkpoint)})
@@ -222,16 +249,19 @@ def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
     with run_status(run):
         run.log_metrics({"num_parameters": model.num_parameters(),
                          "train_tokens": sum(d.num_tokens for d in train_data.values()),
+                         **({"teacher_parameters": float(teacher.parameters)} if teacher else {}),
                          **{k: float(v) for k, v in facts.items()}})
 
         def evaluate_devel(epoch: int) -> dict[str, float]:
             scores, _ = evaluators["devel"].run()
             return {k: v for k, v in metric_names("devel", scores).items() if k.startswith("devel_f1")}
 
+        optimizers = task_optimizers(model, job.training.learning_rate)
+        if trained is not model and len(trained.projections):
+            next(iter(optimizers.values())).add_param_group({"params": list(trained.projections.parameters())})
         result = train(
-            model, task_optimizers(model, job.training.learning_rate),
-            alternating_plan(train_data, job.training.batch_size, job.sampling),
-            supervised_loss(model), job.training, device,
+            trained, optimizers, alternating_plan(train_data, job.training.batch_size, job.sampling),
+            loss_function, job.training, device,
             evaluate_epoch=evaluate_devel if held_out_devel else None,
             selection_metric="devel_f1" if held_out_devel else None,
             callbacks=callbacks, log_metrics=run.log_metrics, checkpoint_path=checkpoint, state=state)
@@ -247,7 +277,62 @@ def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
         run.log_metrics(final, step=result.state.epoch)
         log_final_artifacts(run, model, vocabularies, job.to_dict(), evaluators, results)
     checkpoint.unlink(missing_ok=True)
+    client.delete_tag(run.run_id, "checkpoint")
     return RunSummary(run_id=run.run_id, metrics=final)
+
+
+@dataclass
+class TeacherKnowledge:
+    """What a student learns from, whether it comes from a cache run or from live teachers."""
+
+    task: str
+    tags: list[str]
+    widths: dict[str, int]
+    ensemble: str
+    teacher_runs: list[str]
+    cache_run: str | None
+    parameters: int
+    reader: Any = None
+    teachers: Any = None
+
+    @classmethod
+    def gather(cls, job: TaggerJob, client, data: TaskData, device: torch.device) -> "TeacherKnowledge":
+        options = job.distill
+        task = data.name
+        if options.cache_run:
+            from kd.cache.build import open_cache_run
+
+            reader, _ = open_cache_run(options.cache_run, client, client.tracking_uri)
+            manifest = reader.manifest
+            if task not in manifest.tasks:
+                raise KdError(f"--cache {options.cache_run}: the cache has no corpus {task!r}; it has "
+                              f"{', '.join(manifest.tasks)}")
+            missing = [s for s in job.train_splits if s not in manifest.splits[task]]
+            if missing:
+                raise KdError(f"--cache {options.cache_run}: {task} has no cached {', '.join(missing)} split "
+                              f"(cached: {', '.join(manifest.splits[task])})")
+            return cls(task=task, tags=manifest.tasks[task], widths=manifest.widths[task], ensemble=manifest.ensemble,
+                       teacher_runs=manifest.teacher_runs, cache_run=options.cache_run,
+                       parameters=manifest.teacher_parameters.get(task, 0), reader=reader)
+        from kd.cache.teachers import check_ensemble, ensemble_kind, layer_widths, load_teacher
+
+        teachers = [load_teacher(run_id, client, client.tracking_uri, device) for run_id in options.teacher_runs]
+        check_ensemble(teachers)
+        if task not in teachers[0].model.task_names:
+            raise KdError(f"--teacher: the teacher has no corpus {task!r}; it has "
+                          f"{', '.join(teachers[0].model.task_names)}")
+        return cls(task=task, tags=list(teachers[0].vocabularies.tags[task]), widths=layer_widths(teachers[0], task),
+                   ensemble=ensemble_kind(teachers), teacher_runs=list(options.teacher_runs), cache_run=None,
+                   parameters=max(t.model.num_parameters(task) for t in teachers), teachers=teachers)
+
+    def source(self, sentences, splits, layers, device):
+        if self.reader is not None:
+            return CachedTargetSource(self.reader, self.task, splits, sentences, layers, device)
+        return LiveTargetSource(self.teachers, self.task, sentences, layers, device)
+
+    def run_tags(self) -> dict[str, str]:
+        return {"cache_run": self.cache_run or "", "teacher_runs": ",".join(self.teacher_runs),
+                "ensemble": self.ensemble}
 
 
 def _path(value: str | None) -> Path | None:

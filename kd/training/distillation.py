@@ -1,0 +1,122 @@
+"""What a student needs beyond single-task training: the teacher's targets for each batch (from
+a cache, or from live teachers), projections when the student is smaller than its teacher, and
+the distillation loss."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from kd.data.batching import Batch, EncodedDataset
+from kd.data.types import Sentence
+from kd.errors import KdError
+from kd.losses.distill import DistillWeights, StudentView, get_loss
+from kd.models.tagger import Tagger
+
+
+@dataclass
+class DistillOptions:
+    loss: str = "logits"
+    alpha: float = 0.5
+    beta: float | None = None  # None: 1 - alpha
+    gamma: float = 0.0
+    kappa: float = 0.0
+    tau: float = 1.0
+    cache_run: str | None = None
+    teacher_runs: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        get_loss(self.loss)
+        if (self.cache_run is None) == (not self.teacher_runs):
+            raise KdError("give exactly one of --cache RUN_ID and --teacher RUN_ID[,RUN_ID...]")
+        if self.tau <= 0:
+            raise KdError(f"--tau {self.tau}: must be positive")
+        for name in ("alpha", "beta", "gamma", "kappa"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise KdError(f"--{name} {value}: must not be negative")
+        if self.loss != "intermediate" and (self.gamma or self.kappa):
+            raise KdError(f"--gamma/--kappa apply to --loss intermediate, not {self.loss}")
+        weights = self.weights()
+        if not any((weights.alpha, weights.beta, weights.gamma, weights.kappa)):
+            raise KdError("all loss weights are zero: nothing to learn from")
+
+    def weights(self) -> DistillWeights:
+        beta = 1.0 - self.alpha if self.beta is None else self.beta
+        return DistillWeights(alpha=self.alpha, beta=max(beta, 0.0), gamma=self.gamma, kappa=self.kappa, tau=self.tau)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return get_loss(self.loss).layers
+
+
+class CachedTargetSource:
+    """Teacher targets read from a cache, checked to belong to the student's sentences."""
+
+    def __init__(self, reader, task: str, splits: Sequence[str], sentences: Sequence[Sentence],
+                 layers: Sequence[str], device: torch.device) -> None:
+        from kd.cache.store import CachedTargets
+
+        self.targets_of = CachedTargets(reader, task, splits, [s.tokens for s in sentences], layers,
+                                        tags={t for s in sentences for t in s.tags})
+        self.device = device
+
+    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
+        width = batch.words.shape[1]
+        return {k: v.to(self.device, non_blocking=True) for k, v in self.targets_of.gather(batch.sentence_ids, width).items()}
+
+
+class LiveTargetSource:
+    """Teacher targets computed on the fly by the teacher(s), for users without a cache."""
+
+    def __init__(self, teachers, task: str, sentences: Sequence[Sentence], layers: Sequence[str],
+                 device: torch.device) -> None:
+        known = set(teachers[0].vocabularies.tags[task])
+        unknown = sorted({t for s in sentences for t in s.tags} - known)
+        if unknown:
+            raise KdError(f"the teacher's tag set for {task} lacks {', '.join(unknown)}: it was trained on other data")
+        self.teachers = teachers
+        self.task = task
+        self.layers = list(layers)
+        self.device = device
+        self.datasets = [EncodedDataset(sentences, t.vocabularies, task, with_tags=False) for t in teachers]
+
+    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
+        from kd.cache.teachers import teacher_batch_outputs
+
+        ids = batch.sentence_ids.numpy()
+        batches = [dataset.batch(ids) for dataset in self.datasets]
+        return teacher_batch_outputs(self.teachers, self.task, batches, self.layers, self.device, "fp32")
+
+
+class StudentModel(nn.Module):
+    """The student tagger plus the projections that map its hidden states to the teacher's sizes
+    (trained with it, not part of the saved model)."""
+
+    def __init__(self, tagger: Tagger, teacher_widths: Mapping[str, int], layers: Sequence[str]) -> None:
+        super().__init__()
+        self.tagger = tagger
+        config = tagger.config
+        own = {"task": 2 * config.task_hidden, "shared": 2 * config.shared_hidden}
+        self.projections = nn.ModuleDict({
+            layer: nn.Linear(own[layer], teacher_widths[layer])
+            for layer in ("task", "shared") if layer in layers and own[layer] != teacher_widths[layer]})
+
+    def project(self, layer: str, states: torch.Tensor) -> torch.Tensor:
+        return self.projections[layer](states) if layer in self.projections else states
+
+
+def distillation_loss(student: StudentModel, options: DistillOptions, source) -> Any:
+    registered = get_loss(options.loss)
+    weights = options.weights()
+
+    def loss(task: str, batch: Batch) -> dict[str, torch.Tensor]:
+        output = student.tagger(batch, task)
+        view = StudentView(output=output, crf=student.tagger.crf(task),
+                           task_hidden=student.project("task", output.task_hidden),
+                           shared_hidden=student.project("shared", output.shared_hidden))
+        return registered.function(view, source(batch), batch.tags, weights)
+    return loss
