@@ -136,6 +136,44 @@ def distill(task, cache_run, teachers, loss, alpha, beta, gamma, kappa, tau, dat
             experiment, run_name, checkpoint_dir, as_json, kwargs, distill=options)
 
 
+@cli.command()
+@click.option("--experiment", required=True, help="MLflow experiment whose finished runs are compared.")
+@click.option("--metric", default="test_f1", show_default=True)
+@click.option("--model-key", default=None,
+              help="Tags/params naming a model (tags.X, params.X or X), comma-separated; default: kd's own tags.")
+@click.option("--corpus-key", default="tags.task", show_default=True, help="Tag/param naming the corpus.")
+@click.option("--filter", "filter_string", default=None, help="MLflow filter, e.g. \"tags.output = 'crf'\".")
+@click.option("--posthoc", type=click.Choice(["conover", "nemenyi", "siegel", "miller"]), default="conover",
+              show_default=True)
+@click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance level.")
+@click.option("--out", default=None, help="Output folder (default: comparison/<experiment>).")
+@click.option("--format", "formats", default="md,csv,tex,json", show_default=True)
+@click.option("--drop-incomplete", is_flag=True, help="Leave out models missing on some corpus instead of failing.")
+@click.option("--no-log", is_flag=True, help="Do not log a comparison run.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the statistics last.")
+@handle_errors
+def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, alpha, out, formats, drop_incomplete,
+            no_log, as_json) -> None:
+    """Table, Friedman test, post-hoc tests and rank diagram of an experiment's runs."""
+    import json as json_module
+
+    from kd.statistics.compare import render_markdown, run_comparison
+
+    results = run_comparison(
+        tracking_client(), experiment, Path(out or Path("comparison") / experiment), metric=metric,
+        model_keys=[k.strip() for k in model_key.split(",") if k.strip()] if model_key else None,
+        corpus_key=corpus_key, filter_string=filter_string, posthoc=posthoc, alpha=alpha,
+        formats=[f.strip() for f in formats.split(",") if f.strip()], drop_incomplete=drop_incomplete,
+        log=not no_log)
+    if as_json:
+        click.echo(json_module.dumps({key: results[key] for key in (
+            "friedman_statistic", "friedman_p_value", "critical_difference", "average_ranks", "files",
+            "comparison_run_id", "models", "corpora", "dropped_models")}, sort_keys=True))
+    else:
+        click.echo(Path(results["files"]["md"]).read_text() if "md" in results["files"] else
+                   f"Friedman chi2 = {results['friedman_statistic']:.4f}, p = {results['friedman_p_value']:.4g}")
+
+
 def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_splits: str, eval_split: str,
             resume_run_id: str | None, device: str, threads: int | None, experiment: str, run_name: str | None,
             checkpoint_dir: str, as_json: bool, kwargs: dict, distill=None) -> None:
