@@ -280,18 +280,21 @@ def test_sampling_proportional_follows_batch_counts_and_uniform_is_even(store):
 
 
 def test_uniform_sampling_cycles_the_small_corpus_through_reshuffled_batches(store):
-    """A corpus drawn more often than it has batches starts over on a fresh shuffle: within each
-    pass over it every sentence comes exactly once."""
-    data = plan_datasets(store, {"tiny": 200, "other": 50})
+    """A corpus drawn more often than it has batches starts over on a fresh shuffle: within an
+    epoch, each pass over it has every sentence exactly once."""
+    data = plan_datasets(store, {"tiny": 200, "other": 50})  # 20 and 5 batches of 10
     plan = alternating_plan(data, 10, "uniform")
     generator = np.random.default_rng(2)
-    seen: list[int] = []
+    passes = 0
     for _ in range(4):
-        seen.extend(i for task, ids in epoch(plan, generator) if task == "other" for i in ids)
-    complete = len(seen) // 50
-    assert complete >= 2
-    for k in range(complete):
-        assert sorted(seen[50 * k: 50 * (k + 1)]) == list(range(50))
+        seen = [i for task, ids in epoch(plan, generator) if task == "other" for i in ids]
+        for start in range(0, len(seen), 50):
+            chunk = seen[start: start + 50]
+            assert len(set(chunk)) == len(chunk), "no sentence twice within a pass"
+            if len(chunk) == 50:
+                assert sorted(chunk) == list(range(50))
+                passes += 1
+    assert passes >= 4, "about 12 of the 25 steps of an epoch draw the 5-batch corpus"
 
 
 def test_one_task_yields_each_batch_once(store):

@@ -174,6 +174,43 @@ def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, a
                    f"Friedman chi2 = {results['friedman_statistic']:.4f}, p = {results['friedman_p_value']:.4g}")
 
 
+@cli.command()
+@click.option("--task", required=True, help="Corpus name (found under --data-dir) or folder.")
+@click.option("--cache", "cache_run", required=True, help="Cache run id of the teacher (kd cache-logits).")
+@click.option("--space", required=True, type=click.Path(dir_okay=False), help="Search space YAML (search_spaces/).")
+@click.option("--n-trials", type=int, default=20, show_default=True,
+              help="Finished trials the study should hold, across all workers.")
+@click.option("--timeout", type=float, default=None, help="Stop starting trials after this many seconds.")
+@click.option("--study", default=None, help="Study name (default: <corpus>-<space>).")
+@click.option("--storage", default=None,
+              help=f"Optuna storage: a journal file path (default ./kd-optuna.log) or a database URL (postgresql://...).")
+@click.option("--sampler", type=click.Choice(["tpe", "grid", "random"]), default="tpe", show_default=True)
+@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--refit-seeds", type=int, default=0, show_default=True,
+              help="Afterwards, train the best configuration on train+devel with this many seeds and score test.")
+@data_dir_option
+@click.option("--device", default="auto", show_default=True)
+@click.option("--threads", type=int, default=None)
+@click.option("--experiment", default="kd", show_default=True)
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=".kd/checkpoints", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the study's results last.")
+@handle_errors
+def tune(task, cache_run, space, n_trials, timeout, study, storage, sampler, pruner, seed, refit_seeds, data_dir,
+         device, threads, experiment, checkpoint_dir, as_json) -> None:
+    """Tune the distillation of one corpus with an Optuna study (devel F1 of students trained on train)."""
+    from dataclasses import asdict
+
+    from kd.tuning.study import TuneJob, tune as run_tune
+
+    apply_threads(threads)
+    job = TuneJob(task=task, cache_run=cache_run, space=space, n_trials=n_trials, timeout=timeout, study=study,
+                  storage=storage, sampler=sampler, pruner=pruner, seed=seed, refit_seeds=refit_seeds,
+                  data_dir=data_dir or None, device=device, experiment=experiment)
+    result = run_tune(job, tracking_client(), Path(checkpoint_dir), log=lambda message: click.echo(message, err=True))
+    echo_result(as_json, asdict(result))
+
+
 def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_splits: str, eval_split: str,
             resume_run_id: str | None, device: str, threads: int | None, experiment: str, run_name: str | None,
             checkpoint_dir: str, as_json: bool, kwargs: dict, distill=None) -> None:

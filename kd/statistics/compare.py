@@ -91,14 +91,15 @@ def default_model_name(record: RunRecord) -> str:
     tags, params = record.tags, record.params
     parts = [tags.get("model_kind", "run"), tags.get("output", "")]
     loss = tags.get("loss")
+    if tags.get("model_kind") == "tuned":
+        # Tuned weights differ per corpus by design: the search space names the model.
+        return "/".join(p for p in (*parts, loss, tags.get("ensemble"), tags.get("search_space")) if p)
     if loss:
         weights = " ".join(f"{name}={_number(params.get(name))}" for name in LOSS_WEIGHTS.get(loss, ())
                            if params.get(name) is not None)
         parts.append(f"{loss}({weights})" if weights else loss)
-    if tags.get("ensemble") and tags.get("model_kind") in ("student", "tuned"):
+    if tags.get("ensemble") and tags.get("model_kind") == "student":
         parts.append(tags["ensemble"])
-    if tags.get("study"):
-        parts.append(tags["study"])
     return "/".join(p for p in parts if p)
 
 

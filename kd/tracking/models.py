@@ -34,7 +34,6 @@ def log_tagger_model(run: TrackedRun, model_directory: Path) -> None:
     with tempfile.TemporaryDirectory() as staging, warnings.catch_warnings():
         # MLflow nags for an input example; the signature already documents the input.
         warnings.filterwarnings("ignore", message=".*input example.*")
-        warnings.filterwarnings("ignore", message=".*type hints.*")
         target = Path(staging) / MODEL_ARTIFACT
         mlflow.pyfunc.save_model(
             path=str(target),

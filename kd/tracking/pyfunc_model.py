@@ -6,8 +6,14 @@ lists. Output: one list of IOB2 tags per sentence.
 """
 from __future__ import annotations
 
+import warnings
+
 import mlflow
 from mlflow.pyfunc import PythonModel
+
+# The input is a DataFrame column or a list of token lists, documented above and in the signature;
+# MLflow's advice to add type hints (which would make it coerce inputs) is noise here.
+warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
 
 
 class KdTaggerModel(PythonModel):

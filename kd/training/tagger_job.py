@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,10 +192,15 @@ def log_final_artifacts(run: TrackedRun, model: Tagger, vocabularies: Vocabulari
 
 def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
                    callbacks: Sequence[EpochCallback] = (), resume_run_id: str | None = None,
-                   attach_to: str | None = None) -> RunSummary:
-    """Trains, evaluates and logs one STM or MTM. With `resume_run_id`, continues that run from its
-    checkpoint with the options it was started with (`job` is then ignored); `attach_to` logs into
-    an existing run (the one `mlflow run` made) instead of creating one."""
+                   attach_to: str | None = None, parent_run_id: str | None = None,
+                   extra_tags: dict[str, Any] | None = None, log_model: bool = True,
+                   on_start: Callable[[str], None] | None = None) -> RunSummary:
+    """Trains, evaluates and logs one STM, MTM or student. With `resume_run_id`, continues that run
+    from its checkpoint with the options it was started with (`job` is then ignored); `attach_to`
+    logs into an existing run (the one `mlflow run` made) instead of creating one; `parent_run_id`
+    nests the run (tuning trials); `extra_tags` add to or override the standard tags; without
+    `log_model` the model and predictions are not logged (trials keep only their metrics);
+    `on_start` hears the run id as soon as the run exists."""
     state: TrainingState | None = None
     if resume_run_id:
         run = TrackedRun.resume(client, resume_run_id)
@@ -240,12 +245,14 @@ def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
         run = TrackedRun.start(client, job.experiment, job.run_name, {
             "task": ",".join(tasks), "model_kind": job.model_kind, "output": job.model.output,
             "seed": job.training.seed, "git_commit": git_commit(),
-            **({"loss": job.distill.loss, **teacher.run_tags()} if teacher else {})},
-            attach_to=attach_to)
+            **({"loss": job.distill.loss, **teacher.run_tags()} if teacher else {}), **(extra_tags or {})},
+            parent_run_id=parent_run_id, attach_to=attach_to)
         run.log_params(job.params())
         checkpoint = checkpoint_file(checkpoint_dir, run.run_id).resolve()
         run.set_tags({"checkpoint": str(checkpoint)})
         state = TrainingState(job=job.to_dict())
+    if on_start is not None:
+        on_start(run.run_id)
     with run_status(run):
         run.log_metrics({"num_parameters": model.num_parameters(),
                          "train_tokens": sum(d.num_tokens for d in train_data.values()),
@@ -275,7 +282,10 @@ def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
             final["best_epoch"] = float(result.state.best_epoch)
         final["epochs_trained"] = float(result.state.epoch)
         run.log_metrics(final, step=result.state.epoch)
-        log_final_artifacts(run, model, vocabularies, job.to_dict(), evaluators, results)
+        if log_model:
+            log_final_artifacts(run, model, vocabularies, job.to_dict(), evaluators, results)
+        else:
+            run.log_json(job.to_dict(), "config.json")
     checkpoint.unlink(missing_ok=True)
     client.delete_tag(run.run_id, "checkpoint")
     return RunSummary(run_id=run.run_id, metrics=final)

@@ -1,0 +1,361 @@
+"""`kd tune`: an Optuna study per corpus and search space whose trials are students trained on
+train and scored on devel (test is never read), each trial an MLflow run nested under one parent
+run for the study.
+
+Storage: by default a journal file (safe for several processes on one machine, no server); with
+a database URL (PostgreSQL) several machines share one study. Workers pull trials until the study
+holds `n_trials` finished (complete or pruned) trials in total. A worker that dies leaves a
+RUNNING trial: it is failed and re-queued with the same parameters, by the heartbeat of a
+database storage or, on one machine, by the next worker that finds its process gone.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import socket
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kd.errors import KdError
+from kd.tracking.runs import TrackedRun, git_commit
+from kd.training.distillation import DistillOptions
+from kd.training.jobs import ModelOptions
+from kd.training.loop import TrainingOptions
+from kd.training.tagger_job import TaggerJob, run_tagger_job
+from kd.tuning.space import DISTILL_KEYS, MODEL_KEYS, TRAINING_KEYS, SearchSpace, load_search_space
+
+DEFAULT_JOURNAL = "kd-optuna.log"
+SAMPLERS = ("tpe", "grid", "random")
+PRUNERS = ("median", "hyperband", "none")
+
+
+@dataclass
+class TuneJob:
+    task: str
+    cache_run: str
+    space: str
+    n_trials: int = 20
+    timeout: float | None = None
+    study: str | None = None
+    storage: str | None = None
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int = 1
+    refit_seeds: int = 0
+    data_dir: str | None = None
+    device: str = "auto"
+    experiment: str = "kd"
+
+    def __post_init__(self) -> None:
+        if self.n_trials < 1:
+            raise KdError(f"--n-trials {self.n_trials}: must be at least 1")
+        if self.sampler not in SAMPLERS:
+            raise KdError(f"--sampler {self.sampler}: use one of {', '.join(SAMPLERS)}")
+        if self.pruner not in PRUNERS:
+            raise KdError(f"--pruner {self.pruner}: use one of {', '.join(PRUNERS)}")
+        if self.refit_seeds < 0:
+            raise KdError(f"--refit-seeds {self.refit_seeds}: must not be negative")
+
+
+class SurplusTrial(Exception):
+    """A trial started after other workers had already claimed the whole budget."""
+
+
+def _optuna():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+def describe_storage(storage: str | None) -> str:
+    """The storage as logged: the journal path, or the URL without its password."""
+    if not storage or "://" not in storage:
+        return str(Path(storage or DEFAULT_JOURNAL).resolve())
+    from sqlalchemy.engine import make_url
+
+    return make_url(storage).render_as_string(hide_password=True)
+
+
+def open_storage(storage: str | None, attempts: int = 5):
+    """A journal file (a path, the default) or a database (a URL). Workers that start together on
+    a fresh database race on creating its tables; the loser retries."""
+    optuna = _optuna()
+    if not storage or "://" not in storage:
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(storage or DEFAULT_JOURNAL)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(storage, heartbeat_interval=20, grace_period=60,
+                              failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+        except Exception as error:  # a concurrent schema creation, or a server not up yet
+            if attempt == attempts - 1:
+                raise KdError(f"--storage {describe_storage(storage)}: {str(error).splitlines()[0]}") from None
+            time.sleep(0.5 + random.random() * 2 ** attempt)
+
+
+def make_sampler(name: str, space: SearchSpace, seed: int):
+    optuna = _optuna()
+    if name == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(name: str, epochs: int):
+    optuna = _optuna()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1))
+    return optuna.pruners.NopPruner()
+
+
+def default_study_name(task: str, space: SearchSpace) -> str:
+    return f"{Path(task).name}-{space.name}"
+
+
+def finished_states():
+    optuna = _optuna()
+    return (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def count_finished(study) -> int:
+    return len(study.get_trials(deepcopy=False, states=finished_states()))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_abandoned_trials(study, client) -> list[int]:
+    """Fails and re-queues RUNNING trials whose worker process on this machine is gone."""
+    optuna = _optuna()
+    host = socket.gethostname()
+    recovered = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if worker_host != host or not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        except Exception:  # another worker recovered it first
+            continue
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            try:
+                client.set_terminated(run_id, status="KILLED")
+            except Exception:
+                pass
+        recovered.append(trial.number)
+    return recovered
+
+
+def find_or_create_parent(client, experiment: str, study_name: str, storage_text: str, space: SearchSpace) -> TrackedRun:
+    """The study's parent run. Workers starting together may each create one; all then settle on
+    the earliest and the others delete their own."""
+    def existing() -> list:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        return client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"], max_results=10,
+                                  filter_string=f"tags.model_kind = 'study' and tags.study = '{study_name}'")
+    runs = existing()
+    if runs:
+        return TrackedRun(client, runs[0].info.run_id)
+    mine = TrackedRun.start(client, experiment, study_name, {
+        "model_kind": "study", "study": study_name, "storage": storage_text, "search_space": space.name,
+        "git_commit": git_commit()})
+    mine.log_json({"path": space.path, "fixed": space.fixed,
+                   "params": [p.__dict__ for p in space.params]}, "search_space.json")
+    first = existing()[0].info.run_id
+    if first != mine.run_id:
+        client.delete_run(mine.run_id)
+        return TrackedRun(client, first)
+    return mine
+
+
+def student_job(job: TuneJob, values: dict[str, Any], *, seed: int, train_splits: list[str],
+                eval_split: str) -> TaggerJob:
+    """The student a trial (or a refit) trains: the search space's fixed options and the sampled
+    values over kd's defaults."""
+    distill = {k: v for k, v in values.items() if k in DISTILL_KEYS}
+    model = {k: v for k, v in values.items() if k in MODEL_KEYS}
+    training = {k: v for k, v in values.items() if k in TRAINING_KEYS}
+    return TaggerJob(
+        corpora=[job.task], data_dir=job.data_dir, model=ModelOptions(**model),
+        training=TrainingOptions(seed=seed, **training), train_splits=train_splits, eval_split=eval_split,
+        device=job.device, experiment=job.experiment,
+        distill=DistillOptions(cache_run=job.cache_run, **distill))
+
+
+@dataclass
+class TuneResult:
+    study: str
+    storage: str
+    parent_run_id: str
+    finished_trials: int
+    best_value: float | None
+    best_params: dict[str, Any]
+    refit: dict[str, Any] = field(default_factory=dict)
+
+
+def tune(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None] = lambda message: None) -> TuneResult:
+    optuna = _optuna()
+    space = load_search_space(job.space)
+    study_name = job.study or default_study_name(job.task, space)
+    storage_text = describe_storage(job.storage)
+    epochs = int(space.fixed.get("epochs", TrainingOptions().epochs))
+    sampler_seed = job.seed if not job.storage or "://" not in job.storage else job.seed + os.getpid()
+    storage = open_storage(job.storage)
+    study = None
+    for attempt in range(5):
+        try:
+            study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
+                                        sampler=make_sampler(job.sampler, space, sampler_seed),
+                                        pruner=make_pruner(job.pruner, epochs), load_if_exists=True)
+            break
+        except optuna.exceptions.DuplicatedStudyError:  # created by a worker between our check and insert
+            time.sleep(0.2 * (attempt + 1))
+    if study is None:
+        raise KdError(f"--study {study_name}: could not create or load the study")
+    parent = find_or_create_parent(client, job.experiment, study_name, storage_text, space)
+    recovered = recover_abandoned_trials(study, client)
+    if recovered:
+        log(f"re-queued trials abandoned by dead workers: {', '.join(map(str, recovered))}")
+    host_pid = f"{socket.gethostname()}:{os.getpid()}"
+
+    def objective(trial) -> float:
+        active = study.get_trials(deepcopy=False, states=(*finished_states(), optuna.trial.TrialState.RUNNING))
+        if sum(1 for t in active if t.number < trial.number) >= job.n_trials:
+            trial.set_user_attr("surplus", True)
+            study.stop()
+            raise SurplusTrial(f"trial {trial.number}: the budget of {job.n_trials} trials is taken")
+        trial.set_user_attr("worker", host_pid)
+        values = {**space.fixed, **{p.name: p.suggest(trial) for p in space.params}}
+        pruned = False
+
+        def report(epoch: int, metrics: dict[str, float]) -> bool:
+            nonlocal pruned
+            trial.report(metrics["devel_f1"], epoch)
+            pruned = trial.should_prune()
+            return pruned
+
+        student = student_job(job, values, seed=job.seed, train_splits=["train"], eval_split="devel")
+        summary = run_tagger_job(
+            student, client, checkpoint_dir, callbacks=[report], parent_run_id=parent.run_id, log_model=False,
+            extra_tags={"study": study_name, "trial_number": trial.number, "search_space": space.name,
+                        "tuning": "trial"}, on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+        client.set_tag(summary.run_id, "trial_state", "PRUNED" if pruned else "COMPLETE")
+        log(f"trial {trial.number}: devel F1 {summary.metrics['devel_f1']:.4f}" + (" (pruned)" if pruned else "")
+            + f" {json.dumps({p.name: values[p.name] for p in space.params})}")
+        if pruned:
+            raise optuna.TrialPruned()
+        return summary.metrics["devel_f1"]
+
+    if count_finished(study) < job.n_trials:
+        study.optimize(objective, timeout=job.timeout, catch=(SurplusTrial,), gc_after_trial=False,
+                       callbacks=[optuna.study.MaxTrialsCallback(job.n_trials, states=finished_states())])
+    finished = count_finished(study)
+    best = _best_trial(study)
+    record_study(parent, study, best, finished, job.n_trials)
+    result = TuneResult(study=study_name, storage=storage_text, parent_run_id=parent.run_id, finished_trials=finished,
+                        best_value=best.value if best else None, best_params=dict(best.params) if best else {})
+    if job.refit_seeds and best is not None and finished >= job.n_trials:
+        result.refit = refit(job, client, checkpoint_dir, parent, study_name, space, best, log)
+    return result
+
+
+def _best_trial(study):
+    optuna = _optuna()
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+
+
+def record_study(parent: TrackedRun, study, best, finished: int, n_trials: int) -> None:
+    """Best parameters, counts and Optuna's plots on the parent run (tags, being mutable, hold
+    what changes as workers finish)."""
+    optuna = _optuna()
+    states = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,)))
+              for state in optuna.trial.TrialState}
+    parent.log_metrics({f"trials_{name}": float(count) for name, count in states.items()}, step=finished)
+    tags = {"finished_trials": finished, "n_trials": n_trials}
+    if best is not None:
+        parent.log_metrics({"best_devel_f1": best.value}, step=finished)
+        tags.update({"best_trial": best.number, **{f"best.{k}": v for k, v in best.params.items()}})
+    parent.set_tags(tags)
+    parent.log_json({"best_trial": best.number if best else None, "best_value": best.value if best else None,
+                     "best_params": best.params if best else {}, "trials": states}, "best.json")
+    if best is None:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    with tempfile.TemporaryDirectory() as staging:
+        for name, plot in (("optimization_history", plots.plot_optimization_history),
+                           ("param_importances", plots.plot_param_importances),
+                           ("intermediate_values", plots.plot_intermediate_values)):
+            try:
+                axes = plot(study)
+            except Exception:  # e.g. importances need two complete trials with varying parameters
+                continue
+            figure = (axes if not hasattr(axes, "figure") else axes.figure)
+            path = Path(staging) / f"{name}.png"
+            figure.savefig(path, dpi=110, bbox_inches="tight")
+            plt.close(figure)
+            parent.log_artifact(path, "plots")
+
+
+def refit(job: TuneJob, client, checkpoint_dir: Path, parent: TrackedRun, study_name: str, space: SearchSpace,
+          best, log: Callable[[str], None]) -> dict[str, Any]:
+    """Trains the best configuration on train+devel with `refit_seeds` seeds, scored on test, as
+    `tuned` runs; seeds already refitted for this best trial are reused, not run twice."""
+    values = {**space.fixed, **best.params}
+    experiment = client.get_experiment_by_name(job.experiment)
+    done = {r.data.tags.get("seed"): r for r in client.search_runs(
+        [experiment.experiment_id], max_results=1000,
+        filter_string=f"tags.model_kind = 'tuned' and tags.study = '{study_name}' and "
+                      f"tags.best_trial = '{best.number}' and attributes.status = 'FINISHED'")}
+    scores, run_ids = [], []
+    for seed in range(job.seed, job.seed + job.refit_seeds):
+        if str(seed) in done:
+            run = done[str(seed)]
+            scores.append(run.data.metrics["test_f1"])
+            run_ids.append(run.info.run_id)
+            continue
+        summary = run_tagger_job(
+            student_job(job, values, seed=seed, train_splits=["train", "devel"], eval_split="test"), client,
+            checkpoint_dir, parent_run_id=parent.run_id,
+            extra_tags={"model_kind": "tuned", "study": study_name, "search_space": space.name,
+                        "best_trial": best.number, "tuning": "refit"})
+        log(f"refit seed {seed}: test F1 {summary.metrics['test_f1']:.4f}")
+        scores.append(summary.metrics["test_f1"])
+        run_ids.append(summary.run_id)
+    mean = sum(scores) / len(scores)
+    std = math.sqrt(sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)) if len(scores) > 1 else 0.0
+    parent.log_metrics({"refit_test_f1_mean": mean, "refit_test_f1_std": std})
+    return {"test_f1_mean": mean, "test_f1_std": std, "seeds": len(scores), "run_ids": run_ids}
