@@ -123,6 +123,34 @@ def cpu_monitor(into: dict[str, float]) -> Iterator[None]:
             into["steal_share"] = (after[1] - before[1]) / jiffy / capacity
 
 
+def busy_share(load: dict[str, float]) -> float | None:
+    """The share of the machine others used during a measurement (see `cpu_monitor`)."""
+    if "foreign_cpu_share" not in load:
+        return None
+    return load["foreign_cpu_share"] + load.get("steal_share", 0.0)
+
+
+def wait_for_quiet(max_wait_s: float, quiet_s: float = 10.0, threshold: float = 0.05) -> float:
+    """Waits (at most `max_wait_s`) until the machine has been used less than `threshold` of its
+    cores for `quiet_s` seconds in a row; returns the seconds waited."""
+    jiffy = os.sysconf("SC_CLK_TCK")
+    cores = os.cpu_count() or 1
+    start = quiet_since = time.perf_counter()
+    previous = _cpu_jiffies()
+    while previous is not None and time.perf_counter() - start < max_wait_s:
+        time.sleep(1.0)
+        now, current = time.perf_counter(), _cpu_jiffies()
+        if current is None:
+            break
+        busy = (current[0] - previous[0] + current[1] - previous[1]) / jiffy / cores  # over about 1 s
+        previous = current
+        if busy > threshold:
+            quiet_since = now
+        elif now - quiet_since >= quiet_s:
+            break
+    return time.perf_counter() - start
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -173,6 +201,7 @@ class KdResult:
     test_f1_conlleval: float  # seqeval's default mode, as the yardstick reports it
     final_train_loss: float
     load: dict[str, float] = field(default_factory=dict)  # see `cpu_monitor`
+    attempts: int = 1  # see `measure_quietly`
 
     @property
     def train_tok_s(self) -> float:
@@ -283,9 +312,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def _busy(load: dict[str, float]) -> str:
-    if "foreign_cpu_share" not in load:
-        return "-"
-    return f"{100 * (load['foreign_cpu_share'] + load.get('steal_share', 0.0)):.1f}"
+    return _fmt(None if (share := busy_share(load)) is None else 100 * share, ".1f")
 
 
 def print_table(kd: Sequence[KdResult], yardstick: dict[str, dict[str, Any]], comparison: dict[str, Any]) -> None:
@@ -567,6 +594,31 @@ def in_worker(args: argparse.Namespace, output: str, precision: str) -> dict[str
     return result
 
 
+# ----------------------------------------------------------------------------- quiet measurements
+
+
+def measure_quietly(name: str, measure: Callable[[], dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """Runs a measurement when the machine is quiet, and again (up to `--retries` times) when other
+    processes took more than `--max-busy` % of the machine meanwhile; keeps the quietest attempt."""
+    best: dict[str, Any] | None = None
+    for attempt in range(1, args.retries + 2):
+        waited = wait_for_quiet(args.wait_quiet) if args.wait_quiet > 0 else 0.0
+        print(f"{name}: measuring{f' (attempt {attempt})' if attempt > 1 else ''}"
+              f"{f' after waiting {waited:.0f} s for a quiet machine' if waited >= 1 else ''} ...", flush=True)
+        result = measure()
+        if "error" in result:
+            return result
+        busy = busy_share(result.get("load", {}))
+        result["attempts"] = attempt
+        if best is None or (busy or 0.0) < (busy_share(best.get("load", {})) or 0.0):
+            best = result
+        if busy is None or 100 * busy <= args.max_busy:
+            break
+        print(f"{name}: other processes used {100 * busy:.0f} % of the machine meanwhile", flush=True)
+    assert best is not None
+    return best
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -597,12 +649,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="instead of measuring throughput, time the stages of one training epoch and of "
                              "prediction for each selected model")
     parser.add_argument("--json-out", type=Path, help="also write the final JSON line to this file")
+    parser.add_argument("--wait-quiet", type=float, default=600, metavar="SECONDS",
+                        help="before each measurement, wait up to this long for other processes to leave the "
+                             "machine idle; 0: do not wait (default: %(default)s)")
+    parser.add_argument("--max-busy", type=float, default=5.0, metavar="PERCENT",
+                        help="measure again when other processes used more than this share of the machine "
+                             "meanwhile (default: %(default)s)")
+    parser.add_argument("--retries", type=int, default=2,
+                        help="how many times to measure again; the quietest attempt is kept (default: %(default)s)")
     parser.add_argument("--worker", metavar="OUTPUT:PRECISION", help=argparse.SUPPRESS)  # one model, internal
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
     if args.threads < 1:
         parser.error("--threads must be at least 1")
+    if args.retries < 0:
+        parser.error("--retries must be at least 0")
     return args
 
 
@@ -642,14 +704,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.profile:
-            summary["profile"] = [in_worker(args, output, precision)
-                                  for output in args.outputs for precision in args.precision]
+            summary["profile"] = [
+                measure_quietly(f"profile {output} {precision}", functools.partial(in_worker, args, output, precision),
+                                args)
+                for output in args.outputs for precision in args.precision]
             return _finish(summary, args.json_out, ok=True)
         kd_results = []
         for output in args.outputs:
             for precision in args.precision:
-                print(f"kd {output} {precision}: training {args.epochs} epoch(s) ...", flush=True)
-                kd_results.append(KdResult(**in_worker(args, output, precision)))
+                kd_results.append(KdResult(**measure_quietly(
+                    f"kd {output} {precision}", functools.partial(in_worker, args, output, precision), args)))
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -659,9 +723,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"warning: no yardstick at {args.yardstick}; skipping it", file=sys.stderr)
         else:
             for output in args.outputs:
-                print(f"yardstick {output}: training {args.epochs} epoch(s) ...", flush=True)
-                yardstick[output] = run_yardstick(args.yardstick, corpus.directory, output == "crf",
-                                                  args.epochs, args.threads)
+                yardstick[output] = measure_quietly(f"yardstick {output}", functools.partial(
+                    run_yardstick, args.yardstick, corpus.directory, output == "crf", args.epochs, args.threads),
+                    args)
     comparison = compare(kd_results, yardstick)
     print()
     print_table(kd_results, yardstick, comparison)

@@ -1,0 +1,437 @@
+"""`kd distill` end to end: a small multi-task teacher on `tiny` and `other`, its cache, and
+single-task students learning from the cache or from the live teacher, against a throwaway
+MLflow store shared by the module (the teacher and cache are made once)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from kd.cli.main import cli
+from tests.conftest import REPO, SMALL_MODEL, write_corpus
+
+TRAINING = ["--batch-size", "16", "--learning-rate", "0.02"]
+TEACHER_HIDDEN = 16  # SMALL_MODEL's --task-hidden and --shared-hidden
+
+
+def run_kd(*args: str) -> dict:
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_kd_failing(*args: str) -> str:
+    """A `kd` command expected to be refused: exit 2 and one line `error: ...`."""
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    message = result.output.strip()
+    assert len(message.splitlines()) == 1 and message.startswith("error: "), message
+    return message
+
+
+@dataclass
+class World:
+    root: Path
+    data_dir: Path
+    uri: str
+    teacher: str  # run id of the teacher (MTM on tiny, other)
+    cache: str  # run id of its float32 cache of every layer
+    teacher_parameters: int  # parameters the teacher uses for tiny
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.uri)
+
+    def distill_args(self, *extra: str, epochs: int = 1, source: tuple[str, ...] | None = None) -> list[str]:
+        return ["distill", "--task", "tiny", *(source or ("--cache", self.cache)), "--data-dir", str(self.data_dir),
+                "--epochs", str(epochs), *TRAINING, *SMALL_MODEL, "--json", *extra]
+
+    def history(self, run_id: str, metric: str) -> list[float]:
+        return [m.value for m in sorted(self.client.get_metric_history(run_id, metric), key=lambda m: m.step)]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    data_dir = root / "corpora"
+    write_corpus(data_dir / "tiny", seed=0)
+    write_corpus(data_dir / "other", seed=1, entity_types=("Disease",))
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MLFLOW_TRACKING_URI", uri)
+    patch.delenv("MLFLOW_RUN_ID", raising=False)
+    patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    patch.chdir(root)  # checkpoints and artifacts stay in the temporary folder
+    try:
+        teacher = run_kd("train-teacher", "--tasks", "tiny,other", "--data-dir", data_dir, *SMALL_MODEL,
+                         "--epochs", "1", *TRAINING, "--json")
+        cache = run_kd("cache-logits", "--teacher", teacher["run_id"], "--data-dir", data_dir,
+                       "--layers", "logits,task,shared,marginals", "--dtype", "float32", "--json")
+        from kd.cache.teachers import load_teacher
+
+        loaded = load_teacher(teacher["run_id"], MlflowClient(uri), uri, torch.device("cpu"))
+        assert loaded.model.task_names == ["tiny", "other"]
+        yield World(root=root, data_dir=data_dir, uri=uri, teacher=teacher["run_id"], cache=cache["run_id"],
+                    teacher_parameters=loaded.model.num_parameters("tiny"))
+    finally:
+        patch.undo()
+
+
+@pytest.fixture(scope="module")
+def logits_only_cache(world) -> str:
+    return run_kd("cache-logits", "--teacher", world.teacher, "--tasks", "tiny", "--data-dir", world.data_dir,
+                  "--layers", "logits", "--json")["run_id"]
+
+
+# loss -> (extra options, the terms it logs, weights (alpha, beta, gamma, kappa, tau))
+LOSS_CASES = {
+    "logits": ([], ["hard", "logits_mse"], (0.5, 0.5, 0.0, 0.0, 1.0)),
+    "intermediate": (["--gamma", "0.3", "--kappa", "0.2"], ["hard", "logits_mse", "task_mse", "shared_mse"],
+                     (0.5, 0.5, 0.3, 0.2, 1.0)),
+    "soft": (["--tau", "2", "--alpha", "0.25"], ["hard", "soft_ce"], (0.25, 0.75, 0.0, 0.0, 2.0)),
+    "kl": (["--beta", "0.8"], ["hard", "kl"], (0.5, 0.8, 0.0, 0.0, 1.0)),
+    "marginals": ([], ["hard", "marginals_ce"], (0.5, 0.5, 0.0, 0.0, 1.0)),
+}
+TERM_WEIGHT = {"hard": 0, "logits_mse": 1, "soft_ce": 1, "kl": 1, "marginals_ce": 1, "task_mse": 2, "shared_mse": 3}
+
+
+def check_student_run(world: World, summary: dict, loss: str, terms: list[str], weights, epochs: int,
+                      output: str = "softmax", cache: str | None = None):
+    client = world.client
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags["model_kind"] == "student" and tags["task"] == "tiny" and tags["loss"] == loss
+    assert tags["output"] == output
+    assert tags["cache_run"] == (world.cache if cache is None else cache)
+    assert tags["teacher_runs"] == world.teacher and tags["ensemble"] == "single"
+    params = run.data.params
+    for name, expected in zip(("alpha", "beta", "gamma", "kappa", "tau"), weights):
+        assert float(params[name]) == pytest.approx(expected), name
+    assert params["loss"] == loss
+    metrics = run.data.metrics
+    logged_train = {name for name in metrics if name.startswith("train_") and name != "train_tokens"}
+    assert logged_train == {"train_loss", *(f"train_{t}" for t in terms)}
+    histories = {t: world.history(run.info.run_id, f"train_{t}") for t in ["loss", *terms]}
+    for name, values in histories.items():
+        assert len(values) == epochs and all(math.isfinite(v) for v in values), name
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, f"train_{name}"))
+        assert steps == list(range(1, epochs + 1)), name
+    # Epoch means are linear: the mean loss is the weighted sum of the mean terms.
+    for epoch in range(epochs):
+        total = sum(weights[TERM_WEIGHT[t]] * histories[t][epoch] for t in terms)
+        assert histories["loss"][epoch] == pytest.approx(total, rel=1e-4)
+    for metric in ("test_precision", "test_recall", "test_f1"):
+        assert metrics[metric] == pytest.approx(summary[metric])
+        assert 0.0 <= summary[metric] <= 1.0
+    assert metrics["num_parameters"] > 0
+    assert metrics["teacher_parameters"] == world.teacher_parameters
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model", "config.json", "report.json", "predictions"} <= artifacts
+    return run
+
+
+@pytest.mark.parametrize("loss", list(LOSS_CASES))
+def test_each_loss_trains_a_student_from_the_cache(world, loss):
+    extra, terms, weights = LOSS_CASES[loss]
+    summary = run_kd(*world.distill_args("--loss", loss, *extra, epochs=2))
+    check_student_run(world, summary, loss, terms, weights, epochs=2)
+
+
+def test_alpha_one_beta_zero_is_exactly_single_task_training(world):
+    epochs = 2
+    stm = run_kd("train", "--task", "tiny", "--data-dir", world.data_dir, "--epochs", epochs, *TRAINING, *SMALL_MODEL,
+                 "--json")
+    student = run_kd(*world.distill_args("--loss", "logits", "--alpha", "1", "--beta", "0", epochs=epochs))
+    assert world.client.get_run(stm["run_id"]).data.tags["model_kind"] == "stm"
+    assert student["test_f1"] == stm["test_f1"]
+    assert student["test_precision"] == stm["test_precision"]
+    stm_losses = world.history(stm["run_id"], "train_loss")
+    assert len(stm_losses) == epochs
+    assert world.history(student["run_id"], "train_loss") == stm_losses
+    assert world.history(student["run_id"], "train_hard") == stm_losses
+    # The logits term is still logged, though it does not train.
+    assert all(v > 0 for v in world.history(student["run_id"], "train_logits_mse"))
+    # The same predictions, token for token.
+    predictions = []
+    for run_id in (stm["run_id"], student["run_id"]):
+        local = world.client.download_artifacts(run_id, "predictions/test.conll", str(world.root / f"pred-{run_id}"))
+        predictions.append(Path(local).read_text())
+    assert predictions[0] == predictions[1]
+
+
+def test_cache_and_live_teacher_give_the_same_targets_and_losses(world):
+    """Library level: the same student, the same first batch, targets from the cache and from
+    the live teacher: equal targets and equal loss terms for every loss."""
+    from kd.cli.options import tracking_client
+    from kd.data.batching import EncodedDataset, bucketed_batches
+    from kd.data.vocab import build_vocabularies
+    from kd.training.distillation import DistillOptions, StudentModel, distillation_loss
+    from kd.training.jobs import ModelOptions, build_tagger, load_task
+    from kd.training.tagger_job import TaggerJob, TeacherKnowledge
+
+    client = tracking_client()
+    device = torch.device("cpu")
+    splits = ["train", "devel"]
+    data = load_task("tiny", world.data_dir, [*splits, "test"])
+    sentences = data.sentences(splits)
+    all_layers = ["logits", "task", "shared", "marginals"]
+
+    knowledge, sources = {}, {}
+    for kind, source in (("cache", {"cache_run": world.cache}), ("live", {"teacher_runs": [world.teacher]})):
+        job = TaggerJob(corpora=["tiny"], data_dir=str(world.data_dir), distill=DistillOptions(**source))
+        knowledge[kind] = TeacherKnowledge.gather(job, client, data, device)
+        sources[kind] = knowledge[kind].source(sentences, splits, all_layers, device)
+    cached, live = knowledge["cache"], knowledge["live"]
+    assert cached.tags == live.tags and cached.parameters == live.parameters == world.teacher_parameters
+    assert cached.widths == live.widths == {"logits": len(live.tags), "task": 2 * TEACHER_HIDDEN,
+                                            "shared": 2 * TEACHER_HIDDEN, "marginals": len(live.tags)}
+    assert (cached.cache_run, live.cache_run) == (world.cache, None)
+    assert cached.teacher_runs == live.teacher_runs == [world.teacher]
+    assert cached.ensemble == live.ensemble == "single"
+
+    vocabularies = build_vocabularies({"tiny": sentences})
+    vocabularies.tags = {"tiny": cached.tags}
+    # A smaller student, so the projections are in play too.
+    options = ModelOptions(word_dim=16, char_dim=8, char_hidden=8, shared_hidden=6, task_hidden=5, hidden_dim=16,
+                           dropout=0.1)
+    tagger, _ = build_tagger(options, vocabularies, seed=1)
+    student = StudentModel(tagger, cached.widths, all_layers)
+    assert set(student.projections) == {"task", "shared"}
+    student.eval()
+    dataset = EncodedDataset(sentences, vocabularies, "tiny")
+    first_batches = bucketed_batches(dataset.lengths, 16, np.random.default_rng(1))
+    for ids in (first_batches[0], first_batches[-1]):
+        batch = dataset.batch(ids)
+        targets = {kind: source(batch) for kind, source in sources.items()}
+        for layer in all_layers:
+            assert targets["cache"][layer].shape == targets["live"][layer].shape
+            assert targets["cache"][layer].shape[:2] == batch.mask.shape
+            torch.testing.assert_close(targets["cache"][layer], targets["live"][layer], rtol=1e-5, atol=1e-6)
+            assert torch.all(targets["cache"][layer][~batch.mask] == 0)
+
+        for loss, (_, names, weights) in LOSS_CASES.items():
+            alpha, beta, gamma, kappa, tau = weights
+            results = {}
+            for kind, source in sources.items():
+                distill = DistillOptions(loss=loss, alpha=alpha, beta=beta, gamma=gamma, kappa=kappa, tau=tau,
+                                         **({"cache_run": world.cache} if kind == "cache" else
+                                            {"teacher_runs": [world.teacher]}))
+                with torch.no_grad():
+                    results[kind] = distillation_loss(student, distill, source)("tiny", batch)
+            assert set(results["cache"]) == set(results["live"]) == {"loss", *names}
+            for name in results["cache"]:
+                torch.testing.assert_close(results["cache"][name], results["live"][name], rtol=1e-5, atol=1e-6)
+
+
+def test_student_from_the_live_teacher_matches_the_cache_on_the_cli(world):
+    extra, terms, weights = LOSS_CASES["intermediate"]
+    live = run_kd(*world.distill_args("--loss", "intermediate", *extra, source=("--teacher", world.teacher)))
+    run = check_student_run(world, live, "intermediate", terms, weights, epochs=1, cache="")
+    assert run.data.params["cache_run"] == "" and run.data.params["teacher_runs"] == world.teacher
+    cached = run_kd(*world.distill_args("--loss", "intermediate", *extra))
+    for name in ["loss", *terms]:
+        assert world.history(live["run_id"], f"train_{name}") == pytest.approx(
+            world.history(cached["run_id"], f"train_{name}"), rel=1e-5), name
+
+
+@pytest.mark.parametrize("loss", ["logits", "marginals"])
+def test_crf_student(world, loss):
+    extra, terms, weights = LOSS_CASES[loss]
+    summary = run_kd(*world.distill_args("--loss", loss, "--output", "crf", *extra))
+    check_student_run(world, summary, loss, terms, weights, epochs=1, output="crf")
+
+
+SMALLER = ["--task-hidden", "6", "--shared-hidden", "5", "--gamma", "0.5", "--kappa", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def smaller_student(world) -> dict:
+    """An uninterrupted 3-epoch run of a student smaller than its teacher (intermediate loss)."""
+    return run_kd(*world.distill_args("--loss", "intermediate", *SMALLER, "--output", "crf", epochs=3))
+
+
+def test_smaller_student_learns_intermediate_layers_through_projections(world, smaller_student):
+    from kd.tracking.models import download_model
+
+    run = check_student_run(world, smaller_student, "intermediate", LOSS_CASES["intermediate"][1],
+                            (0.5, 0.5, 0.5, 0.5, 1.0), epochs=3, output="crf")
+    metrics = run.data.metrics
+    assert metrics["num_parameters"] < metrics["teacher_parameters"]
+    assert run.data.params["task_hidden"] == "6" and run.data.params["shared_hidden"] == "5"
+    # The projections train with the student but are not part of the logged model.
+    config = json.loads(next(Path(download_model(smaller_student["run_id"], world.uri)).rglob("config.json"))
+                        .read_text())
+    found = config.get("task_hidden", config.get("config", {}).get("task_hidden"))
+    assert found == 6
+    # The MSE to the teacher's (wider) states goes down as the projections learn.
+    task_mse = world.history(smaller_student["run_id"], "train_task_mse")
+    assert task_mse[-1] < task_mse[0]
+
+
+def test_resumed_student_reaches_the_same_result(world, smaller_student, monkeypatch):
+    """A student killed after epoch 2 of 3 and resumed ends exactly where the uninterrupted one ends."""
+    from kd.training import loop
+
+    original_save = loop.TrainingState.save
+
+    def save_then_die(self, path):
+        original_save(self, path)
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.TrainingState, "save", save_then_die)
+    args = world.distill_args("--loss", "intermediate", *SMALLER, "--output", "crf", "--experiment", "resume", epochs=3)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    client = world.client
+    interrupted = client.search_runs([client.get_experiment_by_name("resume").experiment_id],
+                                     filter_string="attributes.status = 'KILLED'")
+    assert len(interrupted) == 1
+    run_id = interrupted[0].info.run_id
+    assert Path(interrupted[0].data.tags["checkpoint"]).is_file()
+    assert len(world.history(run_id, "train_loss")) == 2
+    monkeypatch.setattr(loop.TrainingState, "save", original_save)
+
+    resumed = run_kd("distill", "--resume", run_id, "--json")
+    assert resumed["run_id"] == run_id
+    assert resumed["test_f1"] == smaller_student["test_f1"]
+    for name in ("loss", "hard", "logits_mse", "task_mse", "shared_mse"):
+        assert world.history(run_id, f"train_{name}") == world.history(smaller_student["run_id"], f"train_{name}"), name
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["model_kind"] == "student"
+    assert "checkpoint" not in run.data.tags
+    assert not Path(interrupted[0].data.tags["checkpoint"]).exists()
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def no_runs_in(world: World, experiment: str) -> bool:
+    found = world.client.get_experiment_by_name(experiment)
+    return found is None or not world.client.search_runs([found.experiment_id])
+
+
+def test_corpus_not_in_the_cache_is_refused(world, tmp_path):
+    write_corpus(tmp_path / "third", seed=7)
+    args = world.distill_args("--data-dir", str(tmp_path), "--experiment", "refused")
+    args[args.index("--task") + 1] = "third"
+    message = run_kd_failing(*args)
+    assert "third" in message and world.cache in message
+    assert no_runs_in(world, "refused")
+
+
+def test_same_corpus_name_with_changed_tokens_is_refused(world, tmp_path):
+    changed = tmp_path / "corpora"
+    shutil.copytree(world.data_dir / "tiny", changed / "tiny")
+    train = changed / "tiny" / "train.tsv"
+    lines = train.read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith("the\t"))
+    lines[index] = lines[index].replace("the\t", "a\t", 1)
+    train.write_text("\n".join(lines) + "\n")
+    message = run_kd_failing(*world.distill_args("--data-dir", str(changed), "--experiment", "refused"))
+    assert "differs" in message and "tiny" in message
+    assert no_runs_in(world, "refused")
+
+
+def test_fewer_sentences_than_cached_is_refused(world, tmp_path):
+    changed = tmp_path / "corpora"
+    shutil.copytree(world.data_dir / "tiny", changed / "tiny")
+    devel = changed / "tiny" / "devel.tsv"
+    blocks = devel.read_text().strip().split("\n\n")
+    devel.write_text("\n\n".join(blocks[:-1]) + "\n")
+    message = run_kd_failing(*world.distill_args("--data-dir", str(changed), "--experiment", "refused"))
+    assert "other data" in message
+    assert no_runs_in(world, "refused")
+
+
+def test_train_split_that_was_not_cached_is_refused(world):
+    message = run_kd_failing(*world.distill_args("--train-splits", "train,devel,test", "--experiment", "refused"))
+    assert "test" in message and world.cache in message
+    assert no_runs_in(world, "refused")
+
+
+def test_fewer_train_splits_than_cached_are_fine(world):
+    """Training on `train` only (devel held out for model selection) uses the cache's train split."""
+    summary = run_kd(*world.distill_args("--train-splits", "train"))
+    run = world.client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED" and "devel_f1" in run.data.metrics
+
+
+@pytest.mark.parametrize("what", ["teacher", "unknown"])
+def test_cache_that_is_not_a_cache_run_is_refused(world, what):
+    run_id = world.teacher if what == "teacher" else "0" * 32
+    args = world.distill_args("--experiment", "refused")
+    args[args.index("--cache") + 1] = run_id
+    message = run_kd_failing(*args)
+    assert run_id in message and ("not a cache run" in message if what == "teacher" else "no such run" in message)
+    assert no_runs_in(world, "refused")
+
+
+def test_loss_needing_layers_the_cache_lacks_is_refused(world, logits_only_cache):
+    args = world.distill_args("--loss", "intermediate", "--gamma", "0.5", "--experiment", "refused")
+    args[args.index("--cache") + 1] = logits_only_cache
+    message = run_kd_failing(*args)
+    assert "task" in message and "shared" in message and "--layers" in message
+    assert no_runs_in(world, "refused")
+    # The logits loss is fine with that cache.
+    args = world.distill_args("--loss", "soft")
+    args[args.index("--cache") + 1] = logits_only_cache
+    summary = run_kd(*args)
+    assert world.client.get_run(summary["run_id"]).data.tags["cache_run"] == logits_only_cache
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--teacher", "abc"], "--cache"),  # both a cache and teachers
+    (["--loss", "logits", "--gamma", "0.5"], "--gamma"),
+    (["--loss", "nope"], "nope"),
+    (["--alpha", "0", "--beta", "0"], "zero"),
+    (["--tau", "0"], "--tau"),
+])
+def test_bad_distill_options_are_one_line_errors(world, extra, needle):
+    message = run_kd_failing(*world.distill_args(*extra, "--experiment", "refused"))
+    assert needle in message
+    assert no_runs_in(world, "refused")
+
+
+def test_neither_cache_nor_teacher_is_refused(world):
+    args = world.distill_args("--experiment", "refused")
+    del args[args.index("--cache"):args.index("--cache") + 2]
+    assert "--cache" in run_kd_failing(*args)
+
+
+# --------------------------------------------------------------------------- MLflow project
+
+
+def test_mlflow_run_distill_entry_point(world):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": world.uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    env.pop("MLFLOW_RUN_ID", None)
+    small = {SMALL_MODEL[i].lstrip("-").replace("-", "_"): SMALL_MODEL[i + 1] for i in range(0, len(SMALL_MODEL), 2)}
+    params = {"task": "tiny", "cache": world.cache, "data_dir": str(world.data_dir), "epochs": "1", "loss": "soft",
+              "tau": "2", "batch_size": "16", **small}
+    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "distill", "--env-manager", "local",
+               "--experiment-name", "project"]
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    result = subprocess.run(command, cwd=world.root, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+
+    client = world.client
+    runs = client.search_runs([client.get_experiment_by_name("project").experiment_id])
+    assert [r.info.run_id for r in runs] == [summary["run_id"]], "one run: kd logs into the project's run"
+    run = runs[0]
+    check_student_run(world, summary, "soft", ["hard", "soft_ce"], (0.5, 0.5, 0.0, 0.0, 2.0), epochs=1)
+    assert run.data.params["cache_run"] == world.cache and run.data.params["teacher_runs"] == ""
+    assert run.data.metrics["test_f1"] == summary["test_f1"]
