@@ -4,6 +4,8 @@
 # Usage: eval "$(bash .ci/start_postgres.sh [PORT])"  -> exports KD_TEST_POSTGRES_URL
 set -euo pipefail
 port="${1:-55432}"
+# Skip ports something already listens on.
+while (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null) 1>&2

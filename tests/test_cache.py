@@ -177,7 +177,7 @@ def test_round_trip_gives_back_exactly_the_rows_of_any_batch(tmp_path, dtype):
     n_train = len(sentences["train"])
     batches = [rng.choice(len(everything), size=size, replace=False) for size in (1, 5, 17, 32)]
     batches += [np.arange(len(everything)), np.array([n_train - 1, n_train, 0, len(everything) - 1]),
-                np.arange(n_train, len(everything))[::-1]]
+                np.arange(n_train, len(everything))[::-1].copy()]
     for ids in batches:
         width = max(len(everything[i]) for i in ids) + 2  # wider than needed: padding must be zero
         gathered = targets.gather(torch.from_numpy(ids), width)
@@ -384,8 +384,12 @@ def test_the_cache_refuses_other_data(store, half):
         changed[number - 1][0] = changed[number - 1][0] + "x"
         with pytest.raises(KdError, match=rf"sentence {number} of tiny .*differs"):
             CachedTargets(reader, "tiny", list(SPLITS), changed, ["logits"])
-    with pytest.raises(KdError, match="sentence 1 of tiny"):  # the same sentences in another order
-        CachedTargets(reader, "tiny", ["devel", "train"], tokens[200:] + tokens[:200], ["logits"])
+    swapped = list(tokens)
+    swapped[10], swapped[20] = swapped[20], swapped[10]
+    with pytest.raises(KdError, match="sentence 11 of tiny .*2 differ"):  # the same sentences, another order
+        CachedTargets(reader, "tiny", list(SPLITS), swapped, ["logits"])
+    with pytest.raises(KdError, match="sentence 1 of tiny"):  # the splits in the other order
+        CachedTargets(reader, "tiny", ["devel", "train"], tokens, ["logits"])
     with pytest.raises(KdError, match="229 sentences"):
         CachedTargets(reader, "tiny", list(SPLITS), tokens[:-1], ["logits"])
     with pytest.raises(KdError, match="200 sentences"):
