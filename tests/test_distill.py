@@ -218,7 +218,10 @@ def test_cache_and_live_teacher_give_the_same_targets_and_losses(world):
         for layer in all_layers:
             assert targets["cache"][layer].shape == targets["live"][layer].shape
             assert targets["cache"][layer].shape[:2] == batch.mask.shape
-            torch.testing.assert_close(targets["cache"][layer], targets["live"][layer], rtol=1e-5, atol=1e-6)
+            # Equal at real tokens; at padding the cache holds zeros and the live teacher whatever
+            # it computes there, which no loss looks at.
+            torch.testing.assert_close(targets["cache"][layer][batch.mask], targets["live"][layer][batch.mask],
+                                       rtol=1e-5, atol=1e-6)
             assert torch.all(targets["cache"][layer][~batch.mask] == 0)
 
         for loss, (_, names, weights) in LOSS_CASES.items():

@@ -164,7 +164,7 @@ def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, a
         model_keys=[k.strip() for k in model_key.split(",") if k.strip()] if model_key else None,
         corpus_key=corpus_key, filter_string=filter_string, posthoc=posthoc, alpha=alpha,
         formats=[f.strip() for f in formats.split(",") if f.strip()], drop_incomplete=drop_incomplete,
-        log=not no_log)
+        log=not no_log, attach_to=project_run_id())
     if as_json:
         click.echo(json_module.dumps({key: results[key] for key in (
             "friedman_statistic", "friedman_p_value", "critical_difference", "average_ranks", "files",

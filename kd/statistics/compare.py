@@ -333,19 +333,21 @@ def write_results_json(comparison: Comparison, out: Path, files: dict[str, str],
 def run_comparison(client, experiment: str, out: Path, *, metric: str = "test_f1",
                    model_keys: Sequence[str] | None = None, corpus_key: str = "tags.task",
                    filter_string: str | None = None, posthoc: str = "conover", alpha: float = 0.05,
-                   formats: Sequence[str] = FORMATS, drop_incomplete: bool = False, log: bool = True) -> dict[str, Any]:
+                   formats: Sequence[str] = FORMATS, drop_incomplete: bool = False, log: bool = True,
+                   attach_to: str | None = None) -> dict[str, Any]:
     """Compares the experiment's runs, writes the outputs to `out` and (with `log`) logs them as a
     comparison run in the same experiment. Returns the contents of results.json."""
     from kd.tracking.runs import TrackedRun, git_commit
     from kd.training.jobs import run_status
 
-    records = fetch_runs(client, experiment, filter_string)
+    records = [r for r in fetch_runs(client, experiment, filter_string) if r.run_id != attach_to]
     comparison = compare_runs(records, metric, model_keys, corpus_key, posthoc, alpha, drop_incomplete)
     if not log:
         files = write_outputs(comparison, out, formats)
         write_results_json(comparison, out, files, None)
         return results_json(comparison, {**files, "json": str(out / "results.json")}, None)
-    run = TrackedRun.start(client, experiment, None, {"model_kind": "comparison", "git_commit": git_commit()})
+    run = TrackedRun.start(client, experiment, None, {"model_kind": "comparison", "git_commit": git_commit()},
+                           attach_to=attach_to)
     with run_status(run):
         run.log_params({"metric": metric, "model_key": ",".join(model_keys or []) or "(kd tags)",
                         "corpus_key": corpus_key, "filter": filter_string or "", "posthoc": posthoc, "alpha": alpha,
