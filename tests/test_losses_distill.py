@@ -215,11 +215,13 @@ def test_intermediate_loss_equals_hand_computation():
     w = DistillWeights(alpha=0.4, beta=0.6, gamma=0.25, kappa=1.5)
     terms = run_loss("intermediate", w)
     expected = {"hard": hand_hard_softmax(), "logits_mse": hand_mse(STUDENT_LOGITS, TEACHER_LOGITS),
-                "task_mse": hand_mse(STUDENT_TASK, TEACHER_TASK), "shared_mse": hand_mse(STUDENT_SHARED, TEACHER_SHARED)}
+                "task_mse": hand_mse(STUDENT_TASK, TEACHER_TASK),
+                "shared_mse": hand_mse(STUDENT_SHARED, TEACHER_SHARED)}
     assert set(terms) == {*expected, "loss"}
     for name, number in expected.items():
         assert value(terms[name]) == pytest.approx(number, rel=1e-6), name
-    total = 0.4 * expected["hard"] + 0.6 * expected["logits_mse"] + 0.25 * expected["task_mse"] + 1.5 * expected["shared_mse"]
+    total = (0.4 * expected["hard"] + 0.6 * expected["logits_mse"] + 0.25 * expected["task_mse"]
+             + 1.5 * expected["shared_mse"])
     assert value(terms["loss"]) == pytest.approx(total, rel=1e-6)
 
 

@@ -73,14 +73,19 @@ def per_sentence(token_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return torch.where(mask, token_values, torch.zeros_like(token_values)).sum() / mask.shape[0]
 
 
+def real_tokens_only(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zeros at padding, so even a non-finite padded target cannot leak into a gradient."""
+    return torch.where(mask.unsqueeze(2), values, torch.zeros((), dtype=values.dtype, device=values.device))
+
+
 def mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared difference over the feature dimension, per token."""
-    return per_sentence(((student.float() - teacher) ** 2).mean(dim=2), mask)
+    return per_sentence(((student.float() - real_tokens_only(teacher, mask)) ** 2).mean(dim=2), mask)
 
 
 def soft_cross_entropy(target_probabilities: torch.Tensor, student_log_probabilities: torch.Tensor,
                        mask: torch.Tensor) -> torch.Tensor:
-    return per_sentence(-(target_probabilities * student_log_probabilities).sum(dim=2), mask)
+    return per_sentence(-(real_tokens_only(target_probabilities, mask) * student_log_probabilities).sum(dim=2), mask)
 
 
 def weighted_total(terms: dict[str, torch.Tensor], weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
@@ -126,7 +131,7 @@ def soft_loss(student: StudentView, teacher: Mapping[str, torch.Tensor], tags: t
               w: DistillWeights) -> dict[str, torch.Tensor]:
     """Eq. 5: alpha * CE(y, student) + beta * CE(softmax(teacher / tau), softmax(student / tau))."""
     mask = student.output.mask
-    targets = torch.softmax(teacher["logits"] / w.tau, dim=2)
+    targets = torch.softmax(real_tokens_only(teacher["logits"], mask) / w.tau, dim=2)
     log_probabilities = torch.log_softmax(student.output.logits.float() / w.tau, dim=2)
     terms = {"hard": hard(student, tags), "soft_ce": soft_cross_entropy(targets, log_probabilities, mask)}
     return weighted_total(terms, {"hard": w.alpha, "soft_ce": w.beta})
@@ -138,7 +143,7 @@ def kl_loss(student: StudentView, teacher: Mapping[str, torch.Tensor], tags: tor
     """alpha * CE(y, student) + beta * tau^2 * KL(teacher / tau || student / tau) (Hinton et al.):
     tau^2 keeps the gradient scale independent of the temperature."""
     mask = student.output.mask
-    teacher_log = torch.log_softmax(teacher["logits"] / w.tau, dim=2)
+    teacher_log = torch.log_softmax(real_tokens_only(teacher["logits"], mask) / w.tau, dim=2)
     student_log = torch.log_softmax(student.output.logits.float() / w.tau, dim=2)
     kl = (teacher_log.exp() * (teacher_log - student_log)).sum(dim=2)
     terms = {"hard": hard(student, tags), "kl": (w.tau ** 2) * per_sentence(kl, mask)}

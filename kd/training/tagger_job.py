@@ -317,6 +317,11 @@ class TeacherKnowledge:
             if task not in manifest.tasks:
                 raise KdError(f"--cache {options.cache_run}: the cache has no corpus {task!r}; it has "
                               f"{', '.join(manifest.tasks)}")
+            absent = [layer for layer in options.layers if layer not in manifest.layers]
+            if absent:
+                raise KdError(f"--cache {options.cache_run}: --loss {options.loss} needs the {', '.join(absent)} "
+                              f"layer(s), the cache has {', '.join(manifest.layers)} "
+                              f"(re-run kd cache-logits --layers {','.join(options.layers)})")
             missing = [s for s in job.train_splits if s not in manifest.splits[task]]
             if missing:
                 raise KdError(f"--cache {options.cache_run}: {task} has no cached {', '.join(missing)} split "
