@@ -11,7 +11,8 @@ from kd import __version__
 from kd.cli.data_cmd import data
 from kd.cli.errors import handle_errors
 from kd.cli.options import (apply_threads, as_path, build_model_options, build_training_options, data_dir_option,
-                            echo_result, model_options, project_run_id, tracking_client, tracking_uri, training_options)
+                            echo_result, model_options, project_run_id, split_options, tracking_client, tracking_uri,
+                            training_options)
 
 
 @click.group()
@@ -26,10 +27,7 @@ cli.add_command(data)
 @cli.command()
 @click.option("--task", default=None, help="Corpus name (found under --data-dir) or folder.")
 @data_dir_option
-@click.option("--train-splits", default="train,devel", show_default=True,
-              help="Splits to train on; without devel, devel F1 is reported each epoch and the best epoch kept.")
-@click.option("--eval-split", default="test", show_default=True, help="Split scored after training.")
-@click.option("--resume", "resume_run_id", default=None, help="Continue an interrupted run from its checkpoint.")
+@split_options
 @model_options
 @training_options
 @handle_errors
@@ -47,9 +45,7 @@ def train(task, data_dir, train_splits, eval_split, resume_run_id, device, threa
 @data_dir_option
 @click.option("--sampling", type=click.Choice(["uniform", "proportional"]), default="uniform", show_default=True,
               help="How each step draws its corpus: uniformly, or in proportion to the corpus's batches.")
-@click.option("--train-splits", default="train,devel", show_default=True)
-@click.option("--eval-split", default="test", show_default=True)
-@click.option("--resume", "resume_run_id", default=None, help="Continue an interrupted run from its checkpoint.")
+@split_options
 @model_options
 @training_options
 @handle_errors
@@ -114,9 +110,7 @@ def cache_logits(teachers, tasks, data_dir, splits, layers, dtype, batch_size, p
 @click.option("--kappa", type=float, default=0.0, show_default=True, help="Weight of the shared BiLSTM MSE.")
 @click.option("--tau", type=float, default=1.0, show_default=True, help="Temperature of soft and kl.")
 @data_dir_option
-@click.option("--train-splits", default="train,devel", show_default=True)
-@click.option("--eval-split", default="test", show_default=True)
-@click.option("--resume", "resume_run_id", default=None, help="Continue an interrupted run from its checkpoint.")
+@split_options
 @model_options
 @training_options
 @handle_errors

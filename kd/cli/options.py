@@ -53,6 +53,17 @@ def training_options(func: Callable) -> Callable:
     return functools.reduce(lambda f, d: d(f), reversed(decorators), func)
 
 
+def split_options(func: Callable) -> Callable:
+    """--train-splits, --eval-split and --resume, shared by every training command."""
+    decorators = [
+        click.option("--train-splits", default="train,devel", show_default=True,
+                     help="Splits to train on; without devel, devel F1 is scored each epoch and the best epoch kept."),
+        click.option("--eval-split", default="test", show_default=True, help="Split scored after training."),
+        click.option("--resume", "resume_run_id", default=None, help="Continue an interrupted run from its checkpoint."),
+    ]
+    return functools.reduce(lambda f, d: d(f), reversed(decorators), func)
+
+
 def data_dir_option(func: Callable) -> Callable:
     return click.option("--data-dir", type=click.Path(file_okay=False), envvar="KD_DATA_DIR", default=None,
                         help="Folder of corpora (default: $KD_DATA_DIR).")(func)

@@ -10,24 +10,6 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
-    """Opens a temporary file beside `path` and moves it into place only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, mode, **open_kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
-@contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yields a temporary path beside `path` for a writer that wants a file name (torch.save,
     numpy); renames it into place only if the block succeeds."""
@@ -42,6 +24,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
+    """Opens a temporary file beside `path` and moves it into place only if the block succeeds."""
+    with atomic_path(path) as temporary, open(temporary, mode, **open_kwargs) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 @contextlib.contextmanager
