@@ -71,20 +71,26 @@ def store(tmp_path_factory) -> Store:
     write_corpus(data_dir / "tiny", seed=0)
     write_corpus(data_dir / "other", seed=1, entity_types=("Disease",))
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.delenv("MLFLOW_RUN_ID", raising=False)
-        patch.delenv("KD_DATA_DIR", raising=False)
-        patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        patch.chdir(root)
-        common = ["--data-dir", str(data_dir), "--epochs", "1", *SMALL_MODEL, "--experiment", "teachers", "--json"]
-        teachers = {
-            "soft1": run_kd("train", "--task", "tiny", "--seed", "1", *common)["run_id"],
-            "soft2": run_kd("train", "--task", "tiny", "--seed", "2", *common)["run_id"],
-            "crf": run_kd("train", "--task", "tiny", "--output", "crf", *common)["run_id"],
-            "mtm": run_kd("train-teacher", "--tasks", "tiny,other", *common)["run_id"],
-        }
-        yield Store(uri=uri, data_dir=data_dir, root=root, teachers=teachers)
+    threads = torch.get_num_threads()
+    # One thread: these models are tiny, and on a busy machine thread synchronisation dominates.
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MLFLOW_TRACKING_URI", uri)
+            patch.delenv("MLFLOW_RUN_ID", raising=False)
+            patch.delenv("KD_DATA_DIR", raising=False)
+            patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            patch.chdir(root)
+            common = ["--data-dir", str(data_dir), "--epochs", "1", *SMALL_MODEL, "--experiment", "teachers", "--json"]
+            teachers = {
+                "soft1": run_kd("train", "--task", "tiny", "--seed", "1", *common)["run_id"],
+                "soft2": run_kd("train", "--task", "tiny", "--seed", "2", *common)["run_id"],
+                "crf": run_kd("train", "--task", "tiny", "--output", "crf", *common)["run_id"],
+                "mtm": run_kd("train-teacher", "--tasks", "tiny,other", *common)["run_id"],
+            }
+            yield Store(uri=uri, data_dir=data_dir, root=root, teachers=teachers)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def cache(store: Store, teachers: str, *extra: str, experiment: str = "caches") -> dict:
@@ -205,6 +211,18 @@ def test_one_split_round_trip_and_the_split_alone(tmp_path):
                               expected["task"][sentence])
 
 
+def test_arrays_that_do_not_match_the_manifest_are_refused(tmp_path):
+    sentences, values, _ = write_random_cache(tmp_path / "cache", "float32", seed=4)
+    np.save(tmp_path / "cache" / "t" / "devel" / "task.npy", values["devel"]["task"][:-1])  # one row short
+    reader = CacheReader(tmp_path / "cache")
+    reader.split("t", "train")
+    with pytest.raises(KdError, match="damaged"):
+        reader.split("t", "devel")
+    (tmp_path / "cache" / "manifest.json").write_text("{not json")
+    with pytest.raises(KdError, match="unreadable manifest"):
+        CacheReader(tmp_path / "cache")
+
+
 def test_an_incomplete_folder_is_not_a_cache(tmp_path):
     writer = CacheWriter(tmp_path / "cache", "float16")
     writer.write_split("t", "train", [("a",)], {"logits": np.zeros((1, 3), np.float32)})
@@ -323,6 +341,14 @@ def test_bytes_per_token(store, full, half):
         assert 4 * width < metrics[f"bytes_per_token/{layer}"] <= 4 * width + 2 * 256 / tokens, layer
 
 
+def test_float16_cache_is_the_float32_cache_rounded(store, full, half):
+    rounded, exact = reader_of(store, half["run_id"]), reader_of(store, full["soft1"]["run_id"])
+    for split in SPLITS:
+        stored = np.asarray(rounded.split("tiny", split).layers["logits"])
+        assert stored.dtype == np.float16
+        assert np.array_equal(stored, np.asarray(exact.split("tiny", split).layers["logits"]).astype(np.float16))
+
+
 # ------------------------------------------------------------------------------ ensembles
 
 
@@ -390,9 +416,9 @@ def test_the_cache_refuses_other_data(store, half):
         CachedTargets(reader, "tiny", list(SPLITS), swapped, ["logits"])
     with pytest.raises(KdError, match="sentence 1 of tiny"):  # the splits in the other order
         CachedTargets(reader, "tiny", ["devel", "train"], tokens, ["logits"])
-    with pytest.raises(KdError, match="229 sentences"):
+    with pytest.raises(KdError, match="holds 230 sentences .* has 229"):
         CachedTargets(reader, "tiny", list(SPLITS), tokens[:-1], ["logits"])
-    with pytest.raises(KdError, match="200 sentences"):
+    with pytest.raises(KdError, match="holds 200 sentences .* has 230"):
         CachedTargets(reader, "tiny", ["train"], tokens, ["logits"])
     with pytest.raises(KdError, match="B-Gene"):
         CachedTargets(reader, "tiny", list(SPLITS), tokens, ["logits"], tags=["O", "B-Gene", "B-Chemical"])

@@ -66,12 +66,18 @@ def store(tmp_path_factory) -> Store:
     write_corpus(data_dir / "tiny", seed=0)
     write_corpus(data_dir / "other", seed=1, entity_types=("Disease",))
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.delenv("MLFLOW_RUN_ID", raising=False)
-        patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        patch.chdir(root)
-        yield Store(uri=uri, data_dir=data_dir, root=root)
+    threads = torch.get_num_threads()
+    # One thread: these models are tiny, and on a busy machine thread synchronisation dominates.
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MLFLOW_TRACKING_URI", uri)
+            patch.delenv("MLFLOW_RUN_ID", raising=False)
+            patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            patch.chdir(root)
+            yield Store(uri=uri, data_dir=data_dir, root=root)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_kd(*args: str) -> dict:

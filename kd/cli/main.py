@@ -10,6 +10,7 @@ import click
 from kd import __version__
 from kd.cli.data_cmd import data
 from kd.cli.errors import handle_errors
+from kd.errors import KdError
 from kd.cli.options import (apply_threads, as_path, build_model_options, build_training_options, data_dir_option,
                             echo_result, model_options, project_run_id, split_options, tracking_client, tracking_uri,
                             training_options)
@@ -60,7 +61,7 @@ def train_teacher(tasks, data_dir, sampling, train_splits, eval_split, resume_ru
         [str(p) for p in discover_corpora(as_path(data_dir))] if tasks.strip() == "all"
         else [t.strip() for t in tasks.split(",") if t.strip()])
     if not resume_run_id and len(corpora) < 2:
-        raise click.BadParameter("a multi-task teacher needs at least two corpora", param_hint="--tasks")
+        raise KdError(f"--tasks {tasks}: a multi-task teacher needs at least two corpora")
     run_job(corpora, sampling, data_dir, train_splits, eval_split, resume_run_id, device, threads, experiment,
             run_name, checkpoint_dir, as_json, kwargs)
 

@@ -79,7 +79,9 @@ class TaggerJob:
         return cls(**data)
 
     def params(self) -> dict[str, Any]:
-        params = {"corpora": ",".join(self.corpora), "train_splits": ",".join(self.train_splits),
+        # The data folder, resolved, lets `kd cache-logits` find a teacher's corpora without --data-dir.
+        params = {"corpora": ",".join(self.corpora), "data_dir": str(Path(self.data_dir).resolve()) if self.data_dir else "",
+                  "train_splits": ",".join(self.train_splits),
                   "eval_split": self.eval_split, "device": self.device, **options_params(self.model, self.training)}
         if self.model_kind == "mtm":
             params["sampling"] = self.sampling

@@ -1,0 +1,122 @@
+"""Epoch time of a distilled student against the single-task model it replaces.
+
+On one corpus (default NCBI-disease from ../shared/datasets), default sizes, CPU, one epoch each over
+train+devel, batch 32, the way `kd distill` trains (the same loss functions and target sources):
+
+* stm: the single-task model, hard labels only;
+* cache_logits: a student with `--loss logits` reading its teacher's logits from a cache;
+* cache_hidden: a student with `--loss intermediate` reading logits, task and shared BiLSTM outputs;
+* live_logits: a student with `--loss logits` whose teacher runs on every batch (`--teacher`).
+
+The teacher is a default-size tagger over the corpus with random weights: its cost per token is a
+trained teacher's, and epoch time is all this measures. The cache is float16, as `kd cache-logits`
+writes by default, read through memory maps. Targets (issue 4): cache_logits <= 1.10x stm,
+cache_hidden <= 1.30x stm, cache_logits at least 1.5x faster than live_logits.
+
+    python bench/distill.py [--data-dir ../shared/datasets] [--corpus NCBI-disease] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from kd.cache.store import CacheReader, CacheWriter, Manifest
+from kd.cache.teachers import Teacher, layer_widths, teacher_outputs_for_sentences
+from kd.data.batching import EncodedDataset
+from kd.data.vocab import build_vocabularies
+from kd.training.distillation import CachedTargetSource, DistillOptions, LiveTargetSource, StudentModel, distillation_loss
+from kd.training.jobs import ModelOptions, build_tagger, load_task
+from kd.training.loop import TrainingOptions, train
+from kd.training.tagger_job import alternating_plan, supervised_loss, task_optimizers
+
+SPLITS = ["train", "devel"]
+
+
+def build_cache(teacher: Teacher, task: str, sentences_by_split: dict, directory: Path, dtype: str) -> float:
+    started = time.perf_counter()
+    writer = CacheWriter(directory, dtype)
+    entries = {task: {}}
+    for split, sentences in sentences_by_split.items():
+        rows = teacher_outputs_for_sentences([teacher], task, sentences, ["logits", "task", "shared"],
+                                             torch.device("cpu"))
+        entries[task][split] = writer.write_split(task, split, [s.tokens for s in sentences], rows)
+    widths = layer_widths(teacher, task)
+    writer.commit(Manifest(teacher_runs=["bench"], ensemble="single", teacher_outputs=[teacher.output],
+                           tasks={task: teacher.vocabularies.tags[task]}, splits=entries,
+                           layers=["logits", "task", "shared"], dtype=dtype,
+                           widths={task: {k: widths[k] for k in ("logits", "task", "shared")}}))
+    return time.perf_counter() - started
+
+
+def epoch_seconds(kind: str, data, vocabularies, teacher: Teacher, reader: CacheReader | None, seed: int) -> float:
+    task = data.name
+    sentences = data.sentences(SPLITS)
+    options = TrainingOptions(epochs=1, seed=seed)
+    model, _ = build_tagger(ModelOptions(), vocabularies, seed)
+    dataset = EncodedDataset(sentences, vocabularies, task)
+    trained, loss = model, supervised_loss(model)
+    if kind != "stm":
+        distill = DistillOptions(loss="intermediate" if kind == "cache_hidden" else "logits", alpha=0.5,
+                                 gamma=0.5 if kind == "cache_hidden" else 0.0,
+                                 kappa=0.5 if kind == "cache_hidden" else 0.0,
+                                 **({"teacher_runs": ["bench"]} if kind == "live_logits" else {"cache_run": "bench"}))
+        trained = StudentModel(model, layer_widths(teacher, task), distill.layers)
+        source = (LiveTargetSource([teacher], task, sentences, distill.layers, torch.device("cpu")) if kind == "live_logits"
+                  else CachedTargetSource(reader, task, SPLITS, sentences, distill.layers, torch.device("cpu")))
+        loss = distillation_loss(trained, distill, source)
+    optimizers = task_optimizers(model, options.learning_rate)
+    started = time.perf_counter()
+    train(trained, optimizers, alternating_plan({task: dataset}, options.batch_size, "uniform"), loss, options,
+          torch.device("cpu"))
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
+    parser.add_argument("--corpus", default="NCBI-disease")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    parser.add_argument("--kinds", default="stm,cache_logits,cache_hidden,live_logits")
+    parser.add_argument("--json-out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    data = load_task(args.corpus, args.data_dir, SPLITS)
+    vocabularies = build_vocabularies({data.name: data.sentences(SPLITS)})
+    teacher_model, _ = build_tagger(ModelOptions(), vocabularies, seed=7)
+    teacher = Teacher(run_id="bench", model=teacher_model.eval(), vocabularies=vocabularies, corpora=[data.name],
+                      data_dir=None)
+    tokens = sum(len(s) for s in data.sentences(SPLITS))
+    with tempfile.TemporaryDirectory() as folder:
+        cache_s = build_cache(teacher, data.name, data.splits, Path(folder) / "cache", args.dtype)
+        reader = CacheReader(Path(folder) / "cache")
+        seconds = {kind: epoch_seconds(kind, data, vocabularies, teacher, reader, seed=1)
+                   for kind in args.kinds.split(",")}
+    stm = seconds.get("stm")
+    report = {"corpus": data.name, "tokens_per_epoch": tokens, "threads": args.threads, "cache_dtype": args.dtype,
+              "cache_build_s": cache_s, "epoch_s": seconds,
+              "ratio_to_stm": {k: v / stm for k, v in seconds.items()} if stm else {},
+              "live_over_cache_logits": (seconds["live_logits"] / seconds["cache_logits"]
+                                         if {"live_logits", "cache_logits"} <= set(seconds) else None),
+              "targets": {"cache_logits": "<= 1.10x stm", "cache_hidden": "<= 1.30x stm",
+                          "live_over_cache_logits": ">= 1.5"}}
+    print(f"{data.name}: {tokens} tokens per epoch (train+devel), {args.threads} threads, cache {args.dtype} "
+          f"built in {cache_s:.1f} s")
+    for kind, value in seconds.items():
+        ratio = f"{value / stm:.3f}x stm" if stm else ""
+        print(f"  {kind:13s} {value:7.1f} s/epoch  {tokens / value:8.0f} tok/s  {ratio}")
+    if report["live_over_cache_logits"]:
+        print(f"  live teacher / cached logits: {report['live_over_cache_logits']:.2f}x")
+    print(json.dumps(report))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
