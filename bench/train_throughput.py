@@ -109,7 +109,9 @@ def _own_cpu_s() -> float:
 def cpu_monitor(into: dict[str, float]) -> Iterator[None]:
     """Records how busy the machine was with work other than this process (and its children)
     while the block ran: `foreign_cpu_share` is that CPU time over wall time x cores (0 = the
-    measurement had the machine to itself), `steal_share` the time the hypervisor gave to others."""
+    measurement had the machine to itself), `steal_share` the time the hypervisor gave to others,
+    `own_cpu_s` the CPU time of this process and its children (less sensitive to other load than
+    wall time, though idle threads that spin count in it)."""
     jiffy = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     before, own_before, start = _cpu_jiffies(), _own_cpu_s(), time.perf_counter()
     try:
@@ -121,6 +123,8 @@ def cpu_monitor(into: dict[str, float]) -> Iterator[None]:
             busy = (after[0] - before[0]) / jiffy
             into["foreign_cpu_share"] = max(0.0, busy - (own_after - own_before)) / capacity
             into["steal_share"] = (after[1] - before[1]) / jiffy / capacity
+        into["own_cpu_s"] = own_after - own_before
+        into["wall_s"] = wall
 
 
 def busy_share(load: dict[str, float]) -> float | None:

@@ -62,7 +62,10 @@ class SearchSpace:
     fixed: dict[str, Any]
 
     def grid(self) -> dict[str, list[Any]]:
-        return {p.name: p.grid_values() for p in self.params}
+        try:
+            return {p.name: p.grid_values() for p in self.params}
+        except KdError as error:
+            raise KdError(f"{self.path}: {error}") from None
 
 
 def _error(path: Path, key: str, message: str) -> KdError:

@@ -101,6 +101,9 @@ def open_storage(storage: str | None, attempts: int = 5):
         try:
             return RDBStorage(storage, heartbeat_interval=20, grace_period=60,
                               failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+        except ImportError as error:
+            raise KdError(f"--storage {describe_storage(storage)}: no database driver ({error}); "
+                          "for PostgreSQL: pip install 'kd[postgres]'") from None
         except Exception as error:  # a concurrent schema creation, or a server not up yet
             if attempt == attempts - 1:
                 raise KdError(f"--storage {describe_storage(storage)}: {str(error).splitlines()[0]}") from None
@@ -119,7 +122,9 @@ def make_sampler(name: str, space: SearchSpace, seed: int):
 def make_pruner(name: str, epochs: int):
     optuna = _optuna()
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        # Two finished trials give a median to compare with; pruning may start after the first epoch
+        # (bench/tune.py: these settings save more epochs than later warm-ups, keeping the best trial).
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1))
     return optuna.pruners.NopPruner()
@@ -180,7 +185,8 @@ def find_or_create_parent(client, experiment: str, study_name: str, storage_text
         if found is None:
             return []
         return client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"], max_results=10,
-                                  filter_string=f"tags.model_kind = 'study' and tags.study = '{study_name}'")
+                                  filter_string=f"tags.model_kind = 'study' and tags.study = '{study_name}' "
+                                                f"and tags.storage = '{storage_text}'")
     runs = existing()
     if runs:
         return TrackedRun(client, runs[0].info.run_id)
@@ -227,19 +233,21 @@ def tune(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None] 
     study_name = job.study or default_study_name(job.task, space)
     storage_text = describe_storage(job.storage)
     epochs = int(space.fixed.get("epochs", TrainingOptions().epochs))
-    sampler_seed = job.seed if not job.storage or "://" not in job.storage else job.seed + os.getpid()
     storage = open_storage(job.storage)
     study = None
     for attempt in range(5):
         try:
             study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
-                                        sampler=make_sampler(job.sampler, space, sampler_seed),
                                         pruner=make_pruner(job.pruner, epochs), load_if_exists=True)
             break
         except optuna.exceptions.DuplicatedStudyError:  # created by a worker between our check and insert
             time.sleep(0.2 * (attempt + 1))
     if study is None:
         raise KdError(f"--study {study_name}: could not create or load the study")
+    # A fresh study is reproducible from --seed; a worker joining or continuing a study mixes in its
+    # process and the study's progress, or it would draw the values already tried again.
+    sampler_seed = job.seed if not study.trials else job.seed + 7919 * len(study.trials) + os.getpid()
+    study.sampler = make_sampler(job.sampler, space, sampler_seed)
     parent = find_or_create_parent(client, job.experiment, study_name, storage_text, space)
     recovered = recover_abandoned_trials(study, client)
     if recovered:
@@ -247,22 +255,24 @@ def tune(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None] 
     host_pid = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial) -> float:
+        trial.set_user_attr("worker", host_pid)
         active = study.get_trials(deepcopy=False, states=(*finished_states(), optuna.trial.TrialState.RUNNING))
         if sum(1 for t in active if t.number < trial.number) >= job.n_trials:
             trial.set_user_attr("surplus", True)
             study.stop()
             raise SurplusTrial(f"trial {trial.number}: the budget of {job.n_trials} trials is taken")
-        trial.set_user_attr("worker", host_pid)
         values = {**space.fixed, **{p.name: p.suggest(trial) for p in space.params}}
         pruned = False
+
+        student = student_job(job, values, seed=job.seed, train_splits=["train"], eval_split="devel")
 
         def report(epoch: int, metrics: dict[str, float]) -> bool:
             nonlocal pruned
             trial.report(metrics["devel_f1"], epoch)
-            pruned = trial.should_prune()
+            # After the last epoch there is nothing left to save: the trial completes.
+            pruned = epoch < student.training.epochs and trial.should_prune()
             return pruned
 
-        student = student_job(job, values, seed=job.seed, train_splits=["train"], eval_split="devel")
         summary = run_tagger_job(
             student, client, checkpoint_dir, callbacks=[report], parent_run_id=parent.run_id, log_model=False,
             extra_tags={"study": study_name, "trial_number": trial.number, "search_space": space.name,
