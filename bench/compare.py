@@ -30,7 +30,7 @@ SEEDS = 5
 def build_store(uri: str, experiment: str, runs: int) -> float:
     import random
 
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     from kd.tracking.store import open_client
 

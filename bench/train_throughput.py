@@ -50,7 +50,7 @@ import torch
 from seqeval.metrics import f1_score as conlleval_f1
 
 import kd
-from kd.data.batching import EncodedDataset, bucketed_batches
+from kd.data.batching import EncodedDataset
 from kd.data.vocab import Vocabularies, build_vocabularies
 from kd.errors import KdError
 from kd.losses.supervised import hard_label_loss

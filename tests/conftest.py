@@ -1,10 +1,14 @@
 """Shared fixtures: tiny corpora made on the fly, an isolated MLflow store, small model sizes."""
 from __future__ import annotations
 
+import contextlib
+import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
@@ -51,18 +55,58 @@ def write_corpus(directory: Path, sizes: dict[str, int] | None = None, seed: int
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "corpora"
+    return make_corpora(tmp_path / "corpora")
+
+
+@pytest.fixture
+def tracking(tmp_path: Path) -> Iterator[str]:
+    """An isolated MLflow store for one test (see `isolated_store`)."""
+    with isolated_store(tmp_path) as uri:
+        yield uri
+
+
+def make_corpora(root: Path) -> Path:
+    """The two tiny corpora most tests use: `tiny` (Chemical, Disease) and `other` (Disease)."""
     write_corpus(root / "tiny", seed=0)
     write_corpus(root / "other", seed=1, entity_types=("Disease",))
     return root
 
 
-@pytest.fixture
-def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """An isolated MLflow store; the working directory moves to tmp so checkpoints stay there too."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    monkeypatch.chdir(tmp_path)
-    return uri
+@contextlib.contextmanager
+def isolated_store(root: Path) -> Iterator[str]:
+    """For a module's shared fixture: an MLflow store in `root`, the working directory there (so
+    checkpoints stay there too) and one torch thread, which on a busy 2-core machine is several
+    times faster than two for these tiny models. Yields the tracking URI."""
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MLFLOW_TRACKING_URI", uri)
+            patch.delenv("MLFLOW_RUN_ID", raising=False)
+            patch.delenv("KD_DATA_DIR", raising=False)
+            patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            patch.chdir(root)
+            yield uri
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_kd(*args) -> dict:
+    """Runs a `kd` command in process; it must succeed. Returns its last line of stdout as JSON."""
+    from click.testing import CliRunner
+
+    from kd.cli.main import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def one_line_error(result) -> str:
+    """The message of a refused command: exit code 2 and a single line `error: ...`."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    message = result.output.strip()
+    assert len(message.splitlines()) == 1, f"expected a one-line error, got:\n{message}"
+    assert message.startswith("error: "), message
+    return message

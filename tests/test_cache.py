@@ -27,7 +27,7 @@ from kd.cli.main import cli
 from kd.data.batching import EncodedDataset
 from kd.data.corpora import load_split
 from kd.errors import KdError
-from tests.conftest import REPO, SMALL_MODEL, write_corpus
+from tests.conftest import REPO, SMALL_MODEL, isolated_store, make_corpora, one_line_error, run_kd
 
 CPU = torch.device("cpu")
 ALL_LAYERS = "logits,task,shared,marginals"
@@ -56,10 +56,6 @@ class Store:
         return [s for split in splits for s in load_split(self.data_dir / task, split)]
 
 
-def run_kd(*args: str) -> dict:
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -67,30 +63,16 @@ def store(tmp_path_factory) -> Store:
     """The conftest corpora, one MLflow store, and four teachers: softmax STMs on `tiny` with seeds
     1 and 2, a CRF STM on `tiny`, and a softmax MTM on `tiny,other`."""
     root = tmp_path_factory.mktemp("cache")
-    data_dir = root / "corpora"
-    write_corpus(data_dir / "tiny", seed=0)
-    write_corpus(data_dir / "other", seed=1, entity_types=("Disease",))
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    threads = torch.get_num_threads()
-    # One thread: these models are tiny, and on a busy machine thread synchronisation dominates.
-    torch.set_num_threads(1)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("MLFLOW_TRACKING_URI", uri)
-            patch.delenv("MLFLOW_RUN_ID", raising=False)
-            patch.delenv("KD_DATA_DIR", raising=False)
-            patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-            patch.chdir(root)
-            common = ["--data-dir", str(data_dir), "--epochs", "1", *SMALL_MODEL, "--experiment", "teachers", "--json"]
-            teachers = {
-                "soft1": run_kd("train", "--task", "tiny", "--seed", "1", *common)["run_id"],
-                "soft2": run_kd("train", "--task", "tiny", "--seed", "2", *common)["run_id"],
-                "crf": run_kd("train", "--task", "tiny", "--output", "crf", *common)["run_id"],
-                "mtm": run_kd("train-teacher", "--tasks", "tiny,other", *common)["run_id"],
-            }
-            yield Store(uri=uri, data_dir=data_dir, root=root, teachers=teachers)
-    finally:
-        torch.set_num_threads(threads)
+    data_dir = make_corpora(root / "corpora")
+    with isolated_store(root) as uri:
+        common = ["--data-dir", str(data_dir), "--epochs", "1", *SMALL_MODEL, "--experiment", "teachers", "--json"]
+        teachers = {
+            "soft1": run_kd("train", "--task", "tiny", "--seed", "1", *common)["run_id"],
+            "soft2": run_kd("train", "--task", "tiny", "--seed", "2", *common)["run_id"],
+            "crf": run_kd("train", "--task", "tiny", "--output", "crf", *common)["run_id"],
+            "mtm": run_kd("train-teacher", "--tasks", "tiny,other", *common)["run_id"],
+        }
+        yield Store(uri=uri, data_dir=data_dir, root=root, teachers=teachers)
 
 
 def cache(store: Store, teachers: str, *extra: str, experiment: str = "caches") -> dict:
@@ -115,11 +97,6 @@ def reader_of(store: Store, run_id: str) -> CacheReader:
     return open_cache_run(run_id, store.client, store.uri)[0]
 
 
-def one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    message = result.output.strip()
-    assert len(message.splitlines()) == 1 and message.startswith("error: "), message
-    return message
 
 
 # --------------------------------------------------------------------- round trip (no MLflow)

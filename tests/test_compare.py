@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +15,6 @@ from scipy import stats
 
 from kd.cli.main import cli
 from kd.statistics.compare import RunRecord, compare_runs
-from kd.statistics.tests import nemenyi_critical_difference
 from kd.tracking.runs import TrackedRun
 from kd.tracking.store import open_client
 from tests.conftest import REPO

@@ -19,25 +19,17 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from kd.cli.main import cli
-from tests.conftest import REPO, SMALL_MODEL, write_corpus
+from tests.conftest import REPO, SMALL_MODEL, isolated_store, make_corpora, one_line_error, run_kd, write_corpus
 
 TRAINING = ["--batch-size", "16", "--learning-rate", "0.02"]
 TEACHER_HIDDEN = 16  # SMALL_MODEL's --task-hidden and --shared-hidden
 
 
-def run_kd(*args: str) -> dict:
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def run_kd_failing(*args: str) -> str:
     """A `kd` command expected to be refused: exit 2 and one line `error: ...`."""
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    message = result.output.strip()
-    assert len(message.splitlines()) == 1 and message.startswith("error: "), message
-    return message
+    return one_line_error(CliRunner().invoke(cli, [str(a) for a in args]))
 
 
 @dataclass
@@ -64,16 +56,8 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
-    data_dir = root / "corpora"
-    write_corpus(data_dir / "tiny", seed=0)
-    write_corpus(data_dir / "other", seed=1, entity_types=("Disease",))
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    patch = pytest.MonkeyPatch()
-    patch.setenv("MLFLOW_TRACKING_URI", uri)
-    patch.delenv("MLFLOW_RUN_ID", raising=False)
-    patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    patch.chdir(root)  # checkpoints and artifacts stay in the temporary folder
-    try:
+    data_dir = make_corpora(root / "corpora")
+    with isolated_store(root) as uri:
         teacher = run_kd("train-teacher", "--tasks", "tiny,other", "--data-dir", data_dir, *SMALL_MODEL,
                          "--epochs", "1", *TRAINING, "--json")
         cache = run_kd("cache-logits", "--teacher", teacher["run_id"], "--data-dir", data_dir,
@@ -84,8 +68,6 @@ def world(tmp_path_factory):
         assert loaded.model.task_names == ["tiny", "other"]
         yield World(root=root, data_dir=data_dir, uri=uri, teacher=teacher["run_id"], cache=cache["run_id"],
                     teacher_parameters=loaded.model.num_parameters("tiny"))
-    finally:
-        patch.undo()
 
 
 @pytest.fixture(scope="module")

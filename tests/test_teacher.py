@@ -30,7 +30,7 @@ from kd.tracking.models import download_model
 from kd.training.evaluate import entity_scores
 from kd.training.jobs import ModelOptions, build_tagger
 from kd.training.tagger_job import alternating_plan, supervised_loss, task_optimizers
-from tests.conftest import REPO, SMALL_MODEL, write_corpus
+from tests.conftest import REPO, SMALL_MODEL, isolated_store, make_corpora, one_line_error, run_kd
 
 TASKS = ("tiny", "other")
 
@@ -62,28 +62,11 @@ def store(tmp_path_factory) -> Store:
     """The conftest corpora (`tiny`: Chemical and Disease, `other`: Disease only) and one isolated
     MLflow store for the module; the working directory is its folder, so checkpoints stay there."""
     root = tmp_path_factory.mktemp("teacher")
-    data_dir = root / "corpora"
-    write_corpus(data_dir / "tiny", seed=0)
-    write_corpus(data_dir / "other", seed=1, entity_types=("Disease",))
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    threads = torch.get_num_threads()
-    # One thread: these models are tiny, and on a busy machine thread synchronisation dominates.
-    torch.set_num_threads(1)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("MLFLOW_TRACKING_URI", uri)
-            patch.delenv("MLFLOW_RUN_ID", raising=False)
-            patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-            patch.chdir(root)
-            yield Store(uri=uri, data_dir=data_dir, root=root)
-    finally:
-        torch.set_num_threads(threads)
+    data_dir = make_corpora(root / "corpora")
+    with isolated_store(root) as uri:
+        yield Store(uri=uri, data_dir=data_dir, root=root)
 
 
-def run_kd(*args: str) -> dict:
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def teacher_args(store: Store, experiment: str, *extra: str, tasks: str = "tiny,other", epochs: int = 3) -> list[str]:
@@ -92,12 +75,6 @@ def teacher_args(store: Store, experiment: str, *extra: str, tasks: str = "tiny,
             *extra]
 
 
-def one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    message = result.output.strip()
-    assert len(message.splitlines()) == 1, f"expected a one-line error, got:\n{message}"
-    assert message.startswith("error: "), message
-    return message
 
 
 # ---------------------------------------------------------------------------------------- CLI

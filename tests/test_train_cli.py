@@ -1,7 +1,6 @@
 """`kd train` and `kd predict` end to end, against a throwaway MLflow store."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +13,9 @@ from mlflow import MlflowClient
 from kd.cli.main import cli
 from kd.data.conll import read_conll
 from kd.training.evaluate import entity_scores
-from tests.conftest import SMALL_MODEL
+from tests.conftest import SMALL_MODEL, run_kd
 
 
-def run_kd(*args: str) -> dict:
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def train_args(data_dir: Path, *extra: str) -> list[str]:
@@ -172,3 +167,33 @@ def test_bad_options_are_one_line_errors(data_dir, tracking, args, needle):
 def test_unknown_corpus_names_the_data_dir(tracking, tmp_path):
     result = CliRunner().invoke(cli, ["train", "--task", "nope", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and "nope" in result.output
+
+
+def test_pretrained_vectors_set_the_size_and_initialise_known_words(data_dir, tracking, tmp_path):
+    """GloVe text vectors: the word size follows the file, known words start from their vectors."""
+    from kd.data.corpora import load_split
+    from kd.data.vocab import build_vocabularies
+    from kd.training.jobs import ModelOptions, build_tagger
+
+    vectors = {"aspirin": [0.5] * 12, "cancer": [-0.25] * 12, "patient": [1.0] * 12, "absent": [2.0] * 12}
+    path = tmp_path / "vectors.txt"
+    path.write_text("".join(f"{word} {' '.join(map(str, values))}\n" for word, values in vectors.items()))
+    summary = run_kd(*train_args(data_dir, "--embeddings", str(path), "--epochs", "1"))
+    run = MlflowClient(tracking).get_run(summary["run_id"])
+    assert run.data.metrics["pretrained_dim"] == 12
+    assert run.data.metrics["pretrained_words_found"] == 3
+
+    vocabularies = build_vocabularies({"tiny": load_split(data_dir / "tiny", "train")})
+    model, facts = build_tagger(ModelOptions(embeddings=str(path)), vocabularies, seed=1)
+    assert model.config.word_dim == 12 and facts["pretrained_words_found"] == 3
+    weights = model.word_embedding.weight.detach()
+    assert torch.equal(weights[vocabularies.words.lookup("aspirin")], torch.full((12,), 0.5))
+    assert torch.equal(weights[vocabularies.words.lookup("cancer")], torch.full((12,), -0.25))
+
+
+def test_unreadable_vectors_are_a_one_line_error(data_dir, tracking, tmp_path):
+    path = tmp_path / "vectors.txt"
+    path.write_text("aspirin 0.5 0.5\ncancer 0.5\n")
+    result = CliRunner().invoke(cli, train_args(data_dir, "--embeddings", str(path)))
+    assert result.exit_code == 2 and f"{path}:2" in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -20,17 +20,15 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from click.testing import CliRunner
 from mlflow import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from kd.cli.main import cli
 from kd.data.conll import read_conll
 from kd.errors import KdError
 from kd.statistics.compare import RunRecord, default_model_name
-from tests.conftest import SMALL_MODEL, write_corpus
+from tests.conftest import SMALL_MODEL, isolated_store, make_corpora, run_kd
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -42,10 +40,6 @@ FAST_FIXED = ("loss: logits, word_dim: 16, char_dim: 8, char_hidden: 8, shared_h
 SPACE = "fixed: {{{fixed}, epochs: {epochs}}}\nparams:\n  alpha: {{type: float, low: 0.0, high: 1.0}}\n"
 
 
-def run_kd(*args) -> dict:
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @dataclass
@@ -76,10 +70,6 @@ def make_teacher_and_cache(data_dir: Path, experiment: str = "kd") -> tuple[str,
     return teacher["run_id"], cache["run_id"]
 
 
-def make_corpora(root: Path) -> Path:
-    write_corpus(root / "tiny", seed=0)
-    write_corpus(root / "other", seed=1, entity_types=("Disease",))
-    return root
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -96,21 +86,13 @@ def one_thread():
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")
     data_dir = make_corpora(root / "corpora")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    patch = pytest.MonkeyPatch()
-    patch.setenv("MLFLOW_TRACKING_URI", uri)
-    patch.delenv("MLFLOW_RUN_ID", raising=False)
-    patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    patch.chdir(root)
-    try:
+    with isolated_store(root) as uri:
         teacher, cache = make_teacher_and_cache(data_dir)
         space = root / "fast.yaml"
         space.write_text(SPACE.format(fixed=FAST_FIXED, epochs=2))
         space3 = root / "fast3.yaml"
         space3.write_text(SPACE.format(fixed=FAST_FIXED, epochs=3))
         yield World(root=root, data_dir=data_dir, uri=uri, teacher=teacher, cache=cache, space=space, space3=space3)
-    finally:
-        patch.undo()
 
 
 def journal(path: Path) -> JournalStorage:

@@ -6,7 +6,6 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from kd.cache.store import DTYPES, LAYERS, CacheWriter, Manifest
 from kd.cache.teachers import (check_ensemble, ensemble_kind, layer_widths, load_teacher, teacher_corpus,

@@ -152,7 +152,7 @@ def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, a
     """Table, Friedman test, post-hoc tests and rank diagram of an experiment's runs."""
     import json as json_module
 
-    from kd.statistics.compare import render_markdown, run_comparison
+    from kd.statistics.compare import run_comparison
 
     results = run_comparison(
         tracking_client(), experiment, Path(out or Path("comparison") / experiment), metric=metric,
@@ -178,7 +178,7 @@ def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, a
 @click.option("--timeout", type=float, default=None, help="Stop starting trials after this many seconds.")
 @click.option("--study", default=None, help="Study name (default: <corpus>-<space>).")
 @click.option("--storage", default=None,
-              help=f"Optuna storage: a journal file path (default ./kd-optuna.log) or a database URL (postgresql://...).")
+              help="Optuna storage: a journal file path (default ./kd-optuna.log) or a database URL (postgresql://...).")
 @click.option("--sampler", type=click.Choice(["tpe", "grid", "random"]), default="tpe", show_default=True)
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
