@@ -22,9 +22,14 @@ With `--profile`, it instead trains one epoch per selected model with timers aro
 algorithm, loss, optimizer step, ...) and times prediction and scoring likewise; the stages are
 timed from outside kd (wrappers and gradient hooks on the model instance), kd itself is unchanged.
 
-Run it on an otherwise idle machine: the numbers are wall-clock throughput.
+Every kd model trains in a fresh worker process (as `kd train` does; oneDNN's kernels built for
+one model's shapes would otherwise speed up the next). The numbers are wall-clock throughput, so
+each measurement waits for the machine to be idle (`--wait-quiet`), records how much CPU other
+processes took meanwhile (the `busy %` column) and is repeated when that was more than
+`--max-busy` %; `--repeat N` measures everything N times, interleaved, and reports median timings.
 
     python bench/train_throughput.py --epochs 1 --precision fp32,bf16 --outputs softmax,crf
+    python bench/train_throughput.py --profile --outputs crf --precision fp32
 """
 from __future__ import annotations
 
@@ -623,6 +628,65 @@ def measure_quietly(name: str, measure: Callable[[], dict[str, Any]], args: argp
     return best
 
 
+def measure_all(args: argparse.Namespace, corpus_dir: Path
+                ) -> tuple[dict[tuple[str, str], list[KdResult]], dict[str, list[dict[str, Any]]]]:
+    """Every kd model and the yardstick, `--repeat` times over (interleaved, so slow spells of a
+    shared machine spread over all of them)."""
+    kd_samples: dict[tuple[str, str], list[KdResult]] = {}
+    yardstick_samples: dict[str, list[dict[str, Any]]] = {}
+    run_yardstick_too = not args.skip_yardstick and args.yardstick.is_file()
+    if not args.skip_yardstick and not run_yardstick_too:
+        print(f"warning: no yardstick at {args.yardstick}; skipping it", file=sys.stderr)
+    for repeat in range(1, args.repeat + 1):
+        suffix = f" (repeat {repeat}/{args.repeat})" if args.repeat > 1 else ""
+        for output in args.outputs:
+            for precision in args.precision:
+                kd_samples.setdefault((output, precision), []).append(KdResult(**measure_quietly(
+                    f"kd {output} {precision}{suffix}", functools.partial(in_worker, args, output, precision),
+                    args)))
+        if run_yardstick_too:
+            for output in args.outputs:
+                yardstick_samples.setdefault(output, []).append(measure_quietly(
+                    f"yardstick {output}{suffix}", functools.partial(
+                        run_yardstick, args.yardstick, corpus_dir, output == "crf", args.epochs, args.threads),
+                    args))
+    return kd_samples, yardstick_samples
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(np.median(values))
+
+
+def median_kd(samples: Sequence[KdResult]) -> KdResult:
+    """Timings: the median over repeats; F1 and loss: the first repeat's (they differ only by
+    floating-point reordering); load: the busiest repeat's."""
+    first = samples[0]
+    if len(samples) == 1:
+        return first
+    loads = [r.load for r in samples]
+    return KdResult(**{
+        **asdict(first),
+        "train_s": _median([r.train_s for r in samples]),
+        "epoch_s": [_median(column) for column in zip(*(r.epoch_s for r in samples))],
+        "predict_s": _median([r.predict_s for r in samples]),
+        "load": max(loads, key=lambda load: busy_share(load) or 0.0),
+        "attempts": sum(r.attempts for r in samples),
+    })
+
+
+def median_yardstick(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Like `median_kd`, for the yardstick's numbers."""
+    usable = [y for y in samples if "error" not in y]
+    if not usable:
+        return samples[0]
+    result = dict(usable[0])
+    for key in ("train_tok_s", "predict_tok_s", "train_s", "wall_s", "epoch_s"):
+        result[key] = _median([y[key] for y in usable])
+    result["load"] = max((y["load"] for y in usable), key=lambda load: busy_share(load) or 0.0)
+    result["repeats"] = len(usable)
+    return result
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -659,6 +723,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-busy", type=float, default=5.0, metavar="PERCENT",
                         help="measure again when other processes used more than this share of the machine "
                              "meanwhile (default: %(default)s)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure everything this many times, interleaved, and report median timings "
+                             "(default: %(default)s)")
     parser.add_argument("--retries", type=int, default=2,
                         help="how many times to measure again; the quietest attempt is kept (default: %(default)s)")
     parser.add_argument("--worker", metavar="OUTPUT:PRECISION", help=argparse.SUPPRESS)  # one model, internal
@@ -667,6 +734,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--epochs must be at least 1")
     if args.threads < 1:
         parser.error("--threads must be at least 1")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if args.retries < 0:
         parser.error("--retries must be at least 0")
     return args
@@ -713,27 +782,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 args)
                 for output in args.outputs for precision in args.precision]
             return _finish(summary, args.json_out, ok=True)
-        kd_results = []
-        for output in args.outputs:
-            for precision in args.precision:
-                kd_results.append(KdResult(**measure_quietly(
-                    f"kd {output} {precision}", functools.partial(in_worker, args, output, precision), args)))
+        kd_samples, yardstick_samples = measure_all(args, corpus.directory)
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    yardstick: dict[str, dict[str, Any]] = {}
-    if not args.skip_yardstick:
-        if not args.yardstick.is_file():
-            print(f"warning: no yardstick at {args.yardstick}; skipping it", file=sys.stderr)
-        else:
-            for output in args.outputs:
-                yardstick[output] = measure_quietly(f"yardstick {output}", functools.partial(
-                    run_yardstick, args.yardstick, corpus.directory, output == "crf", args.epochs, args.threads),
-                    args)
+    kd_results = [median_kd(samples) for samples in kd_samples.values()]
+    yardstick = {output: median_yardstick(samples) for output, samples in yardstick_samples.items()}
     comparison = compare(kd_results, yardstick)
     print()
     print_table(kd_results, yardstick, comparison)
     summary.update({"kd": [r.to_json() for r in kd_results], "yardstick": yardstick, **comparison})
+    if args.repeat > 1:
+        summary["samples"] = {"kd": [r.to_json() for samples in kd_samples.values() for r in samples],
+                              "yardstick": [y for samples in yardstick_samples.values() for y in samples]}
     return _finish(summary, args.json_out, ok=not any("error" in y for y in yardstick.values()))
 
 

@@ -271,11 +271,13 @@ def write_figures(comparison: Comparison, out: Path) -> dict[str, str]:
 
     r = comparison.result
     written = {}
-    figure, axes = plt.subplots(figsize=(8, 0.5 + 0.35 * len(r.average_ranks)))
+    # Sizes grow with the number of models up to a cap: beyond it labels shrink rather than the
+    # image growing to tens of megapixels (which also made saving take seconds).
+    figure, axes = plt.subplots(figsize=(8, min(0.5 + 0.35 * len(r.average_ranks), 24)))
     sp.critical_difference_diagram(r.average_ranks, r.p_values, ax=axes)
     axes.set_title(f"Average ranks ({comparison.metric}); bars join models not significantly different")
     written["cd_diagram"] = _save(figure, out / "cd_diagram.png")
-    size = 2 + 0.5 * len(r.average_ranks)
+    size = min(2 + 0.5 * len(r.average_ranks), 14)
     figure, axes = plt.subplots(figsize=(size + 1, size))
     sp.sign_plot(r.p_values, ax=axes)
     axes.set_title("Post-hoc p-values")
