@@ -293,7 +293,8 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def compare(kd: Sequence[KdResult], yardstick: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """kd/yardstick ratios per measured model, CRF/softmax epoch ratios, and the target checks."""
+    """kd/yardstick ratios per measured model, CRF/softmax epoch ratios, and which targets are met
+    (None where the yardstick is missing)."""
     rows = []
     for r in kd:
         y = yardstick.get(r.output, {})
@@ -313,7 +314,19 @@ def compare(kd: Sequence[KdResult], yardstick: dict[str, dict[str, Any]]) -> dic
             crf_ratios[precision] = crf.mean_epoch_s / softmax.mean_epoch_s
     if "softmax" in yardstick and "crf" in yardstick:
         crf_ratios["yardstick"] = ratio(yardstick["crf"].get("epoch_s"), yardstick["softmax"].get("epoch_s"))
-    return {"ratios": rows, "crf_softmax_epoch_ratio": crf_ratios}
+
+    def at_least(value: float | None, bound: float) -> bool | None:
+        return None if value is None else value >= bound
+
+    targets = {f"{row['output']} {row['precision']}": {
+        "train_speedup": at_least(row["train_tok_s_ratio"], TARGET_SPEEDUP),
+        "predict_speedup": at_least(row["predict_tok_s_ratio"], TARGET_SPEEDUP),
+        "f1": at_least(row["f1_diff_points"], -100 * TARGET_F1_GAP),
+    } for row in rows}
+    for precision, value in crf_ratios.items():
+        if precision != "yardstick" and value is not None:
+            targets[f"crf/softmax {precision}"] = {"epoch_ratio": value <= TARGET_CRF_RATIO}
+    return {"ratios": rows, "crf_softmax_epoch_ratio": crf_ratios, "targets_met": targets}
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -353,6 +366,9 @@ def print_table(kd: Sequence[KdResult], yardstick: dict[str, dict[str, Any]], co
         print("CRF/softmax epoch time: " + ", ".join(f"{k} {_fmt(v, '.2f')}" for k, v in crf.items()))
     print(f"targets: train and pred x >= {TARGET_SPEEDUP:g}, dF1 >= {-100 * TARGET_F1_GAP:g}, "
           f"kd CRF/softmax <= {TARGET_CRF_RATIO:g}")
+    for name, checks in comparison["targets_met"].items():
+        verdicts = ", ".join(f"{check} {'-' if ok is None else 'met' if ok else 'MISSED'}" for check, ok in checks.items())
+        print(f"  {name}: {verdicts}")
 
 
 # ----------------------------------------------------------------------------- profile
