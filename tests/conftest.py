@@ -110,3 +110,17 @@ def one_line_error(result) -> str:
     assert len(message.splitlines()) == 1, f"expected a one-line error, got:\n{message}"
     assert message.startswith("error: "), message
     return message
+
+
+def die_after_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    """Makes training stop as if killed right after the checkpoint of `epoch` was written."""
+    from kd.training import loop
+
+    save = loop.TrainingState.save
+
+    def save_then_die(self, path):
+        save(self, path)
+        if self.epoch == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.TrainingState, "save", save_then_die)

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from kd.cli.main import cli
-from tests.conftest import REPO, SMALL_MODEL, isolated_store, make_corpora, one_line_error, run_kd, write_corpus
+from tests.conftest import REPO, SMALL_MODEL, die_after_epoch, isolated_store, make_corpora, one_line_error, run_kd, write_corpus
 
 TRAINING = ["--batch-size", "16", "--learning-rate", "0.02"]
 TEACHER_HIDDEN = 16  # SMALL_MODEL's --task-hidden and --shared-hidden
@@ -273,16 +273,7 @@ def test_smaller_student_learns_intermediate_layers_through_projections(world, s
 def test_resumed_student_reaches_the_same_result(world, smaller_student, monkeypatch):
     """A student killed after epoch 1 of 2 and resumed ends exactly where the uninterrupted one ends
     (projections and their optimizer state included)."""
-    from kd.training import loop
-
-    original_save = loop.TrainingState.save
-
-    def save_then_die(self, path):
-        original_save(self, path)
-        if self.epoch == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop.TrainingState, "save", save_then_die)
+    die_after_epoch(monkeypatch, 1)
     args = world.distill_args("--loss", "intermediate", *SMALLER, "--output", "crf", "--experiment", "resume", epochs=2)
     result = CliRunner().invoke(cli, args)
     assert result.exit_code != 0
@@ -293,7 +284,7 @@ def test_resumed_student_reaches_the_same_result(world, smaller_student, monkeyp
     run_id = interrupted[0].info.run_id
     assert Path(interrupted[0].data.tags["checkpoint"]).is_file()
     assert len(world.history(run_id, "train_loss")) == 1
-    monkeypatch.setattr(loop.TrainingState, "save", original_save)
+    monkeypatch.undo()  # training no longer dies
 
     resumed = run_kd("distill", "--resume", run_id, "--json")
     assert resumed["run_id"] == run_id

@@ -30,7 +30,7 @@ from kd.tracking.models import download_model
 from kd.training.evaluate import entity_scores
 from kd.training.jobs import ModelOptions, build_tagger
 from kd.training.tagger_job import alternating_plan, supervised_loss, task_optimizers
-from tests.conftest import REPO, SMALL_MODEL, isolated_store, make_corpora, one_line_error, run_kd
+from tests.conftest import REPO, SMALL_MODEL, die_after_epoch, isolated_store, make_corpora, one_line_error, run_kd
 
 TASKS = ("tiny", "other")
 
@@ -352,16 +352,7 @@ def test_same_seed_same_teacher_bit_for_bit(store, straight):
 
 
 def test_interrupted_teacher_resumes_to_the_same_result(store, straight, monkeypatch):
-    from kd.training import loop
-
-    original_save = loop.TrainingState.save
-
-    def save_then_die(self, path):
-        original_save(self, path)
-        if self.epoch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop.TrainingState, "save", save_then_die)
+    die_after_epoch(monkeypatch, 2)
     result = CliRunner().invoke(cli, teacher_args(store, "mtm-resume", "--output", "crf", "--sampling",
                                                   "proportional"))
     assert result.exit_code != 0
@@ -370,9 +361,11 @@ def test_interrupted_teacher_resumes_to_the_same_result(store, straight, monkeyp
     run_id = interrupted[0].info.run_id
     checkpoint = Path(interrupted[0].data.tags["checkpoint"])
     assert checkpoint.is_file()
-    state = loop.TrainingState.load(checkpoint)
+    from kd.training.loop import TrainingState
+
+    state = TrainingState.load(checkpoint)
     assert set(state.optimizers) == set(TASKS), "each task's optimizer state is checkpointed"
-    monkeypatch.setattr(loop.TrainingState, "save", original_save)
+    monkeypatch.undo()  # training no longer dies
 
     resumed = run_kd("train-teacher", "--resume", run_id, "--json")
     assert resumed["run_id"] == run_id

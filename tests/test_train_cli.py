@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from kd.cli.main import cli
 from kd.data.conll import read_conll
 from kd.training.evaluate import entity_scores
-from tests.conftest import SMALL_MODEL, run_kd
+from tests.conftest import SMALL_MODEL, die_after_epoch, run_kd
 
 
 
@@ -107,18 +107,8 @@ def test_pyfunc_model_tags_tokens(data_dir, tracking):
 
 def test_resume_after_interruption_reaches_the_same_result(data_dir, tracking, monkeypatch):
     """A run killed after epoch 2 of 4 and resumed ends exactly where an uninterrupted run ends."""
-    from kd.training import loop
-
     straight = run_kd(*train_args(data_dir, "--epochs", "4", "--output", "crf"))
-
-    original_save = loop.TrainingState.save
-
-    def save_then_die(self, path):
-        original_save(self, path)
-        if self.epoch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop.TrainingState, "save", save_then_die)
+    die_after_epoch(monkeypatch, 2)
     result = CliRunner().invoke(cli, train_args(data_dir, "--epochs", "4", "--output", "crf"))
     assert result.exit_code != 0
     client = MlflowClient(tracking)
@@ -127,7 +117,7 @@ def test_resume_after_interruption_reaches_the_same_result(data_dir, tracking, m
     assert len(interrupted) == 1
     run_id = interrupted[0].info.run_id
     assert Path(interrupted[0].data.tags["checkpoint"]).is_file()
-    monkeypatch.setattr(loop.TrainingState, "save", original_save)
+    monkeypatch.undo()  # training no longer dies
 
     resumed = run_kd("train", "--resume", run_id, "--json")
     assert resumed["run_id"] == run_id
