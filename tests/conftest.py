@@ -124,3 +124,23 @@ def die_after_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(loop.TrainingState, "save", save_then_die)
+
+
+# SMALL_MODEL as MLproject parameters (option names with underscores).
+SMALL_MODEL_PARAMS = {SMALL_MODEL[i].lstrip("-").replace("-", "_"): SMALL_MODEL[i + 1]
+                      for i in range(0, len(SMALL_MODEL), 2)}
+
+
+def mlflow_run(entry_point: str, params: dict, experiment: str, cwd: Path, env: dict) -> dict:
+    """`mlflow run <repo> -e ENTRY --env-manager local` as a user types it; it must succeed.
+    Returns the JSON line kd printed last."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local",
+               "--experiment-name", experiment]
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -7,10 +7,7 @@ their own experiment.
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +24,7 @@ from kd.cli.main import cli
 from kd.data.batching import EncodedDataset
 from kd.data.corpora import load_split
 from kd.errors import KdError
-from tests.conftest import REPO, SMALL_MODEL, isolated_store, make_corpora, one_line_error, run_kd
+from tests.conftest import SMALL_MODEL, mlflow_run, isolated_store, make_corpora, one_line_error, run_kd
 
 CPU = torch.device("cpu")
 ALL_LAYERS = "logits,task,shared,marginals"
@@ -483,12 +480,8 @@ def test_mlflow_run_cache_logits_entry_point(store):
     env = {**os.environ, "MLFLOW_TRACKING_URI": store.uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     env.pop("MLFLOW_RUN_ID", None)
     teacher = store.teachers["mtm"]
-    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "cache_logits", "--env-manager", "local",
-               "--experiment-name", "project-cache", "-P", f"teacher={teacher}", "-P", f"data_dir={store.data_dir}",
-               "-P", "layers=logits,marginals", "-P", "device=cpu"]
-    result = subprocess.run(command, cwd=store.root, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = mlflow_run("cache_logits", {"teacher": teacher, "data_dir": store.data_dir, "layers": "logits,marginals",
+                                          "device": "cpu"}, "project-cache", store.root, env)
     runs = store.runs("project-cache")
     assert [r.info.run_id for r in runs] == [summary["run_id"]], "one run: kd logs into the project's run"
     run = runs[0]

@@ -3,12 +3,9 @@ single-task students learning from the cache or from the live teacher, against a
 MLflow store shared by the module (the teacher and cache are made once)."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +16,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from kd.cli.main import cli
-from tests.conftest import REPO, SMALL_MODEL, die_after_epoch, isolated_store, make_corpora, one_line_error, run_kd, write_corpus
+from tests.conftest import SMALL_MODEL, SMALL_MODEL_PARAMS, mlflow_run, die_after_epoch, isolated_store, make_corpora, one_line_error, run_kd, write_corpus
 
 TRAINING = ["--batch-size", "16", "--learning-rate", "0.02"]
 TEACHER_HIDDEN = 16  # SMALL_MODEL's --task-hidden and --shared-hidden
@@ -399,16 +396,9 @@ def test_neither_cache_nor_teacher_is_refused(world):
 def test_mlflow_run_distill_entry_point(world):
     env = {**os.environ, "MLFLOW_TRACKING_URI": world.uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     env.pop("MLFLOW_RUN_ID", None)
-    small = {SMALL_MODEL[i].lstrip("-").replace("-", "_"): SMALL_MODEL[i + 1] for i in range(0, len(SMALL_MODEL), 2)}
     params = {"task": "tiny", "cache": world.cache, "data_dir": str(world.data_dir), "epochs": "1", "loss": "soft",
-              "tau": "2", "batch_size": "16", **small}
-    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "distill", "--env-manager", "local",
-               "--experiment-name", "project"]
-    for key, value in params.items():
-        command += ["-P", f"{key}={value}"]
-    result = subprocess.run(command, cwd=world.root, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+              "tau": "2", "batch_size": "16", **SMALL_MODEL_PARAMS}
+    summary = mlflow_run("distill", params, "project", world.root, env)
 
     client = world.client
     runs = client.search_runs([client.get_experiment_by_name("project").experiment_id])

@@ -6,10 +6,7 @@ logs into its own experiment, so what one test finds in the store is only its ow
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +27,7 @@ from kd.tracking.models import download_model
 from kd.training.evaluate import entity_scores
 from kd.training.jobs import ModelOptions, build_tagger
 from kd.training.tagger_job import alternating_plan, supervised_loss, task_optimizers
-from tests.conftest import REPO, SMALL_MODEL, die_after_epoch, isolated_store, make_corpora, one_line_error, run_kd
+from tests.conftest import SMALL_MODEL, SMALL_MODEL_PARAMS, mlflow_run, die_after_epoch, isolated_store, make_corpora, one_line_error, run_kd
 
 TASKS = ("tiny", "other")
 
@@ -307,16 +304,9 @@ def test_same_seed_same_plan(store, sampling):
 def test_mlflow_run_train_teacher_entry_point(store):
     env = {**os.environ, "MLFLOW_TRACKING_URI": store.uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     env.pop("MLFLOW_RUN_ID", None)
-    small = {SMALL_MODEL[i].lstrip("-").replace("-", "_"): SMALL_MODEL[i + 1] for i in range(0, len(SMALL_MODEL), 2)}
     params = {"tasks": "tiny,other", "data_dir": str(store.data_dir), "epochs": "2", "sampling": "proportional",
-              **small}
-    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train_teacher", "--env-manager", "local",
-               "--experiment-name", "project-teacher"]
-    for key, value in params.items():
-        command += ["-P", f"{key}={value}"]
-    result = subprocess.run(command, cwd=store.root, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+              **SMALL_MODEL_PARAMS}
+    summary = mlflow_run("train_teacher", params, "project-teacher", store.root, env)
 
     runs = store.runs("project-teacher")
     assert [r.info.run_id for r in runs] == [summary["run_id"]], "one run: kd logs into the project's run"

@@ -1,7 +1,6 @@
 """Tracking store creation under concurrency, and the MLflow project entry point."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -9,7 +8,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from tests.conftest import REPO, SMALL_MODEL
+from tests.conftest import SMALL_MODEL_PARAMS, mlflow_run
 
 START_RUN = """
 import sys
@@ -37,15 +36,8 @@ def test_mlflow_run_train_entry_point(data_dir, tmp_path):
     uri = f"sqlite:///{tmp_path / 'project.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     env.pop("MLFLOW_RUN_ID", None)
-    small = {SMALL_MODEL[i].lstrip("-").replace("-", "_"): SMALL_MODEL[i + 1] for i in range(0, len(SMALL_MODEL), 2)}
-    params = {"task": "tiny", "data_dir": str(data_dir), "epochs": "2", "output": "crf", **small}
-    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train", "--env-manager", "local",
-               "--experiment-name", "project"]
-    for key, value in params.items():
-        command += ["-P", f"{key}={value}"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    params = {"task": "tiny", "data_dir": str(data_dir), "epochs": "2", "output": "crf", **SMALL_MODEL_PARAMS}
+    summary = mlflow_run("train", params, "project", tmp_path, env)
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("project").experiment_id])
