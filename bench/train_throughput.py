@@ -7,8 +7,8 @@ What is measured, per output layer (softmax, CRF) and numeric precision (fp32, b
   evaluation). The time includes building every batch, as the yardstick's does, but not reading the
   corpus, building the vocabularies or encoding the sentences into index arrays;
 * seconds per epoch (from the same run) and the CRF/softmax epoch-time ratio;
-* prediction tokens/s: test-split tokens / wall time of `kd.training.evaluate.predict_tags` (batch
-  256, batch construction and conversion to tag strings included);
+* prediction tokens/s: test-split tokens / wall time of `kd.training.evaluate.predict_tags` (its
+  default batches of at most 2,048 padded tokens, batch construction and conversion to tag strings included);
 * test F1 after those epochs: strict IOB2 entity F1 as `kd` reports it (`entity_scores`), and also
   seqeval's default (conlleval-style) F1, the metric the yardstick prints, so the two compare.
 
@@ -65,14 +65,13 @@ from kd.training.evaluate import entity_scores, predict_tags
 from kd.training.jobs import ModelOptions, build_tagger, load_task
 from kd.training.loop import TrainingOptions, train
 
-try:  # the single-task training job, wherever this version of kd keeps it
-    from kd.training.single_task import single_task_plan, supervised_loss
-except ImportError:
-    from kd.training.tagger_job import alternating_plan, supervised_loss
+from kd.training.tagger_job import alternating_plan, supervised_loss, task_optimizers
 
-    def single_task_plan(task: str, data: EncodedDataset, batch_size: int):
-        """With one corpus the multi-corpus plan is exactly the single-task one."""
-        return alternating_plan({task: data}, batch_size, "uniform")
+
+def single_task_plan(task: str, data: EncodedDataset, batch_size: int):
+    """With one corpus the multi-corpus plan is exactly the single-task one."""
+    return alternating_plan({task: data}, batch_size, "uniform")
+
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "datasets"
@@ -80,7 +79,6 @@ DEFAULT_YARDSTICK = REPO.parent / "shared" / "bench" / "yardstick_tagger.py"
 
 # The options `kd train` uses by default.
 BATCH_SIZE = 32
-PREDICT_BATCH_SIZE = 256
 LEARNING_RATE = 1e-3
 CLIP_NORM = 5.0
 SEED = 1
@@ -190,7 +188,7 @@ def load_corpus(corpus: str, data_dir: Path) -> Corpus:
 def new_model(corpus: Corpus, output: str) -> tuple[Tagger, torch.optim.Optimizer]:
     """The default-size tagger and the optimizer `kd train` gives it."""
     model, _ = build_tagger(ModelOptions(output=output), corpus.vocabularies, SEED)
-    return model, torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    return model, task_optimizers(model, LEARNING_RATE)[corpus.name]
 
 
 # ----------------------------------------------------------------------------- kd measurement
@@ -250,8 +248,7 @@ def measure_kd(corpus: Corpus, output: str, precision: str, epochs: int) -> KdRe
         epoch_s = list(np.diff([start, *epoch_ends]))
 
         start = time.perf_counter()
-        predicted = predict_tags(model, corpus.test, corpus.vocabularies, corpus.name, device, precision,
-                                 batch_size=PREDICT_BATCH_SIZE)
+        predicted = predict_tags(model, corpus.test, corpus.vocabularies, corpus.name, device, precision)
         predict_s = time.perf_counter() - start
     gold = corpus.gold_test_tags
     return KdResult(
@@ -500,8 +497,7 @@ def profile_prediction(corpus: Corpus, model: Tagger, precision: str, timer: Sta
     corpus.test.batch = timer.wrap("batch construction", corpus.test.batch)
     try:
         start = time.perf_counter()
-        predicted = predict_tags(model, corpus.test, corpus.vocabularies, corpus.name, device, precision,
-                                 batch_size=PREDICT_BATCH_SIZE)
+        predicted = predict_tags(model, corpus.test, corpus.vocabularies, corpus.name, device, precision)
         predict_s = time.perf_counter() - start
     finally:
         del corpus.test.batch

@@ -1,18 +1,20 @@
-"""Benchmark for `kd tune`: what median pruning saves.
+"""Benchmark for `kd tune`: what pruning saves.
 
 In a temporary MLflow store and Optuna journal: truncate the teacher corpora (NCBI-disease and
 BC5CDR by default) to --max-sentences train and --devel-sentences devel (and test) sentences,
 train a multi-task teacher briefly, cache its logits, then run the same study budget twice on
---corpus with the same TPE sampler seed: once with `--pruner none`, once with `--pruner median`
-(search space: the `logits` loss, alpha in [0, 1], fixed epochs and student sizes). Reports per
+--corpus with the same sampler and seed: once with `--pruner none`, once with `--pruner PRUNER` (default percentile)
+(search space: the `logits` loss, alpha in [0, 1], fixed epochs and student sizes), for each seed
+of --seeds. Reports per
 study the wall time, trials per hour, the trial-epochs actually trained (the sum over trials of
 the devel F1 points each reported, from Optuna's intermediate values, cross-checked against the
 MLflow trial runs) and the best devel F1; then the reduction of trial-epochs (target >= 40%) and
-the best-F1 gap (target within 0.3 points).
+the best-F1 gap (target within 0.3 points), per seed and averaged over the seeds.
 
 Usage: python bench/tune.py [--data-dir ../shared/datasets] [--corpus NCBI-disease]
        [--teacher-corpora NCBI-disease,BC5CDR] [--max-sentences 1500] [--devel-sentences 500]
-       [--trials 12] [--epochs 6] [--teacher-epochs 2] [--threads N] [--keep DIR] [--json-out FILE]
+       [--trials 12] [--epochs 6] [--teacher-epochs 2] [--seeds 1,2,3] [--sampler tpe|random]
+       [--threads N] [--keep DIR] [--json-out FILE]
 
 Prints a table and, last, one JSON line.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,7 +110,13 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=6, help="Epochs of every trial (fixed in the space).")
     parser.add_argument("--teacher-epochs", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=1, help="Sampler seed, the same for both studies.")
+    parser.add_argument("--pruner", default="percentile", choices=["percentile", "median", "hyperband"],
+                        help="The pruner compared with none (default: kd tune's).")
+    parser.add_argument("--seeds", default="1", help="Sampler seeds, comma-separated: one pair of studies (none, "
+                                                      "pruner) per seed, the same seed for both of a pair.")
+    parser.add_argument("--sampler", default="tpe", choices=["tpe", "random"],
+                        help="random draws the same parameters in both studies of a pair, whatever was pruned; "
+                             "tpe's draws after its start-up trials depend on what was pruned.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of every kd process.")
     parser.add_argument("--keep", default=None, help="Work in this folder and keep it (default: a temporary one).")
     parser.add_argument("--json-out", default=None)
@@ -144,40 +153,50 @@ def main() -> None:
     from kd.tracking.store import open_client
 
     client = open_client(uri)
-    studies = {}
-    for pruner in ("none", "median"):
-        name = f"bench-{pruner}"
-        print(f"study {name}: {args.trials} trials of {args.epochs} epochs", flush=True)
-        result, seconds = kd(["tune", "--task", args.corpus, "--cache", cache["run_id"], "--space", space,
-                              "--data-dir", data_dir, "--n-trials", args.trials, "--pruner", pruner,
-                              "--sampler", "tpe", "--seed", args.seed, "--study", name, "--storage", journal,
-                              "--experiment", "bench-tune", *threads], env, workdir)
-        numbers = study_numbers(journal, name, client, result["parent_run_id"], args.epochs)
-        numbers.update({"wall_seconds": seconds, "trials_per_hour": numbers["trials"] / seconds * 3600,
-                        "trial_epochs_per_hour": numbers["trial_epochs"] / seconds * 3600})
-        studies[pruner] = numbers
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    pairs = []
+    for seed in seeds:
+        studies = {}
+        for pruner in ("none", args.pruner):
+            name = f"bench-{args.sampler}-{seed}-{pruner}"
+            print(f"study {name}: {args.trials} trials of {args.epochs} epochs", flush=True)
+            result, seconds = kd(["tune", "--task", args.corpus, "--cache", cache["run_id"], "--space", space,
+                                  "--data-dir", data_dir, "--n-trials", args.trials, "--pruner", pruner,
+                                  "--sampler", args.sampler, "--seed", seed, "--study", name, "--storage", journal,
+                                  "--experiment", "bench-tune", *threads], env, workdir)
+            numbers = study_numbers(journal, name, client, result["parent_run_id"], args.epochs)
+            numbers.update({"wall_seconds": seconds, "trials_per_hour": numbers["trials"] / seconds * 3600,
+                            "trial_epochs_per_hour": numbers["trial_epochs"] / seconds * 3600})
+            studies[pruner] = numbers
+        none, pruned = studies["none"], studies[args.pruner]
+        pairs.append({"seed": seed, "studies": studies,
+                      "trial_epoch_reduction": 1 - pruned["trial_epochs"] / none["trial_epochs"],
+                      "best_f1_gap_points": 100 * (none["best_devel_f1"] - pruned["best_devel_f1"])})
 
-    none, median = studies["none"], studies["median"]
-    reduction = 1 - median["trial_epochs"] / none["trial_epochs"]
-    gap = 100 * (none["best_devel_f1"] - median["best_devel_f1"])
     print()
-    print("| pruner | trials | complete | pruned | trial-epochs | wall (s) | trials/hour | best devel F1 | best alpha |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for pruner, n in studies.items():
-        print(f"| {pruner} | {n['trials']} | {n['complete']} | {n['pruned']} | {n['trial_epochs']} / "
-              f"{n['max_trial_epochs']} | {n['wall_seconds']:.0f} | {n['trials_per_hour']:.1f} | "
-              f"{100 * n['best_devel_f1']:.2f} | {n['best_alpha']:.3f} |")
+    print("| seed | pruner | trials | complete | pruned | trial-epochs | wall (s) | trials/hour | best devel F1 "
+          "| best alpha |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for pair in pairs:
+        for pruner, n in pair["studies"].items():
+            print(f"| {pair['seed']} | {pruner} | {n['trials']} | {n['complete']} | {n['pruned']} | "
+                  f"{n['trial_epochs']} / {n['max_trial_epochs']} | {n['wall_seconds']:.0f} | "
+                  f"{n['trials_per_hour']:.1f} | {100 * n['best_devel_f1']:.2f} | {n['best_alpha']:.3f} |")
+    reduction = statistics.mean(p["trial_epoch_reduction"] for p in pairs)
+    gap = statistics.mean(p["best_f1_gap_points"] for p in pairs)
     print()
-    print(f"trial-epochs saved by median pruning: {100 * reduction:.1f}% (target >= 40%): "
-          f"{'met' if reduction >= 0.4 else 'NOT met'}")
-    print(f"best devel F1 gap (none - median): {gap:+.2f} points (target within 0.3): "
-          f"{'met' if gap <= 0.3 else 'NOT met'}")
+    for pair in pairs:
+        print(f"seed {pair['seed']}: trial-epochs saved {100 * pair['trial_epoch_reduction']:.1f}%, "
+              f"best devel F1 gap (none - {args.pruner}) {pair['best_f1_gap_points']:+.2f} points")
+    print(f"mean over {len(pairs)} seed(s): trial-epochs saved by {args.pruner} pruning {100 * reduction:.1f}% "
+          f"(target >= 40%): {'met' if reduction >= 0.4 else 'NOT met'}; best devel F1 gap {gap:+.2f} points "
+          f"(target within 0.3): {'met' if gap <= 0.3 else 'NOT met'}")
     summary = {
         "corpus": args.corpus, "teacher_corpora": corpora, "sentences": sizes, "trials": args.trials,
-        "epochs": args.epochs, "teacher_epochs": args.teacher_epochs, "seed": args.seed, "threads": args.threads,
-        "teacher_test_f1": teacher["test_f1"], "teacher_seconds": teacher_seconds, "cache_seconds": cache_seconds,
-        "studies": studies, "trial_epoch_reduction": reduction, "best_f1_gap_points": gap,
-        "reduction_target_met": reduction >= 0.4, "gap_target_met": gap <= 0.3,
+        "epochs": args.epochs, "teacher_epochs": args.teacher_epochs, "pruner": args.pruner, "sampler": args.sampler, "seeds": seeds,
+        "threads": args.threads, "teacher_test_f1": teacher["test_f1"], "teacher_seconds": teacher_seconds,
+        "cache_seconds": cache_seconds, "pairs": pairs, "mean_trial_epoch_reduction": reduction,
+        "mean_best_f1_gap_points": gap, "reduction_target_met": reduction >= 0.4, "gap_target_met": gap <= 0.3,
     }
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(summary, indent=2) + "\n")

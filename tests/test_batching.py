@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from kd.data.batching import Batch, EncodedDataset, bucketed_batches, iterate_batches
+from kd.data.batching import Batch, EncodedDataset, bucketed_batches, iterate_batches, token_budget_batches
 from kd.data.types import Sentence
 from kd.data.vocab import build_vocabularies
 
@@ -78,6 +78,8 @@ def check_batch(batch: Batch, dataset: EncodedDataset, vocabularies, requested) 
     assert batch.form_chars.shape[1] == max(len(f) for f in distinct)
     assert set(forms_of_row) == set(range(len(distinct)))
     assert all(len(forms) == 1 for forms in forms_of_row.values())
+    # shortest form first, so the character BiLSTM's length groups are slices
+    assert (batch.form_lengths[1:] >= batch.form_lengths[:-1]).all()
 
 
 @pytest.mark.parametrize("requested", [[0, 1, 2, 3, 4], [4, 0, 2], [3], [1, 4], [0, 3, 2]])
@@ -198,3 +200,26 @@ def test_batches_group_similar_lengths(rng_seed):
 def test_batch_size_must_be_positive():
     with pytest.raises(ValueError):
         bucketed_batches(np.array([1, 2, 3]), 0, None)
+
+
+# ------------------------------------------------------------ token_budget_batches
+@pytest.mark.parametrize("budget", [1, 5, 40, 1000])
+def test_token_budget_batches_cover_sorted_and_fit(budget):
+    lengths = np.random.default_rng(3).integers(1, 30, size=200)
+    batches = token_budget_batches(lengths, budget)
+    order = np.concatenate(batches)
+    assert sorted(order.tolist()) == list(range(len(lengths)))
+    assert (np.diff(lengths[order]) >= 0).all()  # sorted by length across the whole sequence
+    for batch in batches:
+        padded = len(batch) * lengths[batch].max()
+        assert padded <= budget or len(batch) == 1  # a sentence longer than the budget goes alone
+    # Greedy and maximal: the next sentence would not have fitted into the batch before it.
+    for before, after in zip(batches, batches[1:]):
+        assert (len(before) + 1) * lengths[after[0]] > budget
+
+
+def test_token_budget_batches_edge_cases():
+    assert token_budget_batches(np.array([], dtype=np.int64), 10) == []
+    assert [b.tolist() for b in token_budget_batches(np.array([4, 4, 4]), 8)] == [[0, 1], [2]]
+    with pytest.raises(ValueError):
+        token_budget_batches(np.array([1]), 0)

@@ -115,11 +115,11 @@ def tag_alone(model: Tagger, dataset: EncodedDataset, vocabularies, index: int) 
 
 
 @pytest.mark.parametrize("output", ["softmax", "crf"])
-@pytest.mark.parametrize("batch_size", [1, 2, 256])
-def test_predict_tags_in_dataset_order(output, batch_size):
+@pytest.mark.parametrize("batch_tokens", [1, 7, 2048])
+def test_predict_tags_in_dataset_order(output, batch_tokens):
     model, vocabularies, dataset = setup(output)
     model.train()
-    predictions = predict_tags(model, dataset, vocabularies, "genes", torch.device("cpu"), batch_size=batch_size)
+    predictions = predict_tags(model, dataset, vocabularies, "genes", torch.device("cpu"), batch_tokens=batch_tokens)
     assert model.training  # mode restored
     assert len(predictions) == len(TEST)
     model.eval()
@@ -144,7 +144,7 @@ def test_predict_tags_on_untagged_sentences():
     sentences = as_sentences(tokens)
     assert [list(s.tokens) for s in sentences] == tokens
     dataset = EncodedDataset(sentences, vocabularies, None, with_tags=False)
-    predictions = predict_tags(model, dataset, vocabularies, "genes", torch.device("cpu"), batch_size=2)
+    predictions = predict_tags(model, dataset, vocabularies, "genes", torch.device("cpu"), batch_tokens=8)
     assert [len(p) for p in predictions] == [len(t) for t in tokens]
 
 

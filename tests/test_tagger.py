@@ -272,3 +272,46 @@ def test_word_vectors_are_copied_and_shape_checked():
     assert torch.equal(model.word_embedding.weight.detach(), torch.from_numpy(vectors))
     with pytest.raises(ValueError):
         Tagger(config, vectors[:, :-1])
+
+
+# ------------------------------------------------------------------- character BiLSTM groups
+
+
+@pytest.mark.parametrize("order", ["shortest_first", "shuffled"])
+def test_form_groups_equal_one_padded_run_over_all_forms(order):
+    """encode_forms runs the character BiLSTM per length group; the reference runs it once over
+    all forms padded to the longest (exact per form, see test_bilstm)."""
+    from kd.models.bilstm import reversal_index
+
+    model = single()
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.cat([torch.arange(1, 31), torch.randint(1, 31, (40,), generator=generator)])
+    lengths = lengths.sort().values if order == "shortest_first" else lengths[torch.randperm(70, generator=generator)]
+    chars = torch.randint(2, model.config.num_chars, (len(lengths), 30), generator=generator)
+    chars[torch.arange(30)[None, :] >= lengths[:, None]] = 0
+    with torch.no_grad():
+        grouped = model.encode_forms(chars, lengths)
+        reference = model.char_lstm.final_states(model.char_embedding(chars), lengths, reversal_index(lengths, 30))
+    assert grouped.shape == (70, 2 * SIZES["char_hidden"])
+    torch.testing.assert_close(grouped, reference, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------- dropout
+
+
+@pytest.mark.parametrize("p", [0.3, 0.5])
+def test_dropout_zeroes_a_share_p_and_scales_the_rest(p):
+    from kd.models.tagger import Dropout
+
+    torch.manual_seed(0)
+    x = torch.full((200, 500), 2.0, requires_grad=True)
+    y = Dropout(p).train()(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - p) < 0.01  # 100,000 draws: std of the share ~0.0016
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 2.0 / (1 - p)))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p))  # gradient flows through kept units only
+    assert torch.equal(Dropout(p).eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+    with pytest.raises(ValueError):
+        Dropout(1.0)

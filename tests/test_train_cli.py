@@ -87,11 +87,18 @@ def test_predict_plain_text_to_stdout(data_dir, tracking, tmp_path):
     summary = run_kd(*train_args(data_dir))
     text = tmp_path / "sentences.txt"
     text.write_text("the patient was given aspirin\n\nno signs of cancer\n")
-    result = CliRunner().invoke(cli, ["predict", "--model", summary["run_id"], "--input", str(text)])
-    assert result.exit_code == 0, result.output
-    blocks = [b.splitlines() for b in result.output.strip().split("\n\n")]
-    assert [[line.split("\t")[0] for line in b] for b in blocks] == [
-        ["the", "patient", "was", "given", "aspirin"], ["no", "signs", "of", "cancer"]]
+    for precision in ("fp32", "bf16"):
+        result = CliRunner().invoke(cli, ["predict", "--model", summary["run_id"], "--input", str(text),
+                                          "--precision", precision])
+        assert result.exit_code == 0, result.output
+        blocks = [b.splitlines() for b in result.output.strip().split("\n\n")]
+        assert [[line.split("\t")[0] for line in b] for b in blocks] == [
+            ["the", "patient", "was", "given", "aspirin"], ["no", "signs", "of", "cancer"]]
+        tags = [line.split("\t")[1] for b in blocks for line in b]
+        assert all(tag == "O" or tag[:2] in ("B-", "I-") for tag in tags)
+    result = CliRunner().invoke(cli, ["predict", "--model", summary["run_id"], "--input", str(text),
+                                      "--precision", "fp8"])
+    assert result.exit_code == 2 and "--precision" in result.output
 
 
 def test_pyfunc_model_tags_tokens(data_dir, tracking):

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -202,9 +203,9 @@ def test_search_logs_trials_under_one_parent_and_never_reads_test(world, tmp_pat
 
 def test_pruned_trials_are_pruned_in_optuna_and_mlflow(world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    # Made deterministic: three identical hard-label students (alpha = 1) learn the corpus in the
-    # first epoch; then students that only imitate a one-epoch teacher (alpha = 0) score 0 after
-    # their first epoch, below the median, and are pruned there.
+    # Made deterministic: three identical hard-label students (alpha = 1) learn the corpus within
+    # the first epochs; then students that only imitate a one-epoch teacher (alpha = 0) still score
+    # 0, below the median, and are pruned.
     study = optuna.create_study(study_name="prune", storage=journal(tmp_path / "kd-optuna.log"),
                                 direction="maximize")
     for alpha in (1.0, 1.0, 1.0, 0.0, 0.0, 1.0):
@@ -230,7 +231,11 @@ def test_pruned_trials_are_pruned_in_optuna_and_mlflow(world, tmp_path, monkeypa
     assert {r.data.tags["trial_state"] for r in runs.values()} <= {"COMPLETE", "PRUNED"}
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     assert [t.number for t in pruned] == [3, 4], [(t.number, t.params, t.intermediate_values) for t in study.trials]
-    assert all(t.params["alpha"] == 0.0 and len(t.intermediate_values) == 1 for t in pruned)
+    for trial in pruned:  # stopped at an epoch where it was below the median of the finished trials
+        assert trial.params["alpha"] == 0.0
+        epoch = max(trial.intermediate_values)
+        finished = [t.intermediate_values[epoch] for t in study.trials[:trial.number] if t.state == TrialState.COMPLETE]
+        assert trial.intermediate_values[epoch] < statistics.median(finished)
     assert study.trials[5].state == TrialState.COMPLETE, "a good student after pruned ones is not pruned"
     parent = client.get_run(result["parent_run_id"])
     assert parent.data.metrics["trials_pruned"] == 2 and parent.data.metrics["trials_complete"] == 4
@@ -521,3 +526,20 @@ def test_two_workers_share_a_postgresql_study(tmp_path, monkeypatch, postgres_da
         assert run.data.metrics["devel_f1"] == pytest.approx(trial.value)
     children = [r for r in client.search_runs([experiment_id], max_results=1000) if r.data.tags.get("tuning") == "trial"]
     assert len(children) == 4 and {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+
+
+@pytest.mark.parametrize("value, pruned_by", [(0.2, {"percentile", "median"}), (0.28, {"median"}), (0.4, set())])
+def test_percentile_prunes_the_bottom_third_median_the_bottom_half(value, pruned_by):
+    """Six finished trials scored 0.1..0.6 at the first epoch: the bottom third lies below 0.267
+    (linear interpolation, as numpy's percentile), the bottom half below 0.35."""
+    from kd.tuning.study import make_pruner
+
+    for name in ("percentile", "median", "none"):
+        study = optuna.create_study(direction="maximize", pruner=make_pruner(name, epochs=3))
+        for finished in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6):
+            trial = study.ask()
+            trial.report(finished, 1)
+            study.tell(trial, finished)
+        trial = study.ask()
+        trial.report(value, 1)
+        assert trial.should_prune() == (name in pruned_by), name

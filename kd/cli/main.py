@@ -12,8 +12,8 @@ from kd.cli.data_cmd import data
 from kd.cli.errors import handle_errors
 from kd.errors import KdError
 from kd.cli.options import (apply_threads, as_path, build_model_options, build_training_options, data_dir_option,
-                            echo_result, model_options, project_run_id, split_options, tracking_client, tracking_uri,
-                            training_options)
+                            echo_result, model_options, precision_option, project_run_id, split_options,
+                            tracking_client, tracking_uri, training_options)
 
 
 @click.group()
@@ -75,7 +75,7 @@ def train_teacher(tasks, data_dir, sampling, train_splits, eval_split, resume_ru
               help="Comma-separated: logits, task (task BiLSTM), shared (shared BiLSTM), marginals (token posteriors).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@precision_option()
 @click.option("--device", default="auto", show_default=True)
 @click.option("--threads", type=int, default=None)
 @click.option("--experiment", default="kd", show_default=True)
@@ -180,7 +180,8 @@ def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, a
 @click.option("--storage", default=None,
               help="Optuna storage: a journal file path (default ./kd-optuna.log) or a database URL (postgresql://...).")
 @click.option("--sampler", type=click.Choice(["tpe", "grid", "random"]), default="tpe", show_default=True)
-@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True)
+@click.option("--pruner", type=click.Choice(["percentile", "median", "hyperband", "none"]), default="percentile",
+              show_default=True, help="percentile prunes trials in the bottom third at an epoch, median the bottom half.")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--refit-seeds", type=int, default=0, show_default=True,
               help="Afterwards, train the best configuration on train+devel with this many seeds and score test.")
@@ -234,8 +235,9 @@ def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_split
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Output CoNLL (default: stdout).")
 @click.option("--task", default=None, help="Which corpus's head to use, for a multi-task model.")
 @click.option("--device", default="cpu", show_default=True)
+@precision_option()
 @handle_errors
-def predict(model_ref, input_path, out_path, task, device) -> None:
+def predict(model_ref, input_path, out_path, task, device, precision) -> None:
     """Tag sentences with a trained model and write CoNLL (token<TAB>tag)."""
     from kd.data.conll import read_sentences_for_tagging, write_conll
     from kd.models.inference import SavedTagger
@@ -243,7 +245,7 @@ def predict(model_ref, input_path, out_path, task, device) -> None:
     from kd.training.device import resolve_device
 
     sentences = read_sentences_for_tagging(input_path)
-    tagger = SavedTagger(download_model(model_ref, tracking_uri()), resolve_device(device), task)
+    tagger = SavedTagger(download_model(model_ref, tracking_uri()), resolve_device(device), task, precision)
     tags = tagger.tag(sentences)
     write_conll(sentences, tags, out_path if out_path else sys.stdout)
 

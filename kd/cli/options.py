@@ -32,6 +32,12 @@ def model_options(func: Callable) -> Callable:
     return functools.reduce(lambda f, d: d(f), reversed(decorators), func)
 
 
+def precision_option() -> Callable:
+    return click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+                        help="bf16 autocasts matrix products and LSTMs to bfloat16 (fast on CPUs with "
+                             "avx512_bf16 or AMX, and on recent GPUs).")
+
+
 def training_options(func: Callable) -> Callable:
     decorators = [
         click.option("--seed", type=int, default=1, show_default=True),
@@ -39,8 +45,7 @@ def training_options(func: Callable) -> Callable:
         click.option("--batch-size", type=int, default=32, show_default=True, help="Sentences per batch."),
         click.option("--learning-rate", type=float, default=1e-3, show_default=True, help="Adam learning rate."),
         click.option("--clip-norm", type=float, default=5.0, show_default=True, help="Gradient norm clip (0: off)."),
-        click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-                     help="bf16 autocasts matrix products and LSTMs to bfloat16."),
+        precision_option(),
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]."),
         click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)."),
         click.option("--experiment", default="kd", show_default=True, help="MLflow experiment."),

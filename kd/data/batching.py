@@ -23,8 +23,8 @@ class Batch:
 
     words: torch.Tensor  # (B, T) word ids
     form_index: torch.Tensor  # (B, T) row of each token in form_chars
-    form_chars: torch.Tensor  # (U, L) character ids of the distinct forms in the batch
-    form_lengths: torch.Tensor  # (U,) on CPU, as packing wants
+    form_chars: torch.Tensor  # (U, L) character ids of the distinct forms in the batch, shortest first
+    form_lengths: torch.Tensor  # (U,) on CPU, non-decreasing
     lengths: torch.Tensor  # (B,) on CPU, decreasing
     mask: torch.Tensor  # (B, T) bool
     tags: torch.Tensor | None  # (B, T) tag ids, 0 at padding
@@ -99,6 +99,10 @@ class EncodedDataset:
         source = np.repeat(self.offsets[sentence_ids], lengths) + cols
 
         unique_forms, form_rows = np.unique(self.flat_forms[source], return_inverse=True)
+        # Shortest form first: the character BiLSTM then runs on contiguous groups of similar length.
+        by_length = np.argsort(self.form_lengths[unique_forms], kind="stable")
+        unique_forms = unique_forms[by_length]
+        form_rows = np.argsort(by_length)[form_rows.reshape(-1)]
         form_lengths = self.form_lengths[unique_forms]
         form_chars = self.form_chars[unique_forms, : int(form_lengths.max())]
 
@@ -141,6 +145,27 @@ def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Genera
     batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
     if rng is not None:
         batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def token_budget_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """Sentences sorted by length, cut into batches whose padded size (sentences x longest
+    length) stays within `max_tokens`; a sentence longer than the budget gets a batch of its own.
+
+    For inference: short sentences travel in large batches, long ones in small batches, so the
+    matrix products stay large while padding stays a few percent (fixed-size batches of the
+    sorted sentences pad the long tail heavily)."""
+    if max_tokens < 1:
+        raise ValueError("the token budget must be at least 1")
+    order = np.argsort(lengths, kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    for end in range(1, len(order) + 1):
+        # Sorted ascending, so the sentence just added is the longest of the batch.
+        if end < len(order) and (end + 1 - start) * int(lengths[order[end]]) <= max_tokens:
+            continue
+        batches.append(order[start:end])
+        start = end
     return batches
 
 

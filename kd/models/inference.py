@@ -10,11 +10,12 @@ import torch
 from kd.data.batching import EncodedDataset
 from kd.errors import KdError
 from kd.models.io import load_model
-from kd.training.evaluate import as_sentences, predict_tags
+from kd.training.evaluate import PREDICT_BATCH_TOKENS, as_sentences, predict_tags
 
 
 class SavedTagger:
-    def __init__(self, directory: str | Path, device: str | torch.device = "cpu", task: str | None = None) -> None:
+    def __init__(self, directory: str | Path, device: str | torch.device = "cpu", task: str | None = None,
+                 precision: str = "fp32") -> None:
         saved = load_model(directory, device)
         self.model = saved.model
         self.vocabularies = saved.vocabularies
@@ -25,15 +26,17 @@ class SavedTagger:
         if task is not None and task not in tasks:
             raise KdError(f"--task {task}: the model has no such task; it has {', '.join(tasks)}")
         self.task = task or tasks[0]
+        self.precision = precision
 
-    def tag(self, sentences: Sequence[Sequence[str]], batch_size: int = 256) -> list[list[str]]:
+    def tag(self, sentences: Sequence[Sequence[str]], batch_tokens: int = PREDICT_BATCH_TOKENS) -> list[list[str]]:
         non_empty = [i for i, tokens in enumerate(sentences) if len(tokens) > 0]
         tagged: list[list[str]] = [[] for _ in sentences]
         if not non_empty:
             return tagged
         dataset = EncodedDataset(as_sentences([sentences[i] for i in non_empty]), self.vocabularies,
                                  self.task, with_tags=False)
-        predicted = predict_tags(self.model, dataset, self.vocabularies, self.task, self.device, batch_size=batch_size)
+        predicted = predict_tags(self.model, dataset, self.vocabularies, self.task, self.device,
+                                 self.precision, batch_tokens)
         for i, tags in zip(non_empty, predicted):
             tagged[i] = tags
         return tagged

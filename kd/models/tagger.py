@@ -17,6 +17,8 @@ from kd.models.bilstm import BiLSTM, reversal_index
 from kd.models.crf import CRF
 
 OUTPUTS = ("softmax", "crf")
+# Upper form lengths of the character BiLSTM's groups (see Tagger.encode_forms).
+CHAR_GROUP_BOUNDS = torch.tensor([4, 8, 16])
 
 
 @dataclass
@@ -60,6 +62,28 @@ class TaggerOutput:
     mask: torch.Tensor  # (B, T) bool, True at real tokens
 
 
+class Dropout(nn.Module):
+    """Inverted dropout, as nn.Dropout, with the mask drawn by comparing uniform numbers with p:
+    on CPU this is about 3x faster than the Bernoulli sampler behind nn.Dropout, which cost
+    ~8% of a training epoch at the tagger's four dropout sites (bench/README.md)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), not {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        # One float mask holding 0 or 1/(1-p): the backward pass is then a single product too.
+        scaled_keep = (torch.rand(x.shape, device=x.device) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x * scaled_keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class TaskHead(nn.Module):
     def __init__(self, config: TaggerConfig, num_tags: int) -> None:
         super().__init__()
@@ -85,7 +109,7 @@ class Tagger(nn.Module):
         self.shared_lstm = BiLSTM(config.word_dim + 2 * config.char_hidden, config.shared_hidden)
         # A ModuleList, not a ModuleDict keyed by task: corpus names may contain dots.
         self.heads = nn.ModuleList(TaskHead(config, n) for n in config.tasks.values())
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def head(self, task: str) -> TaskHead:
         try:
@@ -96,11 +120,33 @@ class Tagger(nn.Module):
     def crf(self, task: str) -> CRF | None:
         return self.head(task).crf
 
+    def encode_forms(self, form_chars: torch.Tensor, form_lengths: torch.Tensor) -> torch.Tensor:
+        """Character BiLSTM summary (U, 2 * char_hidden) of each distinct form.
+
+        Forms run in groups of similar length (1-4, 5-8, 9-16, 17+ characters), each padded only
+        to its own longest form: padding every form to the batch's longest costs about 3x the
+        real character steps. Batches list forms shortest first, so each group is a slice; other
+        orders are sorted here and the result put back in the given order."""
+        groups = torch.bucketize(form_lengths, CHAR_GROUP_BOUNDS)
+        if len(form_lengths) and not bool((groups[1:] >= groups[:-1]).all()):
+            order = torch.argsort(form_lengths, stable=True)
+            vectors = self.encode_forms(form_chars[order.to(form_chars.device)], form_lengths[order])
+            return vectors[torch.argsort(order).to(vectors.device)]
+        parts, start = [], 0
+        for group_size in torch.bincount(groups).tolist():
+            if group_size == 0:
+                continue
+            lengths = form_lengths[start:start + group_size]
+            width = int(lengths.max())
+            chars = form_chars[start:start + group_size, :width]
+            reverse = reversal_index(lengths, width).to(chars.device)
+            parts.append(self.char_lstm.final_states(self.char_embedding(chars), lengths, reverse))
+            start += group_size
+        return torch.cat(parts) if len(parts) != 1 else parts[0]
+
     def encode_shared(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Shared BiLSTM states (B, T, 2H) and the batch's reversal index, reusable across heads."""
-        char_reverse = reversal_index(batch.form_lengths, batch.form_chars.shape[1]).to(batch.form_chars.device)
-        form_vectors = self.char_lstm.final_states(
-            self.char_embedding(batch.form_chars), batch.form_lengths, char_reverse)
+        form_vectors = self.encode_forms(batch.form_chars, batch.form_lengths)
         token_chars = form_vectors[batch.form_index]
         embedded = torch.cat([self.word_embedding(batch.words), token_chars.to(form_vectors.dtype)], dim=2)
         reverse = reversal_index(batch.lengths, batch.words.shape[1]).to(batch.words.device)

@@ -8,11 +8,16 @@ import torch
 from seqeval.metrics import classification_report
 from seqeval.scheme import IOB2
 
-from kd.data.batching import EncodedDataset, bucketed_batches
+from kd.data.batching import EncodedDataset, token_budget_batches
 from kd.data.types import Sentence
 from kd.data.vocab import Vocabularies
 from kd.models.tagger import Tagger
 from kd.training.device import autocast
+
+
+# Measured on NCBI-disease test (bench/README.md): larger budgets pad less per matrix product but
+# make the LSTM kernels slower per token on CPU.
+PREDICT_BATCH_TOKENS = 2048
 
 
 @dataclass
@@ -46,13 +51,15 @@ def as_sentences(token_lists: Sequence[Sequence[str]]) -> list[Sentence]:
 
 @torch.no_grad()
 def predict_tags(model: Tagger, dataset: EncodedDataset, vocabularies: Vocabularies, task: str,
-                 device: torch.device, precision: str = "fp32", batch_size: int = 256) -> list[list[str]]:
-    """Tag strings for every sentence of the dataset, in dataset order."""
+                 device: torch.device, precision: str = "fp32",
+                 batch_tokens: int = PREDICT_BATCH_TOKENS) -> list[list[str]]:
+    """Tag strings for every sentence of the dataset, in dataset order, in batches of at most
+    `batch_tokens` padded tokens (a longer sentence goes alone)."""
     was_training = model.training
     model.eval()
     tag_names = vocabularies.tags[task]
     predictions: list[list[str]] = [[] for _ in range(len(dataset))]
-    for sentence_ids in bucketed_batches(dataset.lengths, batch_size, rng=None):
+    for sentence_ids in token_budget_batches(dataset.lengths, batch_tokens):
         batch = dataset.batch(sentence_ids).to(device)
         with autocast(device, precision):
             output = model(batch, task)
