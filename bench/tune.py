@@ -3,7 +3,7 @@
 In a temporary MLflow store and Optuna journal: truncate the teacher corpora (NCBI-disease and
 BC5CDR by default) to --max-sentences train and --devel-sentences devel (and test) sentences,
 train a multi-task teacher briefly, cache its logits, then run the same study budget twice on
---corpus with the same sampler and seed: once with `--pruner none`, once with `--pruner PRUNER` (default percentile)
+--corpus with the same sampler and seed: once with `--pruner none`, once with `--pruner PRUNER` (default median)
 (search space: the `logits` loss, alpha in [0, 1], fixed epochs and student sizes), for each seed
 of --seeds. Reports per
 study the wall time, trials per hour, the trial-epochs actually trained (the sum over trials of
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=6, help="Epochs of every trial (fixed in the space).")
     parser.add_argument("--teacher-epochs", type=int, default=2)
-    parser.add_argument("--pruner", default="percentile", choices=["percentile", "median", "hyperband"],
+    parser.add_argument("--pruner", default="median", choices=["median", "percentile", "hyperband"],
                         help="The pruner compared with none (default: kd tune's).")
     parser.add_argument("--seeds", default="1", help="Sampler seeds, comma-separated: one pair of studies (none, "
                                                       "pruner) per seed, the same seed for both of a pair.")

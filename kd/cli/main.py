@@ -180,8 +180,8 @@ def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, a
 @click.option("--storage", default=None,
               help="Optuna storage: a journal file path (default ./kd-optuna.log) or a database URL (postgresql://...).")
 @click.option("--sampler", type=click.Choice(["tpe", "grid", "random"]), default="tpe", show_default=True)
-@click.option("--pruner", type=click.Choice(["percentile", "median", "hyperband", "none"]), default="percentile",
-              show_default=True, help="percentile prunes trials in the bottom third at an epoch, median the bottom half.")
+@click.option("--pruner", type=click.Choice(["median", "percentile", "hyperband", "none"]), default="median",
+              show_default=True, help="median prunes trials in the bottom half at an epoch, percentile the bottom third.")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--refit-seeds", type=int, default=0, show_default=True,
               help="Afterwards, train the best configuration on train+devel with this many seeds and score test.")

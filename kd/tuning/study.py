@@ -33,7 +33,7 @@ from kd.tuning.space import DISTILL_KEYS, MODEL_KEYS, TRAINING_KEYS, SearchSpace
 
 DEFAULT_JOURNAL = "kd-optuna.log"
 SAMPLERS = ("tpe", "grid", "random")
-PRUNERS = ("percentile", "median", "hyperband", "none")
+PRUNERS = ("median", "percentile", "hyperband", "none")
 
 
 @dataclass
@@ -46,7 +46,7 @@ class TuneJob:
     study: str | None = None
     storage: str | None = None
     sampler: str = "tpe"
-    pruner: str = "percentile"
+    pruner: str = "median"
     seed: int = 1
     refit_seeds: int = 0
     data_dir: str | None = None
@@ -120,16 +120,16 @@ def make_sampler(name: str, space: SearchSpace, seed: int):
 
 
 def make_pruner(name: str, epochs: int):
-    """Every pruner compares a trial's best devel F1 so far with the other trials' at the same epoch,
-    from the first epoch on, once two trials have finished. Devel F1 of a short run swings by several
-    points from epoch to epoch, so `percentile` (the default) prunes only the bottom third, while
-    `median` prunes the bottom half: on bench/tune.py's studies both save 40-50% of trial-epochs, and
-    median pruned the eventual best trial more often (bench/README.md)."""
+    """`median` and `percentile` compare a trial's best devel F1 so far with the finished trials' at
+    the same epoch, from the first epoch on, once three trials have finished: `median` prunes the
+    bottom half, `percentile` only the bottom third. Devel F1 of short runs swings by points between
+    epochs; with two start-up trials instead of three, median pruning stopped the eventual best
+    trial twice as often in bench/tune.py's studies (bench/README.md)."""
     optuna = _optuna()
-    if name == "percentile":
-        return optuna.pruners.PercentilePruner(percentile=200 / 3, n_startup_trials=2, n_warmup_steps=0)
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    if name == "percentile":
+        return optuna.pruners.PercentilePruner(percentile=200 / 3, n_startup_trials=3, n_warmup_steps=0)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1))
     return optuna.pruners.NopPruner()
