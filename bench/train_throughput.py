@@ -8,7 +8,7 @@ What is measured, per output layer (softmax, CRF) and numeric precision (fp32, b
   corpus, building the vocabularies or encoding the sentences into index arrays;
 * seconds per epoch (from the same run) and the CRF/softmax epoch-time ratio;
 * prediction tokens/s: test-split tokens / wall time of `kd.training.evaluate.predict_tags` (its
-  default batches of at most 2,048 padded tokens, batch construction and conversion to tag strings included);
+  default batches of at most 4,096 padded tokens, batch construction and conversion to tag strings included);
 * test F1 after those epochs: strict IOB2 entity F1 as `kd` reports it (`entity_scores`), and also
   seqeval's default (conlleval-style) F1, the metric the yardstick prints, so the two compare.
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from kd.data.batching import Batch
 from kd.models.bilstm import BiLSTM, reversal_index
@@ -147,7 +148,10 @@ class Tagger(nn.Module):
     def encode_shared(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Shared BiLSTM states (B, T, 2H) and the batch's reversal index, reusable across heads."""
         form_vectors = self.encode_forms(batch.form_chars, batch.form_lengths)
-        token_chars = form_vectors[batch.form_index]
+        # An embedding lookup, not form_vectors[form_index]: the backward pass of advanced indexing
+        # sums the gradients of repeated forms in a thread-dependent order on CPU, which made
+        # multi-threaded training differ between processes; the embedding backward does not.
+        token_chars = F.embedding(batch.form_index, form_vectors)
         embedded = torch.cat([self.word_embedding(batch.words), token_chars.to(form_vectors.dtype)], dim=2)
         reverse = reversal_index(batch.lengths, batch.words.shape[1]).to(batch.words.device)
         shared = self.shared_lstm(self.dropout(embedded), reverse)

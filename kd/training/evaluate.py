@@ -15,9 +15,10 @@ from kd.models.tagger import Tagger
 from kd.training.device import autocast
 
 
-# Measured on NCBI-disease test (bench/README.md): larger budgets pad less per matrix product but
-# make the LSTM kernels slower per token on CPU.
-PREDICT_BATCH_TOKENS = 2048
+# Larger budgets mean larger matrix products but more padding. bench/predict_batches.py on
+# NCBI-disease test, 2 CPU threads: 4,096 is within 3% of the best fp32 budget (2,048) and 7% of
+# the best bf16 one (8,192).
+PREDICT_BATCH_TOKENS = 4096
 
 
 @dataclass
