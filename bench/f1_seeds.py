@@ -4,16 +4,20 @@ One epoch or one seed says little about F1 (seeds alone move NCBI-disease F1 by 
 3 epochs), so this trains a default-size tagger with `kd.training.loop.train` as `kd train` does
 (batch 32, Adam lr 1e-3, clipping at 5, on train) for each seed, tags test with `predict_tags`,
 and prints strict IOB2 F1 (kd's metric) and seqeval's default (conlleval) F1, the metric the
-yardstick (../shared/bench/yardstick_tagger.py, seed fixed at 1) prints, then the means.
+yardstick (../shared/bench/yardstick_tagger.py) prints, then the means. With --yardstick it also
+runs the yardstick for each seed: the script is run unmodified, its `torch.manual_seed(1)` and
+`random.seed(1)` shifted to seed N (seed 1 is the yardstick exactly as shipped).
 
     python bench/f1_seeds.py [--data-dir ../shared/datasets] [--corpus NCBI-disease] [--output softmax]
-        [--epochs 3] [--seeds 1,2,3,4,5] [--threads 2]
+        [--epochs 3] [--seeds 1,2,3,4,5] [--threads 2] [--yardstick [PATH]] [--skip-kd]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +32,29 @@ from kd.training.loop import TrainingOptions, train
 from kd.training.tagger_job import alternating_plan, supervised_loss, task_optimizers
 
 
+# Runs the yardstick with its fixed seeds shifted by (seed - 1), without copying or editing it.
+SHIFTED_SEED_RUNNER = """
+import random, runpy, sys, torch
+shift = int(sys.argv[1]) - 1
+script = sys.argv[2]
+sys.argv = [script] + sys.argv[3:]
+manual_seed, random_seed = torch.manual_seed, random.seed
+torch.manual_seed = lambda s: manual_seed(s + shift)
+random.seed = lambda s=None, *a, **k: random_seed(None if s is None else s + shift, *a, **k)
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def yardstick_f1(script: Path, corpus_dir: Path, output: str, epochs: int, threads: int, seed: int) -> float:
+    command = [sys.executable, "-c", SHIFTED_SEED_RUNNER, str(seed), str(script), str(corpus_dir),
+               "--crf", str(int(output == "crf")), "--epochs", str(epochs), "--threads", str(threads)]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
+    if completed.returncode != 0 or not lines:
+        raise SystemExit(f"yardstick failed (exit {completed.returncode}): {completed.stderr.strip()[-500:]}")
+    return 100 * float(json.loads(lines[-1])["test_f1"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
@@ -36,6 +63,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", default="1,2,3,4,5")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--yardstick", nargs="?", type=Path, default=None,
+                        const=Path(__file__).resolve().parents[2] / "shared" / "bench" / "yardstick_tagger.py")
+    parser.add_argument("--skip-kd", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -47,17 +77,23 @@ def main() -> None:
     device = torch.device("cpu")
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        model, _ = build_tagger(ModelOptions(output=args.output), vocabularies, seed)
-        started = time.perf_counter()
-        train(model, task_optimizers(model, 1e-3), alternating_plan({data.name: train_set}, 32, "uniform"),
-              supervised_loss(model), TrainingOptions(epochs=args.epochs, seed=seed), device)
-        predicted = predict_tags(model, test_set, vocabularies, data.name, device)
-        rows.append({"seed": seed, "f1_strict": 100 * entity_scores(gold, predicted).f1,
-                     "f1_conlleval": 100 * float(f1_score(gold, predicted)), "seconds": time.perf_counter() - started})
-        print(f"seed {seed}: F1 strict {rows[-1]['f1_strict']:.2f}  conlleval {rows[-1]['f1_conlleval']:.2f}  "
-              f"({rows[-1]['seconds']:.0f} s)", flush=True)
-    means = {k: statistics.mean(r[k] for r in rows) for k in ("f1_strict", "f1_conlleval")}
-    print(f"mean over {len(rows)} seeds: F1 strict {means['f1_strict']:.2f}  conlleval {means['f1_conlleval']:.2f}")
+        row: dict = {"seed": seed}
+        if not args.skip_kd:
+            model, _ = build_tagger(ModelOptions(output=args.output), vocabularies, seed)
+            started = time.perf_counter()
+            train(model, task_optimizers(model, 1e-3), alternating_plan({data.name: train_set}, 32, "uniform"),
+                  supervised_loss(model), TrainingOptions(epochs=args.epochs, seed=seed), device)
+            predicted = predict_tags(model, test_set, vocabularies, data.name, device)
+            row.update({"f1_strict": 100 * entity_scores(gold, predicted).f1,
+                        "f1_conlleval": 100 * float(f1_score(gold, predicted)),
+                        "seconds": time.perf_counter() - started})
+        if args.yardstick:
+            row["yardstick_f1_conlleval"] = yardstick_f1(args.yardstick, data.directory, args.output, args.epochs,
+                                                         args.threads, seed)
+        rows.append(row)
+        print(f"seed {seed}: " + "  ".join(f"{k} {v:.2f}" for k, v in row.items() if k != "seed"), flush=True)
+    means = {k: statistics.mean(r[k] for r in rows) for k in rows[0] if k not in ("seed", "seconds")}
+    print(f"mean over {len(rows)} seeds: " + "  ".join(f"{k} {v:.2f}" for k, v in means.items()))
     print(json.dumps({"corpus": data.name, "output": args.output, "epochs": args.epochs, "rows": rows, "means": means}))
 
 
