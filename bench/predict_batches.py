@@ -24,8 +24,7 @@ from kd.training.evaluate import PREDICT_BATCH_TOKENS, predict_tags
 from kd.training.jobs import ModelOptions, build_tagger, load_task
 
 
-def padding_share(lengths, budget: int) -> float:
-    batches = token_budget_batches(lengths, budget)
+def padding_share(lengths, batches) -> float:
     padded = sum(len(b) * int(lengths[b].max()) for b in batches)
     return 1 - int(lengths.sum()) / padded
 
@@ -57,9 +56,10 @@ def main() -> None:
                 predict_tags(model, test, vocabularies, data.name, device, precision, budget)
                 seconds.append(time.perf_counter() - started)
             median = statistics.median(seconds)
+            batches = token_budget_batches(test.lengths, budget)
             rows.append({"precision": precision, "batch_tokens": budget, "seconds": median,
-                         "tokens_per_s": test.num_tokens / median, "padding": padding_share(test.lengths, budget),
-                         "batches": len(token_budget_batches(test.lengths, budget))})
+                         "tokens_per_s": test.num_tokens / median, "padding": padding_share(test.lengths, batches),
+                         "batches": len(batches)})
             row = rows[-1]
             print(f"{precision} budget {budget:5d}{' (default)' if budget == PREDICT_BATCH_TOKENS else '':10s} "
                   f"{row['batches']:4d} batches  padding {100 * row['padding']:4.1f}%  "
