@@ -140,3 +140,21 @@ def test_reversing_twice_is_identity_and_padding_stays():
     for row, length in enumerate(lengths.tolist()):
         assert torch.equal(once[row, :length], x[row, :length].flip(0))
         assert torch.equal(once[row, length:], x[row, length:])
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+def test_reverse_padded_matches_gather_with_its_gradient(time_major):
+    """Rows are permuted in place for batch-major and for time-major (LSTM output) memory; both
+    must equal an element-wise gather, and so must the gradient."""
+    lengths = torch.tensor([5, 3, 5, 1])
+    index = reversal_index(lengths, 6)
+    gen = torch.Generator().manual_seed(3)
+    leaf = torch.randn((6, 4, 3) if time_major else (4, 6, 3), generator=gen, requires_grad=True)
+    x = leaf.transpose(0, 1) if time_major else leaf
+    expected = x.gather(1, index.unsqueeze(2).expand_as(x))
+    grad_out = torch.randn(4, 6, 3, generator=gen)
+    (expected_grad,) = torch.autograd.grad(expected, leaf, grad_out)
+    reversed_x = reverse_padded(x, index)
+    assert torch.equal(reversed_x, expected)
+    (grad,) = torch.autograd.grad(reversed_x, leaf, grad_out)
+    assert torch.equal(grad, expected_grad)

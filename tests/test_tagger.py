@@ -296,25 +296,69 @@ def test_form_groups_equal_one_padded_run_over_all_forms(order):
     torch.testing.assert_close(grouped, reference, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [3, 8192])
+def test_form_table_gives_the_outputs_of_per_batch_forms(chunk):
+    """Inference encodes every form of a dataset once (in chunks, shortest first) and looks the
+    batch's forms up; every output must equal encoding the batch's own forms."""
+    from kd.models.bilstm import reversal_index
+
+    model = multi()
+    dataset = genes_dataset()
+    form_chars = torch.from_numpy(dataset.form_chars)
+    form_lengths = torch.from_numpy(dataset.form_lengths)
+    table = model.encode_form_table(form_chars, form_lengths, chunk=chunk)
+    assert table.shape == (len(dataset.form_lengths), 2 * SIZES["char_hidden"])
+    with torch.no_grad():
+        width = form_chars.shape[1]
+        one_by_one = torch.cat([
+            model.char_lstm.final_states(model.char_embedding(form_chars[i:i + 1]), form_lengths[i:i + 1],
+                                         reversal_index(form_lengths[i:i + 1], width))
+            for i in range(len(form_lengths))])
+        torch.testing.assert_close(table, one_by_one, atol=1e-6, rtol=1e-5)
+        for sentence_ids in ([0, 1, 2, 3, 4], [3, 0], [2]):
+            batch = dataset.batch(np.array(sentence_ids))
+            own, looked_up = model(batch, "BC2GM"), model(batch, "BC2GM", table)
+            for name in ("logits", "task_hidden", "shared_hidden"):
+                torch.testing.assert_close(getattr(looked_up, name), getattr(own, name), atol=1e-6, rtol=1e-5)
+
+
 # ------------------------------------------------------------------- dropout
 
 
-@pytest.mark.parametrize("p", [0.3, 0.5])
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
 def test_dropout_zeroes_a_share_p_and_scales_the_rest(p):
     from kd.models.tagger import Dropout
 
     torch.manual_seed(0)
     x = torch.full((200, 500), 2.0, requires_grad=True)
-    y = Dropout(p).train()(x)
+    dropout = Dropout(p).train()
+    y = dropout(x)
     kept = y != 0
     assert abs(1 - kept.float().mean().item() - p) < 0.01  # 100,000 draws: std of the share ~0.0016
-    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 2.0 / (1 - p)))
+    # Four 16-bit numbers come from each 64-bit draw: every lane must drop its share p, the
+    # fourth included (an unbounded random_() leaves the top bit 0 and would keep all of it).
+    for lane in range(4):
+        assert abs(1 - kept.reshape(-1, 4)[:, lane].float().mean().item() - p) < 0.02
+    assert abs(dropout.scale - 1 / (1 - p)) < 1e-4  # p is rounded to a multiple of 1/65536
+    keep_rate = (32768 - dropout.threshold) / 65536
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 2.0 / keep_rate))
     y.sum().backward()
-    torch.testing.assert_close(x.grad, kept.float() / (1 - p))  # gradient flows through kept units only
+    torch.testing.assert_close(x.grad, kept.float() / keep_rate)  # gradient flows through kept units only
     assert torch.equal(Dropout(p).eval()(x), x)
     assert torch.equal(Dropout(0.0).train()(x), x)
     with pytest.raises(ValueError):
         Dropout(1.0)
+
+
+def test_dropout_of_half_keeps_exactly_half_in_expectation_and_handles_odd_sizes():
+    from kd.models.tagger import Dropout
+
+    dropout = Dropout(0.5).train()
+    assert dropout.threshold == 0 and dropout.scale == 2.0
+    torch.manual_seed(1)
+    x = torch.ones(3, 7, 5)  # 105 values: not a multiple of the four lanes per draw
+    y = dropout(x)
+    assert y.shape == x.shape and set(y.unique().tolist()) <= {0.0, 2.0}
 
 
 # ------------------------------------------------------------------- determinism

@@ -17,6 +17,7 @@ from kd.models.io import load_model
 from kd.models.tagger import Tagger, TaggerOutput
 from kd.tracking.models import download_model
 from kd.training.device import autocast
+from kd.training.evaluate import dataset_form_table
 
 ENSEMBLE_KINDS = ("single", "seeds", "mixed")
 
@@ -100,14 +101,17 @@ def output_layers(teacher: Teacher, task: str, output: TaggerOutput, layers: Seq
 
 @torch.no_grad()
 def teacher_batch_outputs(teachers: Sequence[Teacher], task: str, batch_for: Sequence[Batch],
-                          layers: Sequence[str], device: torch.device, precision: str) -> dict[str, torch.Tensor]:
+                          layers: Sequence[str], device: torch.device, precision: str,
+                          form_tables: Sequence[torch.Tensor | None] | None = None) -> dict[str, torch.Tensor]:
     """The ensemble average of the layers for one batch of sentences; `batch_for[i]` is the
-    batch encoded with teacher i's vocabulary (same sentences, same row order)."""
+    batch encoded with teacher i's vocabulary (same sentences, same row order), `form_tables[i]`
+    optionally teacher i's `Tagger.encode_form_table` of that dataset."""
     total: dict[str, torch.Tensor] = {}
-    for teacher, batch in zip(teachers, batch_for):
+    tables = form_tables if form_tables is not None else [None] * len(teachers)
+    for teacher, batch, form_table in zip(teachers, batch_for, tables):
         teacher.model.eval()
         with autocast(device, precision):
-            output = teacher.model(batch.to(device), task)
+            output = teacher.model(batch.to(device), task, form_table)
         for layer, value in output_layers(teacher, task, output, layers).items():
             total[layer] = value if layer not in total else total[layer] + value
     return {layer: value / len(teachers) for layer, value in total.items()}
@@ -121,9 +125,12 @@ def teacher_outputs_for_sentences(teachers: Sequence[Teacher], task: str, senten
     reference = datasets[0]
     widths = layer_widths(teachers[0], task)
     rows = {layer: np.empty((reference.num_tokens, widths[layer]), dtype=np.float32) for layer in layers}
+    for teacher in teachers:
+        teacher.model.eval()
+    form_tables = [dataset_form_table(t.model, d, device, precision) for t, d in zip(teachers, datasets)]
     for sentence_ids in bucketed_batches(reference.lengths, batch_size, rng=None):
         batches = [d.batch(sentence_ids) for d in datasets]
-        averaged = teacher_batch_outputs(teachers, task, batches, layers, device, precision)
+        averaged = teacher_batch_outputs(teachers, task, batches, layers, device, precision, form_tables)
         first = batches[0]
         mask = first.mask
         # Destination of each real token, in the row-major order boolean indexing yields.

@@ -25,6 +25,7 @@ class Batch:
     form_index: torch.Tensor  # (B, T) row of each token in form_chars
     form_chars: torch.Tensor  # (U, L) character ids of the distinct forms in the batch, shortest first
     form_lengths: torch.Tensor  # (U,) on CPU, non-decreasing
+    form_ids: torch.Tensor  # (U,) the dataset's id of each form (row of EncodedDataset.form_chars)
     lengths: torch.Tensor  # (B,) on CPU, decreasing
     mask: torch.Tensor  # (B, T) bool
     tags: torch.Tensor | None  # (B, T) tag ids, 0 at padding
@@ -122,6 +123,7 @@ class EncodedDataset:
             form_index=torch.from_numpy(form_index),
             form_chars=torch.from_numpy(np.ascontiguousarray(form_chars)),
             form_lengths=torch.from_numpy(form_lengths),
+            form_ids=torch.from_numpy(unique_forms),
             lengths=torch.from_numpy(lengths),
             mask=torch.from_numpy(mask),
             tags=tags,

@@ -50,6 +50,15 @@ def as_sentences(token_lists: Sequence[Sequence[str]]) -> list[Sentence]:
     return [Sentence(tuple(tokens), ("O",) * len(tokens)) for tokens in token_lists]
 
 
+def dataset_form_table(model: Tagger, dataset: EncodedDataset, device: torch.device,
+                       precision: str = "fp32") -> torch.Tensor:
+    """The model's character BiLSTM vectors of every form of the dataset, by form id, for
+    inference over many batches of it (`Tagger.encode_form_table`)."""
+    with autocast(device, precision):
+        return model.encode_form_table(torch.from_numpy(dataset.form_chars).to(device),
+                                       torch.from_numpy(dataset.form_lengths))
+
+
 @torch.no_grad()
 def predict_tags(model: Tagger, dataset: EncodedDataset, vocabularies: Vocabularies, task: str,
                  device: torch.device, precision: str = "fp32",
@@ -60,10 +69,11 @@ def predict_tags(model: Tagger, dataset: EncodedDataset, vocabularies: Vocabular
     model.eval()
     tag_names = vocabularies.tags[task]
     predictions: list[list[str]] = [[] for _ in range(len(dataset))]
+    form_table = dataset_form_table(model, dataset, device, precision)
     for sentence_ids in token_budget_batches(dataset.lengths, batch_tokens):
         batch = dataset.batch(sentence_ids).to(device)
         with autocast(device, precision):
-            output = model(batch, task)
+            output = model(batch, task, form_table)
         best = model.decode(output, task).cpu().tolist()
         for row, sentence_id in enumerate(batch.sentence_ids.tolist()):
             predictions[sentence_id] = [tag_names[t] for t in best[row][: len(dataset.sentences[sentence_id])]]
