@@ -393,10 +393,14 @@ class StageTimer:
                 return function(*args, **kwargs)
         return timed
 
-    def mark(self, name: str) -> Callable[[torch.Tensor], None]:
-        """A gradient hook that records when the gradient of a tensor is complete."""
+    def mark(self, name: str, first: bool = False) -> Callable[[torch.Tensor], None]:
+        """A gradient hook that records when the gradient of a tensor is complete. A part called
+        several times per step (the character BiLSTM, once per group of forms) hooks several
+        tensors: its backward starts at the first gradient reaching an output (`first`) and ends
+        at the last one reaching an input."""
         def hook(grad: torch.Tensor) -> None:
-            self.marks[name] = time.perf_counter()
+            if not (first and name in self.marks):
+                self.marks[name] = time.perf_counter()
         return hook
 
 
@@ -412,7 +416,7 @@ def instrument(model: Tagger, timer: StageTimer) -> None:
             if torch.is_grad_enabled():
                 if x.requires_grad:
                     x.register_hook(timer.mark(f"{name} input"))
-                y.register_hook(timer.mark(f"{name} output"))
+                y.register_hook(timer.mark(f"{name} output", first=True))
             return y
         return timed
 
