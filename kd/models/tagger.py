@@ -5,8 +5,8 @@ followed by softmax or a linear-chain CRF per task.
 
 Dropout acts at three places: on the embeddings entering the shared BiLSTM, on the shared states
 entering each task BiLSTM, and on the hidden layer entering the output layer. A fourth, on the task
-BiLSTM states entering the hidden layer, cost 1.3 points of test F1 after 3 epochs on NCBI-disease
-(means of 5 seeds, bench/README.md) and is not used.
+BiLSTM states entering the hidden layer, cost 1.3 points of strict test F1 (1.6 conlleval) after
+3 epochs on NCBI-disease (means of 5 seeds, bench/README.md) and is not used.
 """
 from __future__ import annotations
 
@@ -73,8 +73,9 @@ class TaggerOutput:
 class Dropout(nn.Module):
     """Inverted dropout, as nn.Dropout, with its mask drawn from 16-bit random numbers, four per
     64-bit draw of the generator. On CPU the generator, one draw per element behind nn.Dropout
-    and torch.rand, was most of dropout's cost, ~4% of a training epoch (bench/README.md). The drop rate is p rounded to a multiple of 1/65536 (0.5
-    exactly) and kept values are scaled by the exact inverse of the keep rate."""
+    and torch.rand, was most of dropout's cost (bench/README.md). The drop rate is p rounded to
+    a multiple of 1/65536 (0.5 exactly); kept values are scaled by the exact inverse of the keep
+    rate."""
 
     def __init__(self, p: float) -> None:
         super().__init__()
