@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,9 +132,17 @@ SMALL_MODEL_PARAMS = {SMALL_MODEL[i].lstrip("-").replace("-", "_"): SMALL_MODEL[
                       for i in range(0, len(SMALL_MODEL), 2)}
 
 
-def mlflow_run(entry_point: str, params: dict, experiment: str, cwd: Path, env: dict) -> dict:
-    """`mlflow run <repo> -e ENTRY --env-manager local` as a user types it; it must succeed.
-    Returns the JSON line kd printed last."""
+def subprocess_env(tracking_uri: str) -> dict[str, str]:
+    """The environment of a `kd` or `mlflow` child process logging to `tracking_uri`: this one's,
+    without the run it may be inside, and without progress bars."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    env.pop("MLFLOW_RUN_ID", None)
+    return env
+
+
+def mlflow_run(entry_point: str, params: dict, experiment: str, cwd: Path, tracking_uri: str) -> dict:
+    """`mlflow run <repo> -e ENTRY --env-manager local` as a user types it, logging to
+    `tracking_uri`; it must succeed. Returns the JSON line kd printed last."""
     import subprocess
     import sys
 
@@ -141,6 +150,7 @@ def mlflow_run(entry_point: str, params: dict, experiment: str, cwd: Path, env: 
                "--experiment-name", experiment]
     for key, value in params.items():
         command += ["-P", f"{key}={value}"]
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=cwd, env=subprocess_env(tracking_uri), capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])

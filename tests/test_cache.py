@@ -7,7 +7,6 @@ their own experiment.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -477,11 +476,9 @@ def test_open_cache_run_refuses_runs_that_are_not_caches(store, half):
 
 
 def test_mlflow_run_cache_logits_entry_point(store):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store.uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    env.pop("MLFLOW_RUN_ID", None)
     teacher = store.teachers["mtm"]
     summary = mlflow_run("cache_logits", {"teacher": teacher, "data_dir": store.data_dir, "layers": "logits,marginals",
-                                          "device": "cpu"}, "project-cache", store.root, env)
+                                          "device": "cpu"}, "project-cache", store.root, store.uri)
     runs = store.runs("project-cache")
     assert [r.info.run_id for r in runs] == [summary["run_id"]], "one run: kd logs into the project's run"
     run = runs[0]

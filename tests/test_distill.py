@@ -4,7 +4,6 @@ MLflow store shared by the module (the teacher and cache are made once)."""
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -394,11 +393,9 @@ def test_neither_cache_nor_teacher_is_refused(world):
 
 
 def test_mlflow_run_distill_entry_point(world):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": world.uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    env.pop("MLFLOW_RUN_ID", None)
     params = {"task": "tiny", "cache": world.cache, "data_dir": str(world.data_dir), "epochs": "1", "loss": "soft",
               "tau": "2", "batch_size": "16", **SMALL_MODEL_PARAMS}
-    summary = mlflow_run("distill", params, "project", world.root, env)
+    summary = mlflow_run("distill", params, "project", world.root, world.uri)
 
     client = world.client
     runs = client.search_runs([client.get_experiment_by_name("project").experiment_id])

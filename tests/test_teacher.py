@@ -6,7 +6,6 @@ logs into its own experiment, so what one test finds in the store is only its ow
 """
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,11 +301,9 @@ def test_same_seed_same_plan(store, sampling):
 
 
 def test_mlflow_run_train_teacher_entry_point(store):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store.uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    env.pop("MLFLOW_RUN_ID", None)
     params = {"tasks": "tiny,other", "data_dir": str(store.data_dir), "epochs": "2", "sampling": "proportional",
               **SMALL_MODEL_PARAMS}
-    summary = mlflow_run("train_teacher", params, "project-teacher", store.root, env)
+    summary = mlflow_run("train_teacher", params, "project-teacher", store.root, store.uri)
 
     runs = store.runs("project-teacher")
     assert [r.info.run_id for r in runs] == [summary["run_id"]], "one run: kd logs into the project's run"

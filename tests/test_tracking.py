@@ -1,7 +1,6 @@
 """Tracking store creation under concurrency, and the MLflow project entry point."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,10 +33,8 @@ def test_processes_starting_at_once_on_a_fresh_store_do_not_race(tmp_path):
 
 def test_mlflow_run_train_entry_point(data_dir, tmp_path):
     uri = f"sqlite:///{tmp_path / 'project.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    env.pop("MLFLOW_RUN_ID", None)
     params = {"task": "tiny", "data_dir": str(data_dir), "epochs": "2", "output": "crf", **SMALL_MODEL_PARAMS}
-    summary = mlflow_run("train", params, "project", tmp_path, env)
+    summary = mlflow_run("train", params, "project", tmp_path, uri)
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("project").experiment_id])

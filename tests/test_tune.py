@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 from kd.data.conll import read_conll
 from kd.errors import KdError
 from kd.statistics.compare import RunRecord, default_model_name
-from tests.conftest import SMALL_MODEL, isolated_store, make_corpora, run_kd
+from tests.conftest import SMALL_MODEL, isolated_store, make_corpora, run_kd, subprocess_env
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -341,8 +341,7 @@ def test_a_killed_worker_is_resumed_without_losing_or_repeating_trials(world, tm
                                                             "--experiment", "resume", "--storage", storage_path,
                                                             "--threads", "1")]
     command = [str(part) for part in command]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": world.uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    env.pop("MLFLOW_RUN_ID", None)
+    env = subprocess_env(world.uri)
     with open(tmp_path / "first.err", "w") as err:
         worker = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err)
     try:
