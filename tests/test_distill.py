@@ -120,7 +120,16 @@ def check_student_run(world: World, summary: dict, loss: str, terms: list[str], 
     assert metrics["num_parameters"] > 0
     assert metrics["teacher_parameters"] == world.teacher_parameters
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"model", "config.json", "report.json", "predictions"} <= artifacts
+    assert {"model", "config.json", "report.json", "predictions", "loss_terms.png"} <= artifacts
+    # The teacher-quality check: the teacher's test F1 on tiny against the STMs of tiny in the
+    # experiment (earlier tests of this module train some), or against this student without them.
+    teacher_f1 = client.get_run(world.teacher).data.metrics["test_f1/tiny"]
+    stms = [r.data.metrics["test_f1"] for r in client.search_runs([run.info.experiment_id])
+            if r.data.tags.get("model_kind") == "stm" and r.info.status == "FINISHED"]
+    reference = sum(stms) / len(stms) if stms else metrics["test_f1"]
+    assert metrics["teacher_f1"] == pytest.approx(teacher_f1)
+    assert tags["teacher_weaker"] == str(teacher_f1 < reference).lower()
+    assert ("teacher_warning" in tags) == (teacher_f1 < reference)
     return run
 
 
@@ -129,6 +138,26 @@ def test_each_loss_trains_a_student_from_the_cache(world, loss):
     extra, terms, weights = LOSS_CASES[loss]
     summary = run_kd(*world.distill_args("--loss", loss, *extra, epochs=2))
     check_student_run(world, summary, loss, terms, weights, epochs=2)
+
+
+def test_a_teacher_below_the_single_task_models_is_warned_about(world):
+    """An STM of tiny scoring 1.0 in the student's experiment: the teacher is below it, and the run says so."""
+    client = world.client
+    experiment = client.create_experiment("teacher-check")
+    stm = client.create_run(experiment, tags={"model_kind": "stm", "task": "tiny"})
+    client.log_metric(stm.info.run_id, "test_f1", 1.0)
+    client.set_terminated(stm.info.run_id)
+    result = CliRunner().invoke(cli, [str(a) for a in world.distill_args("--experiment", "teacher-check")])
+    assert result.exit_code == 0, result.output
+    run_id = [r for r in client.search_runs([experiment]) if r.data.tags.get("model_kind") == "student"][0].info.run_id
+    tags = client.get_run(run_id).data.tags
+    assert tags["loss"] == "kl", "without --loss a student learns with kl (issue 11)"
+    teacher_f1 = client.get_run(world.teacher).data.metrics["test_f1/tiny"]
+    assert tags["teacher_weaker"] == "true"
+    assert tags["teacher_warning"] == (f"warning: the teacher's test F1 on tiny is {100 * teacher_f1:.2f}, below "
+                                       f"the single-task models' mean in this experiment (100.00): "
+                                       f"distilling from it is unlikely to help")
+    assert tags["teacher_warning"] in result.stderr
 
 
 def test_alpha_one_beta_zero_is_exactly_single_task_training(world):

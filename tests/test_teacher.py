@@ -21,6 +21,7 @@ from kd.data.batching import EncodedDataset
 from kd.data.conll import read_conll
 from kd.data.corpora import load_split
 from kd.data.vocab import build_vocabularies
+from kd.errors import KdError
 from kd.models.io import load_model
 from kd.tracking.models import download_model
 from kd.training.evaluate import entity_scores
@@ -177,9 +178,9 @@ def shared_parameters(model) -> list[torch.nn.Parameter]:
 
 
 @pytest.mark.parametrize("output", ["softmax", "crf"])
-def test_each_task_has_its_own_optimizer_over_shared_and_its_head(datasets, output):
+def test_per_task_state_gives_each_task_its_own_optimizer_over_shared_and_its_head(datasets, output):
     model = small_model(datasets, output)
-    optimizers = task_optimizers(model, 0.01)
+    optimizers = task_optimizers(model, 0.01, "per-task")
     assert set(optimizers) == set(TASKS)
     assert optimizers["tiny"] is not optimizers["other"]
     shared = {id(p) for p in shared_parameters(model)}
@@ -192,11 +193,39 @@ def test_each_task_has_its_own_optimizer_over_shared_and_its_head(datasets, outp
     assert covered == {id(p) for p in model.parameters()}, "every parameter is trained by some task"
 
 
+def test_shared_state_is_one_optimizer_over_every_parameter(datasets):
+    model = small_model(datasets)
+    optimizers = task_optimizers(model, 0.01)
+    assert optimizers["tiny"] is optimizers["other"]
+    owned = [id(p) for group in optimizers["tiny"].param_groups for p in group["params"]]
+    assert sorted(owned) == sorted(id(p) for p in model.parameters())
+
+
+@pytest.mark.parametrize("state", ["shared", "per-task"])
+def test_adam_moments_of_a_shared_parameter_by_hand(datasets, state):
+    """A step on tiny, then one on other. Adam's first moment of a shared parameter is
+    0.1 * g_other + 0.09 * g_tiny when the moments are shared, 0.1 * g_other in other's own optimizer."""
+    model = small_model(datasets)
+    model.train()
+    optimizers = task_optimizers(model, 0.01, state)
+    parameter = model.shared_lstm.forward_lstm.weight_ih_l0
+    gradients = {}
+    for task in ("tiny", "other"):
+        optimizers[task].zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # the same dropout masks whatever the state
+        supervised_loss(model)(task, datasets[task].batch(np.arange(8)))["loss"].backward()
+        gradients[task] = parameter.grad.detach().clone()
+        optimizers[task].step()
+    expected = 0.1 * gradients["other"] + (0.09 * gradients["tiny"] if state == "shared" else 0)
+    assert torch.allclose(optimizers["other"].state[parameter]["exp_avg"], expected, atol=1e-7)
+
+
+@pytest.mark.parametrize("state", ["shared", "per-task"])
 @pytest.mark.parametrize("output", ["softmax", "crf"])
 @pytest.mark.parametrize("stepped, idle", [("tiny", "other"), ("other", "tiny")])
-def test_a_step_on_one_task_leaves_the_other_head_bit_identical(datasets, output, stepped, idle):
+def test_a_step_on_one_task_leaves_the_other_head_bit_identical(datasets, output, stepped, idle, state):
     model = small_model(datasets, output)
-    optimizers = task_optimizers(model, 0.01)
+    optimizers = task_optimizers(model, 0.01, state)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     head_names = {task: {f"heads.{model.task_names.index(task)}.{name}" for name, _ in model.head(task).named_parameters()}
                   for task in TASKS}
@@ -217,7 +246,23 @@ def test_a_step_on_one_task_leaves_the_other_head_bit_identical(datasets, output
         assert not torch.equal(after[name], before[name]), f"{name} of the stepped head did not move"
     for module in ("word_embedding", "char_embedding", "char_lstm", "shared_lstm"):
         assert any(not torch.equal(after[n], before[n]) for n in shared_names if n.startswith(module + ".")), module
-    assert not optimizers[idle].state, "the idle task's optimizer never stepped"
+    idle_head = set(model.head(idle).parameters())
+    assert not [p for p in optimizers[idle].state if p in idle_head], "the idle head has no optimizer state"
+
+
+def test_a_checkpoint_holds_each_distinct_optimizer_once(datasets):
+    from kd.training.loop import distinct_optimizers
+
+    model = small_model(datasets)
+    per_task = task_optimizers(model, 0.01, "per-task")
+    assert distinct_optimizers(per_task) == per_task
+    shared = task_optimizers(model, 0.01, "shared")
+    assert distinct_optimizers(shared) == {"tiny": shared["tiny"]}
+
+
+def test_unknown_optimizer_state_is_refused(datasets):
+    with pytest.raises(KdError, match="optimizer_state 'both'"):
+        task_optimizers(small_model(datasets), 0.01, "both")
 
 
 # -------------------------------------------------------------------------------- epoch plan
@@ -351,7 +396,7 @@ def test_interrupted_teacher_resumes_to_the_same_result(store, straight, monkeyp
     from kd.training.loop import TrainingState
 
     state = TrainingState.load(checkpoint)
-    assert set(state.optimizers) == set(TASKS), "each task's optimizer state is checkpointed"
+    assert set(state.optimizers) == {"tiny"}, "the one optimizer the tasks share is checkpointed once"
     monkeypatch.undo()  # training no longer dies
 
     resumed = run_kd("train-teacher", "--resume", run_id, "--json")

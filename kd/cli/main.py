@@ -46,12 +46,15 @@ def train(task, data_dir, train_splits, eval_split, resume_run_id, device, threa
 @data_dir_option
 @click.option("--sampling", type=click.Choice(["uniform", "proportional"]), default="uniform", show_default=True,
               help="How each step draws its corpus: uniformly, or in proportion to the corpus's batches.")
+@click.option("--optimizer-state", type=click.Choice(["shared", "per-task"]), default="shared", show_default=True,
+              help="Adam moments of the shared layers: one set for all corpora, or one per corpus's optimizer "
+                   "(the published description; measured worse, bench/README.md).")
 @split_options
 @model_options
 @training_options
 @handle_errors
-def train_teacher(tasks, data_dir, sampling, train_splits, eval_split, resume_run_id, device, threads, experiment,
-                  run_name, checkpoint_dir, as_json, **kwargs) -> None:
+def train_teacher(tasks, data_dir, sampling, optimizer_state, train_splits, eval_split, resume_run_id, device, threads,
+                  experiment, run_name, checkpoint_dir, as_json, **kwargs) -> None:
     """Train a multi-task teacher (MTM): shared layers, a head per corpus."""
     from kd.data.corpora import discover_corpora
 
@@ -63,7 +66,7 @@ def train_teacher(tasks, data_dir, sampling, train_splits, eval_split, resume_ru
     if not resume_run_id and len(corpora) < 2:
         raise KdError(f"--tasks {tasks}: a multi-task teacher needs at least two corpora")
     run_job(corpora, sampling, data_dir, train_splits, eval_split, resume_run_id, device, threads, experiment,
-            run_name, checkpoint_dir, as_json, kwargs)
+            run_name, checkpoint_dir, as_json, kwargs, optimizer_state=optimizer_state)
 
 
 @cli.command("cache-logits")
@@ -102,8 +105,9 @@ def cache_logits(teachers, tasks, data_dir, splits, layers, dtype, batch_size, p
 @click.option("--task", default=None, help="Corpus name (found under --data-dir) or folder.")
 @click.option("--cache", "cache_run", default=None, help="Cache run id (kd cache-logits): the fast path.")
 @click.option("--teacher", "teachers", default=None, help="Teacher run id(s), run live: for users without a cache.")
-@click.option("--loss", default="logits", show_default=True,
-              help="logits (eq. 2), intermediate (eq. 3-4), soft (eq. 5), kl, marginals.")
+@click.option("--loss", default="kl", show_default=True,
+              help="kl (the default: learns as fast as the STM, bench/README.md), logits (eq. 2), "
+                   "intermediate (eq. 3-4), soft (eq. 5), marginals.")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the hard-label term.")
 @click.option("--beta", type=float, default=None,
               help="Weight of the logit/soft term (default 1 - alpha; a negative value means the default).")
@@ -209,7 +213,7 @@ def tune(task, cache_run, space, n_trials, timeout, study, storage, sampler, pru
 
 def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_splits: str, eval_split: str,
             resume_run_id: str | None, device: str, threads: int | None, experiment: str, run_name: str | None,
-            checkpoint_dir: str, as_json: bool, kwargs: dict, distill=None) -> None:
+            checkpoint_dir: str, as_json: bool, kwargs: dict, distill=None, optimizer_state: str = "shared") -> None:
     """Shared by `train`, `train-teacher` and `distill`: one corpus makes an STM, several an MTM,
     distillation options a student."""
     from kd.training.jobs import parse_splits
@@ -221,7 +225,8 @@ def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_split
         job = TaggerJob(
             corpora=corpora, data_dir=data_dir or None, model=build_model_options(kwargs),
             training=build_training_options(kwargs), train_splits=parse_splits(train_splits, "--train-splits"),
-            eval_split=parse_splits(eval_split, "--eval-split")[0], sampling=sampling, device=device,
+            eval_split=parse_splits(eval_split, "--eval-split")[0], sampling=sampling,
+            optimizer_state=optimizer_state, device=device,
             experiment=experiment, run_name=run_name, distill=distill)
     summary = run_tagger_job(job, tracking_client(), Path(checkpoint_dir), resume_run_id=resume_run_id,
                              attach_to=project_run_id())

@@ -49,14 +49,21 @@ LossFunction = Callable[[StudentView, Mapping[str, torch.Tensor], torch.Tensor, 
 class RegisteredLoss:
     function: LossFunction
     layers: tuple[str, ...]  # the teacher layers it needs
+    weights: tuple[tuple[str, str], ...] = ()  # (term, the DistillWeights field that weighs it)
+
+    def term_weights(self, weights: DistillWeights) -> dict[str, float]:
+        """{term: its weight in the total}, for plots and reports of what the loss is made of."""
+        return {term: float(getattr(weights, field)) for term, field in self.weights}
 
 
 LOSSES: dict[str, RegisteredLoss] = {}
 
 
-def register(name: str, layers: Sequence[str]) -> Callable[[LossFunction], LossFunction]:
+def register(name: str, layers: Sequence[str],
+             weights: Mapping[str, str] | None = None) -> Callable[[LossFunction], LossFunction]:
+    """`weights` declares which DistillWeights field weighs each term of the loss."""
     def add(function: LossFunction) -> LossFunction:
-        LOSSES[name] = RegisteredLoss(function, tuple(layers))
+        LOSSES[name] = RegisteredLoss(function, tuple(layers), tuple((weights or {}).items()))
         return function
     return add
 
@@ -105,7 +112,7 @@ def hard(student: StudentView, tags: torch.Tensor) -> torch.Tensor:
     return hard_label_loss(student.output, tags, student.crf)
 
 
-@register("logits", layers=("logits",))
+@register("logits", layers=("logits",), weights={"hard": "alpha", "logits_mse": "beta"})
 def logits_loss(student: StudentView, teacher: Mapping[str, torch.Tensor], tags: torch.Tensor,
                 w: DistillWeights) -> dict[str, torch.Tensor]:
     """Eq. 2: alpha * CE(y, student) + beta * MSE(student logits, teacher logits)."""
@@ -114,7 +121,8 @@ def logits_loss(student: StudentView, teacher: Mapping[str, torch.Tensor], tags:
     return weighted_total(terms, {"hard": w.alpha, "logits_mse": w.beta})
 
 
-@register("intermediate", layers=("logits", "task", "shared"))
+@register("intermediate", layers=("logits", "task", "shared"),
+          weights={"hard": "alpha", "logits_mse": "beta", "task_mse": "gamma", "shared_mse": "kappa"})
 def intermediate_loss(student: StudentView, teacher: Mapping[str, torch.Tensor], tags: torch.Tensor,
                       w: DistillWeights) -> dict[str, torch.Tensor]:
     """Eq. 3 and 4: eq. 2 + gamma * MSE(task BiLSTM outputs) + kappa * MSE(shared BiLSTM outputs)."""
@@ -125,7 +133,7 @@ def intermediate_loss(student: StudentView, teacher: Mapping[str, torch.Tensor],
     return weighted_total(terms, {"hard": w.alpha, "logits_mse": w.beta, "task_mse": w.gamma, "shared_mse": w.kappa})
 
 
-@register("soft", layers=("logits",))
+@register("soft", layers=("logits",), weights={"hard": "alpha", "soft_ce": "beta"})
 def soft_loss(student: StudentView, teacher: Mapping[str, torch.Tensor], tags: torch.Tensor,
               w: DistillWeights) -> dict[str, torch.Tensor]:
     """Eq. 5: alpha * CE(y, student) + beta * CE(softmax(teacher / tau), softmax(student / tau))."""
@@ -136,7 +144,7 @@ def soft_loss(student: StudentView, teacher: Mapping[str, torch.Tensor], tags: t
     return weighted_total(terms, {"hard": w.alpha, "soft_ce": w.beta})
 
 
-@register("kl", layers=("logits",))
+@register("kl", layers=("logits",), weights={"hard": "alpha", "kl": "beta"})
 def kl_loss(student: StudentView, teacher: Mapping[str, torch.Tensor], tags: torch.Tensor,
             w: DistillWeights) -> dict[str, torch.Tensor]:
     """alpha * CE(y, student) + beta * tau^2 * KL(teacher / tau || student / tau) (Hinton et al.):
@@ -149,7 +157,7 @@ def kl_loss(student: StudentView, teacher: Mapping[str, torch.Tensor], tags: tor
     return weighted_total(terms, {"hard": w.alpha, "kl": w.beta})
 
 
-@register("marginals", layers=("marginals",))
+@register("marginals", layers=("marginals",), weights={"hard": "alpha", "marginals_ce": "beta"})
 def marginals_loss(student: StudentView, teacher: Mapping[str, torch.Tensor], tags: torch.Tensor,
                    w: DistillWeights) -> dict[str, torch.Tensor]:
     """alpha * CE(y, student) + beta * CE(teacher token marginals, student token posteriors). The

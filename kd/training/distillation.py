@@ -19,7 +19,7 @@ from kd.models.tagger import Tagger
 
 @dataclass
 class DistillOptions:
-    loss: str = "logits"
+    loss: str = "kl"
     alpha: float = 0.5
     beta: float | None = None  # None: 1 - alpha
     gamma: float = 0.0

@@ -86,6 +86,15 @@ def clone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
 
 
+def distinct_optimizers(optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, torch.optim.Optimizer]:
+    """Each optimizer once, under the first task that steps it: tasks may share one optimizer, whose
+    state a checkpoint then holds once."""
+    first: dict[int, tuple[str, torch.optim.Optimizer]] = {}
+    for task, optimizer in optimizers.items():
+        first.setdefault(id(optimizer), (task, optimizer))
+    return dict(first.values())
+
+
 def train(
     model: torch.nn.Module,
     optimizers: Mapping[str, torch.optim.Optimizer],
@@ -116,7 +125,7 @@ def train(
         except RuntimeError as error:
             raise KdError(f"the checkpoint does not fit this model (did the data change?): "
                           f"{str(error).splitlines()[0]}") from None
-        for task, optimizer in optimizers.items():
+        for task, optimizer in distinct_optimizers(optimizers).items():
             optimizer.load_state_dict(state.optimizers[task])
         torch.set_rng_state(state.torch_rng)
         generator.bit_generator.state = state.numpy_rng
@@ -157,7 +166,8 @@ def train(
             stopped_early = bool(callback(epoch, metrics)) or stopped_early
         if checkpoint_path is not None:
             state.model = clone_state(model)
-            state.optimizers = {task: optimizer.state_dict() for task, optimizer in optimizers.items()}
+            state.optimizers = {task: optimizer.state_dict()
+                                for task, optimizer in distinct_optimizers(optimizers).items()}
             state.torch_rng = torch.get_rng_state()
             state.numpy_rng = generator.bit_generator.state
             state.save(checkpoint_path)

@@ -8,6 +8,7 @@ single-task training.
 """
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -34,8 +35,12 @@ from kd.training.evaluate import EntityScores, evaluate
 from kd.training.jobs import (ModelOptions, TaskData, build_tagger, checkpoint_file, load_task, options_params,
                               resume_state, run_status)
 from kd.training.loop import EpochCallback, TrainingOptions, TrainingState, train
+from kd.training.student_diagnostics import log_student_diagnostics
 
 SAMPLINGS = ("uniform", "proportional")
+# How the MTM's per-task optimizers treat the shared layers: "per-task" gives each task's Adam its
+# own moments for them (the published description); "shared" keeps one set of moments for them.
+OPTIMIZER_STATES = ("shared", "per-task")
 
 
 @dataclass
@@ -47,6 +52,7 @@ class TaggerJob:
     train_splits: list[str] = field(default_factory=lambda: ["train", "devel"])
     eval_split: str = "test"
     sampling: str = "uniform"
+    optimizer_state: str = "shared"
     device: str = "auto"
     experiment: str = "kd"
     run_name: str | None = None
@@ -57,6 +63,8 @@ class TaggerJob:
             raise KdError("no corpus given")
         if self.sampling not in SAMPLINGS:
             raise KdError(f"--sampling {self.sampling}: use one of {', '.join(SAMPLINGS)}")
+        if self.optimizer_state not in OPTIMIZER_STATES:
+            raise KdError(f"optimizer_state {self.optimizer_state!r}: use one of {', '.join(OPTIMIZER_STATES)}")
         if self.distill is not None and len(self.corpora) != 1:
             raise KdError("a student learns one corpus")
 
@@ -72,6 +80,8 @@ class TaggerJob:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TaggerJob":
         data = dict(data)
+        # Jobs saved before the option existed trained with per-task moments; a resume keeps them.
+        data.setdefault("optimizer_state", "per-task")
         data["model"] = ModelOptions(**data["model"])
         data["training"] = TrainingOptions(**data["training"])
         if data.get("distill") is not None:
@@ -85,6 +95,7 @@ class TaggerJob:
                   "eval_split": self.eval_split, "device": self.device, **options_params(self.model, self.training)}
         if self.model_kind == "mtm":
             params["sampling"] = self.sampling
+            params["optimizer_state"] = self.optimizer_state
         if self.distill is not None:
             weights = self.distill.weights()
             params.update({"loss": self.distill.loss, "alpha": weights.alpha, "beta": weights.beta,
@@ -133,18 +144,30 @@ def supervised_loss(model: Tagger):
     return loss
 
 
-def task_optimizers(model: Tagger, learning_rate: float) -> dict[str, torch.optim.Optimizer]:
-    """One Adam per task over the shared parameters and that task's head, as in the method."""
+def task_optimizers(model: Tagger, learning_rate: float, state: str = "shared") -> dict[str, torch.optim.Optimizer]:
+    """The optimizer that steps for each task's batches: it updates the shared layers and that task's
+    head (a head outside the step's graph has no gradient and is left alone).
+
+    "per-task": one Adam per task, each with its own moments for the shared layers, as the method
+    describes. "shared": one Adam whose moments for the shared layers gather every task's gradients.
+    With one task the two are the same. With six corpora the shared moments gave a better teacher at
+    equal epochs (bench/README.md, "Distillation science"): per-task moments let every step take a
+    full Adam-sized step along one task's gradient alone, so the shared layers zigzag between tasks."""
+    if state not in OPTIMIZER_STATES:
+        raise KdError(f"optimizer_state {state!r}: use one of {', '.join(OPTIMIZER_STATES)}")
+    if state == "shared":
+        adam = _adam(list(model.parameters()), learning_rate)
+        return {task: adam for task in model.task_names}
     shared = [p for module in (model.word_embedding, model.char_embedding, model.char_lstm, model.shared_lstm)
               for p in module.parameters()]
-    optimizers = {}
-    for task in model.task_names:
-        parameters = shared + list(model.head(task).parameters())
-        # The fused kernel updates all parameters in one pass: ~4x faster than the default step
-        # on CPU (6% of an epoch -> under 2%), where it and CUDA are the devices that have it.
-        fused = all(p.device.type in ("cpu", "cuda") for p in parameters)
-        optimizers[task] = torch.optim.Adam(parameters, lr=learning_rate, fused=fused)
-    return optimizers
+    return {task: _adam(shared + list(model.head(task).parameters()), learning_rate) for task in model.task_names}
+
+
+def _adam(parameters: list[torch.nn.Parameter], learning_rate: float) -> torch.optim.Optimizer:
+    # The fused kernel updates all parameters in one pass: ~4x faster than the default step
+    # on CPU (6% of an epoch -> under 2%), where it and CUDA are the devices that have it.
+    fused = all(p.device.type in ("cpu", "cuda") for p in parameters)
+    return torch.optim.Adam(parameters, lr=learning_rate, fused=fused)
 
 
 def metric_names(split: str, scores: dict[str, EntityScores]) -> dict[str, float]:
@@ -202,13 +225,14 @@ def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
                    callbacks: Sequence[EpochCallback] = (), resume_run_id: str | None = None,
                    attach_to: str | None = None, parent_run_id: str | None = None,
                    extra_tags: dict[str, Any] | None = None, log_model: bool = True,
-                   on_start: Callable[[str], None] | None = None) -> RunSummary:
+                   on_start: Callable[[str], None] | None = None,
+                   warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> RunSummary:
     """Trains, evaluates and logs one STM, MTM or student. With `resume_run_id`, continues that run
     from its checkpoint with the options it was started with (`job` is then ignored); `attach_to`
     logs into an existing run (the one `mlflow run` made) instead of creating one; `parent_run_id`
     nests the run (tuning trials); `extra_tags` add to or override the standard tags; without
     `log_model` the model and predictions are not logged (trials keep only their metrics);
-    `on_start` hears the run id as soon as the run exists."""
+    `on_start` hears the run id as soon as the run exists; `warn` hears a teacher-quality warning."""
     state: TrainingState | None = None
     if resume_run_id:
         run = TrackedRun.resume(client, resume_run_id)
@@ -271,7 +295,7 @@ def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
             scores, _ = evaluators["devel"].run()
             return {k: v for k, v in metric_names("devel", scores).items() if k.startswith("devel_f1")}
 
-        optimizers = task_optimizers(model, job.training.learning_rate)
+        optimizers = task_optimizers(model, job.training.learning_rate, job.optimizer_state)
         if trained is not model and len(trained.projections):
             next(iter(optimizers.values())).add_param_group({"params": list(trained.projections.parameters())})
         result = train(
@@ -290,6 +314,9 @@ def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
             final["best_epoch"] = float(result.state.best_epoch)
         final["epochs_trained"] = float(result.state.epoch)
         run.log_metrics(final, step=result.state.epoch)
+        if teacher is not None:
+            log_student_diagnostics(run, client, job.distill, teacher.task, teacher.teacher_runs, result.state.history,
+                                    final, warn)
         if log_model:
             log_final_artifacts(run, model, vocabularies, job.to_dict(), evaluators, results)
         else:

@@ -1,0 +1,44 @@
+"""The per-term loss picture of a student run: what goes in it, checked by hand."""
+from __future__ import annotations
+
+import pytest
+
+from kd.losses.distill import LOSSES, DistillWeights
+from kd.training.curves import loss_terms, plot_loss_terms, weighted_shares
+
+HISTORY = [{"train_loss": 153.5, "train_hard": 10.0, "train_logits_mse": 297.0, "devel_f1": 0.1},
+           {"train_loss": 12.5, "train_hard": 3.0, "train_logits_mse": 22.0, "devel_f1": 0.5}]
+
+
+def test_loss_terms_are_the_train_metrics_but_the_total():
+    assert loss_terms(HISTORY) == {"hard": [10.0, 3.0], "logits_mse": [297.0, 22.0]}
+    assert loss_terms([{"train_loss": 1.0}]) == {}
+    assert loss_terms([]) == {}
+
+
+def test_weighted_shares_by_hand():
+    shares = weighted_shares(loss_terms(HISTORY), {"hard": 0.5, "logits_mse": 0.5})
+    assert shares["hard"] == pytest.approx([5 / 153.5, 1.5 / 12.5])
+    assert shares["logits_mse"] == pytest.approx([148.5 / 153.5, 11 / 12.5])
+    zero = weighted_shares(loss_terms(HISTORY), {"hard": 1.0, "logits_mse": 0.0})
+    assert zero == {"hard": [1.0, 1.0], "logits_mse": [0.0, 0.0]}
+
+
+def test_every_loss_declares_the_weight_of_each_term():
+    """The declared weights reproduce the total each loss computes (a made-up view from the loss tests)."""
+    from tests.test_losses_distill import made_up_view, tags_tensor, teacher_targets
+
+    weights = DistillWeights(alpha=0.3, beta=0.7, gamma=0.2, kappa=0.1, tau=2.0)
+    for name, registered in LOSSES.items():
+        terms = registered.function(made_up_view(), teacher_targets(), tags_tensor(), weights)
+        declared = registered.term_weights(weights)
+        assert set(declared) == set(terms) - {"loss"}, name
+        total = sum(weight * float(terms[term].detach()) for term, weight in declared.items())
+        assert float(terms["loss"].detach()) == pytest.approx(total, rel=1e-5), name
+
+
+def test_plot_is_a_png_only_when_there_are_terms(tmp_path):
+    path = plot_loss_terms(HISTORY, {"hard": 0.5, "logits_mse": 0.5}, tmp_path / "terms.png")
+    assert path == tmp_path / "terms.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_loss_terms([{"train_loss": 1.0}], {}, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
