@@ -20,7 +20,8 @@ and how often each model beats the STM.
 
     python bench/science.py [--data-dir ../shared/datasets] [--corpora A,B,...] [--seeds 1,2,3]
         [--epochs 10] [--mtm-epochs 10] [--student logits:alpha=0.5] [--ensemble-student ...]
-        [--mtm-optimizer shared|per-task] [--copy-check] [--work bench-science] [--threads 2]
+        [--mtm-optimizer shared|per-task] [--models stm,mtm] [--copy-check] [--work bench-science]
+        [--also OTHER_WORK] [--report-only] [--threads 2]
 """
 from __future__ import annotations
 
@@ -154,8 +155,9 @@ def mtm_for_seed(data, seed: int, args, options: ModelOptions, results: Results)
         model, vocabularies, state = fit({c: d["train"] for c, d in data.items()}, {c: d["devel"] for c, d in data.items()},
                                          seed, args.mtm_epochs, options, optimizer=args.mtm_optimizer)
         save_model(model, vocabularies, folder)
+        name = "mtm" if args.mtm_optimizer == "shared" else f"mtm[{args.mtm_optimizer}]"
         for corpus in data:
-            record(results, "mtm", corpus, seed, model, vocabularies, state, data[corpus]["test"], started)
+            record(results, name, corpus, seed, model, vocabularies, state, data[corpus]["test"], started)
     saved = load_model(folder)
     return Teacher(run_id=f"mtm-seed{seed}", model=saved.model, vocabularies=saved.vocabularies,
                    corpora=list(data), data_dir=None)
@@ -194,6 +196,13 @@ def run_all(data, args, results: Results) -> None:
             run_students(data, seed, args.ensemble_student, list(teachers.values()), "ens-sm", args, options, results)
 
 
+def baseline(model: str) -> str:
+    """The single-task model a column is compared with: the copy check's STM of the same epochs, else `stm`."""
+    if model.startswith("copy-sm@"):
+        return f"copy-stm@{model[len('copy-sm@'):].split('[')[0]}"
+    return "stm"
+
+
 def report(rows: list[dict], corpora: list[str]) -> None:
     models = list(dict.fromkeys(r["model"] for r in rows if r["corpus"] in corpora))
     means = {m: {c: [r["test_f1"] for r in rows if r["model"] == m and r["corpus"] == c] for c in corpora} for m in models}
@@ -203,12 +212,12 @@ def report(rows: list[dict], corpora: list[str]) -> None:
         cells = [statistics.mean(means[m][c]) for c in corpora]
         seeds = sorted({len(means[m][c]) for c in corpora})
         print(f"{m:>34} " + " ".join(f"{v:11.2f}" for v in cells) + f" {statistics.mean(cells):8.2f}  {seeds}")
-    if "stm" in complete:
-        for m in complete:
-            if m != "stm":
-                wins = sum(statistics.mean(means[m][c]) >= statistics.mean(means["stm"][c]) for c in corpora)
-                print(f"{m} >= stm on {wins} of {len(corpora)} corpora")
-    if len(complete) >= 3:
+    for m in complete:
+        base = baseline(m)
+        if base in complete and base != m:
+            signs = ["+" if statistics.mean(means[m][c]) >= statistics.mean(means[base][c]) else "-" for c in corpora]
+            print(f"{m} >= {base} on {signs.count('+')} of {len(corpora)} corpora ({' '.join(signs)})")
+    if len(complete) >= 3 and len(corpora) >= 2:
         p = friedmanchisquare(*[[statistics.mean(means[m][c]) for c in corpora] for m in complete]).pvalue
         print(f"Friedman over {len(corpora)} corpora, {len(complete)} models: p = {p:.4f}")
 
@@ -286,6 +295,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("bench-science"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--also", type=Path, action="append", default=[],
+                        help="another --work folder whose results join the report (e.g. per-task MTMs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.seeds = [int(s) for s in args.seeds.split(",")]
@@ -301,10 +312,9 @@ def main() -> None:
             data = load_scaled(corpora, args.data_dir, {"train": args.max_train, "devel": args.max_devel,
                                                         "test": args.max_test})
             run_all(data, args, results)
-    report(results.rows, corpora)
+    rows = results.rows + [row for folder in args.also for row in Results(folder).rows]
+    report(rows, [args.copy_corpus] if args.copy_check else corpora)
     logit_statistics(args.work)
-    if args.copy_check or any(r["model"].startswith("copy") for r in results.rows):
-        report(results.rows, [args.copy_corpus])
 
 
 if __name__ == "__main__":
