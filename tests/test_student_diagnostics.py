@@ -1,4 +1,4 @@
-"""The per-term loss picture of a student run: what goes in it, checked by hand."""
+"""What a student run shows beyond its scores: the per-term loss picture and the teacher-quality check, by hand."""
 from __future__ import annotations
 
 import pytest
@@ -42,3 +42,17 @@ def test_plot_is_a_png_only_when_there_are_terms(tmp_path):
     assert path == tmp_path / "terms.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_loss_terms([{"train_loss": 1.0}], {}, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_a_runs_f1_on_one_corpus_by_hand():
+    from kd.training.student_diagnostics import TeacherCheck, corpus_f1
+
+    mtm = {"test_f1": 0.5, "test_f1/A": 0.4, "test_f1/B": 0.6, "devel_f1/A": 0.3}
+    assert corpus_f1(mtm, {"task": "A,B"}, "A", "test") == 0.4
+    assert corpus_f1(mtm, {"task": "A,B"}, "B", "devel") is None
+    assert corpus_f1({"test_f1": 0.7}, {"task": "A"}, "A", "test") == 0.7
+    assert corpus_f1({"test_f1": 0.7}, {"task": "B"}, "A", "test") is None
+    check = TeacherCheck("devel", 0.5, 0.6, "the single-task models' mean in this experiment")
+    assert check.weaker and not TeacherCheck("devel", 0.6, 0.6, "x").weaker
+    assert check.message("A") == ("warning: the teacher's devel F1 on A is 50.00, below the single-task models' "
+                                  "mean in this experiment (60.00): distilling from it is unlikely to help")
