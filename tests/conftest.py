@@ -140,9 +140,11 @@ def subprocess_env(tracking_uri: str) -> dict[str, str]:
     return env
 
 
-def mlflow_run(entry_point: str, params: dict, experiment: str, cwd: Path, tracking_uri: str) -> dict:
+def mlflow_run(entry_point: str, params: dict, experiment: str, cwd: Path, tracking_uri: str,
+               env: dict[str, str] | None = None) -> dict:
     """`mlflow run <repo> -e ENTRY --env-manager local` as a user types it, logging to
-    `tracking_uri`; it must succeed. Returns the JSON line kd printed last."""
+    `tracking_uri`, with `env` added to the environment; it must succeed. Returns the JSON line kd
+    printed last."""
     import subprocess
     import sys
 
@@ -150,7 +152,7 @@ def mlflow_run(entry_point: str, params: dict, experiment: str, cwd: Path, track
                "--experiment-name", experiment]
     for key, value in params.items():
         command += ["-P", f"{key}={value}"]
-    result = subprocess.run(command, cwd=cwd, env=subprocess_env(tracking_uri), capture_output=True, text=True,
+    result = subprocess.run(command, cwd=cwd, env={**subprocess_env(tracking_uri), **(env or {})}, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -476,9 +476,10 @@ def test_open_cache_run_refuses_runs_that_are_not_caches(store, half):
 
 
 def test_mlflow_run_cache_logits_entry_point(store):
+    """Without a data_dir parameter (mlflow passes `--data-dir ''`), $KD_DATA_DIR is used, as README says."""
     teacher = store.teachers["mtm"]
-    summary = mlflow_run("cache_logits", {"teacher": teacher, "data_dir": store.data_dir, "layers": "logits,marginals",
-                                          "device": "cpu"}, "project-cache", store.root, store.uri)
+    summary = mlflow_run("cache_logits", {"teacher": teacher, "layers": "logits,marginals", "device": "cpu"},
+                         "project-cache", store.root, store.uri, env={"KD_DATA_DIR": str(store.data_dir)})
     runs = store.runs("project-cache")
     assert [r.info.run_id for r in runs] == [summary["run_id"]], "one run: kd logs into the project's run"
     run = runs[0]

@@ -346,9 +346,10 @@ def test_same_seed_same_plan(store, sampling):
 
 
 def test_mlflow_run_train_teacher_entry_point(store):
-    params = {"tasks": "tiny,other", "data_dir": str(store.data_dir), "epochs": "2", "sampling": "proportional",
-              **SMALL_MODEL_PARAMS}
-    summary = mlflow_run("train_teacher", params, "project-teacher", store.root, store.uri)
+    """Without a data_dir parameter (mlflow passes `--data-dir ''`), $KD_DATA_DIR is used, as README says."""
+    params = {"tasks": "tiny,other", "epochs": "2", "sampling": "proportional", **SMALL_MODEL_PARAMS}
+    summary = mlflow_run("train_teacher", params, "project-teacher", store.root, store.uri,
+                         env={"KD_DATA_DIR": str(store.data_dir)})
 
     runs = store.runs("project-teacher")
     assert [r.info.run_id for r in runs] == [summary["run_id"]], "one run: kd logs into the project's run"

@@ -68,9 +68,17 @@ def split_options(func: Callable) -> Callable:
     return functools.reduce(lambda f, d: d(f), reversed(decorators), func)
 
 
+def _empty_data_dir_is_unset(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # `mlflow run` passes every declared parameter, so an unset data_dir arrives as `--data-dir ''`;
+    # click lets an explicit value hide the environment, so the empty one falls back to it here.
+    if value == "":
+        return os.environ.get("KD_DATA_DIR") or None
+    return value
+
+
 def data_dir_option(func: Callable) -> Callable:
     return click.option("--data-dir", type=click.Path(file_okay=False), envvar="KD_DATA_DIR", default=None,
-                        help="Folder of corpora (default: $KD_DATA_DIR).")(func)
+                        callback=_empty_data_dir_is_unset, help="Folder of corpora (default: $KD_DATA_DIR).")(func)
 
 
 def build_model_options(kwargs: dict[str, Any]):
