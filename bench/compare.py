@@ -2,12 +2,14 @@
 then the wall time of `kd compare` end to end (process start, fetching every run page by page,
 statistics, tables, figures and logging the comparison run).
 
-Usage: python bench/compare.py [--runs 5000] [--store DIR] [--repeat 3]
+Usage: python bench/compare.py [--runs 5000] [--store DIR] [--repeat 3] [--bayesian 0.5]
 
 The runs look like kd's: tags task, model_kind, output, loss, ensemble, seed; params alpha, beta;
 metrics test_precision, test_recall, test_f1 and a train_loss history of 10 epochs. They are spread
 over 10 corpora, 5 seeds and as many models as it takes (a last, partial model is dropped with
---drop-incomplete). Building the store is slow (MLflow writes
+--drop-incomplete). `kd compare` runs with its defaults (Wilcoxon-Holm, Bayesian signed-rank tests
+with a 0.5-point ROPE: 99 pairs here, each model against the best ranked, one plot each);
+`--bayesian 0` times it without the Bayesian tests. Building the store is slow (MLflow writes
 run by run) and is timed separately; `--store` keeps it for later runs.
 """
 from __future__ import annotations
@@ -66,6 +68,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5000)
     parser.add_argument("--store", type=Path, default=None, help="Keep (or reuse) the store in this folder.")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--bayesian", type=float, default=0.5, help="kd compare --bayesian ROPE (0: off).")
     args = parser.parse_args()
 
     folder = args.store or Path(tempfile.mkdtemp(prefix="kd-bench-compare-"))
@@ -81,14 +84,15 @@ def main() -> None:
     for _ in range(args.repeat):
         started = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "kd", "compare", "--experiment", experiment, "--out",
-                                 str(folder / "out"), "--json", "--drop-incomplete"], env=env, capture_output=True, text=True)
+                                 str(folder / "out"), "--json", "--drop-incomplete",
+                                 "--bayesian", str(args.bayesian)], env=env, capture_output=True, text=True)
         times.append(time.perf_counter() - started)
         if result.returncode != 0:
             sys.exit(f"kd compare failed:\n{result.stderr}")
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     report = {"runs": args.runs, "models": len(summary["models"]), "corpora": len(summary["corpora"]),
               "build_store_s": build_seconds, "compare_s": times, "compare_best_s": min(times),
-              "target_s": 15.0, "cpu_count": os.cpu_count()}
+              "target_s": 15.0, "cpu_count": os.cpu_count(), "bayesian_rope": args.bayesian}
     print(f"{args.runs} runs, {report['models']} models x {report['corpora']} corpora x {SEEDS} seeds")
     if build_seconds is not None:
         print(f"building the store: {build_seconds:.1f} s")

@@ -64,7 +64,7 @@ def test_published_table_statistics_match_scipy(tracking, tmp_path):
     log_table(tracking, "published", table)
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["compare", "--experiment", "published", "--model-key", "model",
-                                      "--out", str(out), "--json"])
+                                      "--posthoc", "conover", "--bayesian", "0", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
 

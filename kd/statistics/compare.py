@@ -2,25 +2,25 @@
 
 Runs are grouped into models and corpora, seeds are averaged per cell, and the models are
 compared over corpora with the Friedman test, post-hoc pairwise tests, average ranks and the
-Nemenyi critical difference, written as tables (md, csv, tex, json) and figures (PNG).
+Nemenyi critical difference, plus per pair Wilcoxon-Holm tests, bootstrap intervals of the mean
+difference, Bayesian tests with a ROPE and per-corpus tests over seeds. `kd.statistics.report`
+writes them out.
 """
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from kd.errors import KdError
+from kd.statistics.bayesian import BayesianResult, bayesian_pairs, hierarchical, signed_rank
+from kd.statistics.pairwise import WilcoxonHolm, bootstrap_differences, model_pairs, wilcoxon_holm
+from kd.statistics.seeds import seed_tests
 from kd.statistics.tests import FriedmanResult, friedman
-from kd.utils.atomic import atomic_file, atomic_path
 
-FORMATS = ("md", "csv", "tex", "json")
 PAGE_SIZE = 1000
 # The weights that define a student, per loss: the rest keep their defaults and would only add noise.
 LOSS_WEIGHTS = {"logits": ("alpha", "beta"), "intermediate": ("alpha", "beta", "gamma", "kappa"),
@@ -48,12 +48,31 @@ class CellTable:
 
 
 @dataclass
+class BayesianOptions:
+    """`rope` in F1 points (0: no Bayesian tests); `hierarchical` adds the corpora x seeds test
+    (needs pystan); every pair while there are at most `all_pairs_up_to` models, else each
+    model against the best ranked."""
+
+    rope: float = 0.5
+    hierarchical: bool = False
+    samples: int = 50000
+    all_pairs_up_to: int = 10
+
+
+@dataclass
 class Comparison:
     metric: str
     table: CellTable
     result: FriedmanResult
     runs_used: int
     dropped_models: list[str] = field(default_factory=list)
+    scale: float = 1.0  # to F1 points: 100 for scores logged as fractions
+    seed: int = 0  # of the bootstrap and the Bayesian tests
+    wilcoxon: WilcoxonHolm | None = None
+    effects: pd.DataFrame | None = None  # per pair: mean difference in points and bootstrap interval
+    seed_tests: pd.DataFrame | None = None  # per corpus and pair: differs beyond seed noise?
+    bayesian: list[BayesianResult] = field(default_factory=list)
+    bayesian_options: BayesianOptions = field(default_factory=BayesianOptions)
 
 
 def fetch_runs(client, experiment: str, filter_string: str | None) -> list[RunRecord]:
@@ -110,11 +129,15 @@ def _number(value: str | None) -> str:
         return str(value)
 
 
+Cells = dict[tuple[str, str], list[tuple[str | None, float]]]
+
+
 def collect_cells(records: Sequence[RunRecord], metric: str, model_keys: Sequence[str] | None,
-                  corpus_key: str) -> tuple[dict[tuple[str, str], list[float]], int]:
-    """(model, corpus) -> the metric of each run (seed) in that cell. A run over several corpora
-    (a teacher) gives one value per corpus from its `<metric>/<corpus>` metrics."""
-    cells: dict[tuple[str, str], list[float]] = {}
+                  corpus_key: str) -> tuple[Cells, int]:
+    """(model, corpus) -> (seed label, metric) of each run in that cell; the label is the run's
+    `seed` tag or param, None without one. A run over several corpora (a teacher) gives one value
+    per corpus from its `<metric>/<corpus>` metrics."""
+    cells: Cells = {}
     used = 0
     for record in records:
         if record.tags.get("model_kind") == "comparison":
@@ -139,17 +162,18 @@ def collect_cells(records: Sequence[RunRecord], metric: str, model_keys: Sequenc
         if not per_corpus:
             continue
         used += 1
+        seed = lookup(record, "seed")
         for corpus, value in per_corpus.items():
-            cells.setdefault((model, corpus), []).append(float(value))
+            cells.setdefault((model, corpus), []).append((seed, float(value)))
     return cells, used
 
 
-def cell_table(cells: Mapping[tuple[str, str], list[float]]) -> CellTable:
+def cell_table(cells: Cells) -> CellTable:
     models = sorted({m for m, _ in cells})
     corpora = sorted({c for _, c in cells}, key=str.lower)
     frames = {name: pd.DataFrame(np.nan, index=corpora, columns=models) for name in ("mean", "std", "var", "count")}
-    for (model, corpus), values in cells.items():
-        array = np.asarray(values, dtype=np.float64)
+    for (model, corpus), runs in cells.items():
+        array = np.asarray([value for _, value in runs], dtype=np.float64)
         variance = float(array.var(ddof=1)) if len(array) > 1 else 0.0
         frames["mean"].loc[corpus, model] = float(array.mean())
         frames["var"].loc[corpus, model] = variance
@@ -159,8 +183,10 @@ def cell_table(cells: Mapping[tuple[str, str], list[float]]) -> CellTable:
 
 
 def compare_runs(records: Sequence[RunRecord], metric: str = "test_f1", model_keys: Sequence[str] | None = None,
-                 corpus_key: str = "tags.task", posthoc: str = "conover", alpha: float = 0.05,
-                 drop_incomplete: bool = False) -> Comparison:
+                 corpus_key: str = "tags.task", posthoc: str = "wilcoxon-holm", alpha: float = 0.05,
+                 drop_incomplete: bool = False, bayesian: BayesianOptions | None = None, seed: int = 0) -> Comparison:
+    """The cell table, Friedman test and post-hoc p-values, then the pairwise statistics
+    (`add_pairwise_statistics`)."""
     if not records:
         raise KdError("no finished runs to compare (check --experiment and --filter)")
     cells, used = collect_cells(records, metric, model_keys, corpus_key)
@@ -180,186 +206,45 @@ def compare_runs(records: Sequence[RunRecord], metric: str = "test_f1", model_ke
         keep = [m for m in table.mean.columns if m not in incomplete]
         table = CellTable(*(frame[keep] for frame in (table.mean, table.std, table.var, table.count)))
     result = friedman(table.mean, posthoc=posthoc, alpha=alpha)
-    return Comparison(metric=metric, table=table, result=result, runs_used=used, dropped_models=dropped)
+    comparison = Comparison(metric=metric, table=table, result=result, runs_used=used, dropped_models=dropped,
+                            scale=display_scale(table.mean), seed=seed, bayesian_options=bayesian or BayesianOptions())
+    add_pairwise_statistics(comparison, cells)
+    return comparison
 
 
-# --- output -----------------------------------------------------------------------------------
+def display_scale(means: pd.DataFrame) -> float:
+    """Scores in [0, 1] are fractions: times 100 they are the F1 points of the literature."""
+    return 100.0 if np.nanmax(np.abs(means.to_numpy())) <= 1.0 else 1.0
 
 
-def display_scale(comparison: Comparison) -> float:
-    """Scores in [0, 1] are shown as percentages, as in the literature."""
-    values = comparison.table.mean.to_numpy()
-    return 100.0 if np.nanmax(np.abs(values)) <= 1.0 else 1.0
+def add_pairwise_statistics(comparison: Comparison, cells: Cells) -> None:
+    """Wilcoxon-Holm over corpora, bootstrap intervals of mean differences, per-corpus tests over
+    seeds and the Bayesian tests, all on F1 points (scores times `comparison.scale`)."""
+    table, options = comparison.table, comparison.bayesian_options
+    if options.rope < 0:
+        raise KdError(f"--bayesian {options.rope:g}: must be 0 (off) or a positive ROPE in F1 points")
+    models, corpora = list(table.mean.columns), list(table.mean.index)
+    points = table.mean * comparison.scale
+    pairs = model_pairs(models)
+    comparison.wilcoxon = wilcoxon_holm(table.mean)
+    comparison.effects = bootstrap_differences(points, pairs, seed=comparison.seed)
+    comparison.seed_tests = seed_tests(cells, models, corpora, pairs, comparison.scale, comparison.result.alpha)
+    if options.rope == 0:
+        return
+    for a, b in bayesian_pairs(models, dict(comparison.result.average_ranks), options.all_pairs_up_to):
+        comparison.bayesian.append(signed_rank(a, b, points[a].to_numpy(), points[b].to_numpy(), options.rope,
+                                               seed=comparison.seed, samples=options.samples))
+        if options.hierarchical:
+            x, y = seed_arrays(cells, a, b, corpora, comparison.scale)
+            comparison.bayesian.append(hierarchical(a, b, x, y, options.rope, seed=comparison.seed))
 
 
-def summary_rows(comparison: Comparison) -> pd.DataFrame:
-    """The table as shown: corpora, then the average and the average-variance rows."""
-    scale = display_scale(comparison)
-    shown = comparison.table.mean * scale
-    shown.loc["Average"] = shown.mean(axis=0)
-    shown.loc["Average variance"] = (comparison.table.var * scale * scale).mean(axis=0)
-    return shown
-
-
-def best_columns(row: pd.Series) -> set[str]:
-    return set(row.index[np.isclose(row.to_numpy(), row.max())])
-
-
-def render_markdown(comparison: Comparison) -> str:
-    rows = summary_rows(comparison)
-    models = list(rows.columns)
-    scale_note = " (x100)" if display_scale(comparison) == 100 else ""
-    lines = [f"| corpus | {' | '.join(models)} |", "|---|" + "---:|" * len(models)]
-    for corpus, row in rows.iterrows():
-        best = best_columns(row) if corpus != "Average variance" else set()
-        cells = [f"**{row[m]:.2f}**" if m in best else f"{row[m]:.2f}" for m in models]
-        lines.append(f"| {corpus} | {' | '.join(cells)} |")
-    ranks = comparison.result.average_ranks
-    lines.append(f"| Average rank | {' | '.join(f'{ranks[m]:.2f}' for m in models)} |")
-    r = comparison.result
-    lines += ["", f"{comparison.metric}{scale_note}, mean over seeds; best per row in bold.",
-              f"Friedman chi2 = {r.statistic:.4f}, p = {r.p_value:.4g}; Nemenyi critical difference = "
-              f"{r.critical_difference:.3f} ranks."]
-    if r.p_value >= r.alpha:
-        lines.append(f"The Friedman test does not reject equal performance at alpha = {r.alpha:g}: "
-                     "post-hoc differences are not evidence on their own.")
-    return "\n".join(lines) + "\n"
-
-
-def _tex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                 ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
-        text = text.replace(a, b)
-    return text
-
-
-def render_latex(comparison: Comparison) -> str:
-    rows = summary_rows(comparison)
-    models = list(rows.columns)
-    lines = [r"\begin{tabular}{l" + "r" * len(models) + "}", r"\hline",
-             "Corpus & " + " & ".join(_tex_escape(m) for m in models) + r" \\", r"\hline"]
-    for corpus, row in rows.iterrows():
-        if corpus == "Average":
-            lines.append(r"\hline")
-        best = best_columns(row) if corpus != "Average variance" else set()
-        cells = [rf"\textbf{{{row[m]:.2f}}}" if m in best else f"{row[m]:.2f}" for m in models]
-        lines.append(_tex_escape(str(corpus)) + " & " + " & ".join(cells) + r" \\")
-    lines += [r"\hline", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
-
-
-def results_json(comparison: Comparison, files: Mapping[str, str], run_id: str | None) -> dict[str, Any]:
-    r, t = comparison.result, comparison.table
-    return {
-        "metric": comparison.metric, "friedman_statistic": r.statistic, "friedman_p_value": r.p_value,
-        "critical_difference": r.critical_difference, "average_ranks": {m: float(v) for m, v in r.average_ranks.items()},
-        "posthoc_p_values": {m: {n: float(v) for n, v in row.items()} for m, row in r.p_values.iterrows()},
-        "cells": {corpus: {model: {"mean": float(t.mean.loc[corpus, model]), "std": float(t.std.loc[corpus, model]),
-                                   "var": float(t.var.loc[corpus, model]), "n": int(t.count.loc[corpus, model])}
-                           for model in t.mean.columns} for corpus in t.mean.index},
-        "models": list(t.mean.columns), "corpora": list(t.mean.index), "runs_used": comparison.runs_used,
-        "dropped_models": comparison.dropped_models, "files": dict(files), "comparison_run_id": run_id,
-    }
-
-
-def write_figures(comparison: Comparison, out: Path) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import scikit_posthocs as sp
-
-    r = comparison.result
-    written = {}
-    # Sizes grow with the number of models up to a cap: beyond it labels shrink rather than the
-    # image growing to tens of megapixels (which also made saving take seconds).
-    figure, axes = plt.subplots(figsize=(8, min(0.5 + 0.35 * len(r.average_ranks), 24)))
-    sp.critical_difference_diagram(r.average_ranks, r.p_values, ax=axes)
-    axes.set_title(f"Average ranks ({comparison.metric}); bars join models not significantly different")
-    written["cd_diagram"] = _save(figure, out / "cd_diagram.png")
-    size = min(2 + 0.5 * len(r.average_ranks), 14)
-    figure, axes = plt.subplots(figsize=(size + 1, size))
-    sp.sign_plot(r.p_values, ax=axes)
-    axes.set_title("Post-hoc p-values")
-    axes.tick_params(axis="x", labelrotation=45)
-    written["significance"] = _save(figure, out / "significance.png")
-    return written
-
-
-def _save(figure, path: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    return str(path)
-
-
-def write_outputs(comparison: Comparison, out: Path, formats: Sequence[str]) -> dict[str, str]:
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        raise KdError(f"--format {','.join(formats)}: use a comma-separated subset of {', '.join(FORMATS)}")
-    out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, str] = {}
-    if "md" in formats:
-        files["md"] = _write_text(out / "table.md", render_markdown(comparison))
-    if "tex" in formats:
-        files["tex"] = _write_text(out / "table.tex", render_latex(comparison))
-    if "csv" in formats:
-        rows = summary_rows(comparison)
-        rows.loc["Average rank"] = comparison.result.average_ranks
-        files["csv"] = _write_text(out / "table.csv", rows.to_csv(index_label="corpus", float_format="%.6g"))
-        t = comparison.table
-        long = pd.DataFrame([{"corpus": c, "model": m, "mean": t.mean.loc[c, m], "std": t.std.loc[c, m],
-                              "var": t.var.loc[c, m], "n": int(t.count.loc[c, m])}
-                             for c in t.mean.index for m in t.mean.columns])
-        files["cells_csv"] = _write_text(out / "cells.csv", long.to_csv(index=False, float_format="%.8g"))
-        files["pvalues_csv"] = _write_text(out / "posthoc_pvalues.csv",
-                                           comparison.result.p_values.to_csv(float_format="%.6g"))
-    files.update(write_figures(comparison, out))
-    return files
-
-
-def _write_text(path: Path, text: str) -> str:
-    with atomic_file(path) as handle:
-        handle.write(text)
-    return str(path)
-
-
-def write_results_json(comparison: Comparison, out: Path, files: dict[str, str], run_id: str | None) -> str:
-    path = out / "results.json"
-    files = {**files, "json": str(path)}
-    return _write_text(path, json.dumps(results_json(comparison, files, run_id), indent=2))
-
-
-def run_comparison(client, experiment: str, out: Path, *, metric: str = "test_f1",
-                   model_keys: Sequence[str] | None = None, corpus_key: str = "tags.task",
-                   filter_string: str | None = None, posthoc: str = "conover", alpha: float = 0.05,
-                   formats: Sequence[str] = FORMATS, drop_incomplete: bool = False, log: bool = True,
-                   attach_to: str | None = None) -> dict[str, Any]:
-    """Compares the experiment's runs, writes the outputs to `out` and (with `log`) logs them as a
-    comparison run in the same experiment. Returns the contents of results.json."""
-    from kd.tracking.runs import TrackedRun, git_commit
-    from kd.training.jobs import run_status
-
-    records = [r for r in fetch_runs(client, experiment, filter_string) if r.run_id != attach_to]
-    comparison = compare_runs(records, metric, model_keys, corpus_key, posthoc, alpha, drop_incomplete)
-    if not log:
-        files = write_outputs(comparison, out, formats)
-        write_results_json(comparison, out, files, None)
-        return results_json(comparison, {**files, "json": str(out / "results.json")}, None)
-    run = TrackedRun.start(client, experiment, None, {"model_kind": "comparison", "git_commit": git_commit()},
-                           attach_to=attach_to)
-    with run_status(run):
-        run.log_params({"metric": metric, "model_key": ",".join(model_keys or []) or "(kd tags)",
-                        "corpus_key": corpus_key, "filter": filter_string or "", "posthoc": posthoc, "alpha": alpha,
-                        "models": ",".join(comparison.table.mean.columns), "runs_used": comparison.runs_used})
-        files = write_outputs(comparison, out, formats)
-        write_results_json(comparison, out, files, run.run_id)
-        r = comparison.result
-        run.log_metrics({"friedman_statistic": r.statistic, "friedman_p_value": r.p_value,
-                         "critical_difference": r.critical_difference, "models": len(r.average_ranks),
-                         "corpora": len(comparison.table.mean.index)})
-        for path in (*files.values(), str(out / "results.json")):
-            run.log_artifact(path, "comparison")
-    return results_json(comparison, {**files, "json": str(out / "results.json")}, run.run_id)
+def seed_arrays(cells: Cells, a: str, b: str, corpora: Sequence[str], scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Corpora x seeds arrays of two models for the hierarchical test, seeds in label order (so
+    runs with the same seed face each other); every cell needs the same number of seeds, 2+."""
+    rows = {m: [[v * scale for _, v in sorted(cells[(m, c)], key=lambda r: str(r[0]))] for c in corpora]
+            for m in (a, b)}
+    counts = {len(row) for m in (a, b) for row in rows[m]}
+    if len(counts) != 1 or counts.pop() < 2:
+        raise KdError(f"--hierarchical: {a} and {b} need the same number of seeds (2 or more) on every corpus")
+    return np.array(rows[a]), np.array(rows[b])

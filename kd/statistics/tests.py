@@ -1,5 +1,6 @@
-"""Comparing models over corpora: the Friedman test, average ranks, post-hoc pairwise tests and
-the Nemenyi critical difference (Demsar 2006), on a corpora x models matrix of scores."""
+"""Comparing models over corpora: the Friedman test, average ranks, post-hoc pairwise tests (Wilcoxon
+signed-rank with Holm's correction, or scikit-posthocs' mean-rank tests) and the Nemenyi critical
+difference (Demsar 2006), on a corpora x models matrix of scores."""
 from __future__ import annotations
 
 import math
@@ -9,8 +10,10 @@ import pandas as pd
 from scipy import stats
 
 from kd.errors import KdError
+from kd.statistics.pairwise import wilcoxon_holm
 
-POSTHOC_TESTS = ("conover", "nemenyi", "siegel", "miller")
+# wilcoxon-holm first: the default (pairwise, so a pair's result does not depend on the other models).
+POSTHOC_TESTS = ("wilcoxon-holm", "conover", "nemenyi", "siegel", "miller")
 
 
 @dataclass
@@ -21,6 +24,7 @@ class FriedmanResult:
     p_values: pd.DataFrame  # model x model post-hoc p-values
     critical_difference: float  # Nemenyi CD at alpha
     alpha: float
+    posthoc: str = "wilcoxon-holm"  # the test that gave p_values
 
 
 def average_ranks(scores: pd.DataFrame) -> pd.Series:
@@ -36,8 +40,11 @@ def nemenyi_critical_difference(models: int, corpora: int, alpha: float) -> floa
 
 
 def posthoc_p_values(scores: pd.DataFrame, test: str) -> pd.DataFrame:
+    """model x model p-values of the post-hoc test; for wilcoxon-holm, Holm-adjusted."""
     import scikit_posthocs as sp
 
+    if test == "wilcoxon-holm":
+        return wilcoxon_holm(scores).adjusted
     functions = {"conover": sp.posthoc_conover_friedman, "nemenyi": sp.posthoc_nemenyi_friedman,
                  "siegel": sp.posthoc_siegel_friedman, "miller": sp.posthoc_miller_friedman}
     if test not in functions:
@@ -47,7 +54,7 @@ def posthoc_p_values(scores: pd.DataFrame, test: str) -> pd.DataFrame:
     return p_values.astype(float)
 
 
-def friedman(scores: pd.DataFrame, posthoc: str = "conover", alpha: float = 0.05) -> FriedmanResult:
+def friedman(scores: pd.DataFrame, posthoc: str = "wilcoxon-holm", alpha: float = 0.05) -> FriedmanResult:
     """`scores`: one row per corpus, one column per model, higher is better."""
     corpora, models = scores.shape
     if models < 3:
@@ -59,4 +66,5 @@ def friedman(scores: pd.DataFrame, posthoc: str = "conover", alpha: float = 0.05
     statistic, p_value = stats.friedmanchisquare(*(scores[column].to_numpy() for column in scores.columns))
     return FriedmanResult(statistic=float(statistic), p_value=float(p_value), average_ranks=average_ranks(scores),
                           p_values=posthoc_p_values(scores, posthoc),
-                          critical_difference=nemenyi_critical_difference(models, corpora, alpha), alpha=alpha)
+                          critical_difference=nemenyi_critical_difference(models, corpora, alpha), alpha=alpha,
+                          posthoc=posthoc)

@@ -1,0 +1,213 @@
+"""Writing a comparison out: tables (md, csv, tex), results.json, figures, and the comparison run."""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kd.errors import KdError
+from kd.statistics.compare import BayesianOptions, Comparison, compare_runs, fetch_runs
+from kd.statistics.report_pairwise import (bayesian_table, pairwise_json, pairwise_markdown, pairwise_table,
+                                          write_bayesian_plots)
+from kd.utils.atomic import atomic_file, atomic_path
+
+FORMATS = ("md", "csv", "tex", "json")
+
+def summary_rows(comparison: Comparison) -> pd.DataFrame:
+    """The table as shown: corpora, then the average and the average-variance rows."""
+    scale = comparison.scale
+    shown = comparison.table.mean * scale
+    shown.loc["Average"] = shown.mean(axis=0)
+    shown.loc["Average variance"] = (comparison.table.var * scale * scale).mean(axis=0)
+    return shown
+
+
+def best_columns(row: pd.Series) -> set[str]:
+    return set(row.index[np.isclose(row.to_numpy(), row.max())])
+
+
+def render_markdown(comparison: Comparison) -> str:
+    rows = summary_rows(comparison)
+    models = list(rows.columns)
+    scale_note = " (x100)" if comparison.scale == 100 else ""
+    lines = [f"| corpus | {' | '.join(models)} |", "|---|" + "---:|" * len(models)]
+    for corpus, row in rows.iterrows():
+        best = best_columns(row) if corpus != "Average variance" else set()
+        cells = [f"**{row[m]:.2f}**" if m in best else f"{row[m]:.2f}" for m in models]
+        lines.append(f"| {corpus} | {' | '.join(cells)} |")
+    ranks = comparison.result.average_ranks
+    lines.append(f"| Average rank | {' | '.join(f'{ranks[m]:.2f}' for m in models)} |")
+    r = comparison.result
+    lines += ["", f"{comparison.metric}{scale_note}, mean over seeds; best per row in bold.",
+              f"Friedman chi2 = {r.statistic:.4f}, p = {r.p_value:.4g}; Nemenyi critical difference = "
+              f"{r.critical_difference:.3f} ranks."]
+    if r.p_value >= r.alpha:
+        lines.append(f"The Friedman test does not reject equal performance at alpha = {r.alpha:g}: "
+                     "post-hoc differences are not evidence on their own.")
+    return "\n".join(lines + pairwise_markdown(comparison)) + "\n"
+
+
+def _tex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
+                 ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
+        text = text.replace(a, b)
+    return text
+
+
+def render_latex(comparison: Comparison) -> str:
+    rows = summary_rows(comparison)
+    models = list(rows.columns)
+    lines = [r"\begin{tabular}{l" + "r" * len(models) + "}", r"\hline",
+             "Corpus & " + " & ".join(_tex_escape(m) for m in models) + r" \\", r"\hline"]
+    for corpus, row in rows.iterrows():
+        if corpus == "Average":
+            lines.append(r"\hline")
+        best = best_columns(row) if corpus != "Average variance" else set()
+        cells = [rf"\textbf{{{row[m]:.2f}}}" if m in best else f"{row[m]:.2f}" for m in models]
+        lines.append(_tex_escape(str(corpus)) + " & " + " & ".join(cells) + r" \\")
+    lines += [r"\hline", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def results_json(comparison: Comparison, files: Mapping[str, str], run_id: str | None) -> dict[str, Any]:
+    r, t = comparison.result, comparison.table
+    plots = {k: v for k, v in files.items() if k.startswith("bayesian_")}
+    return {**pairwise_json(comparison, plots), "posthoc": r.posthoc, "alpha": r.alpha,
+        "metric": comparison.metric, "friedman_statistic": r.statistic, "friedman_p_value": r.p_value,
+        "critical_difference": r.critical_difference, "average_ranks": {m: float(v) for m, v in r.average_ranks.items()},
+        "posthoc_p_values": {m: {n: float(v) for n, v in row.items()} for m, row in r.p_values.iterrows()},
+        "cells": {corpus: {model: {"mean": float(t.mean.loc[corpus, model]), "std": float(t.std.loc[corpus, model]),
+                                   "var": float(t.var.loc[corpus, model]), "n": int(t.count.loc[corpus, model])}
+                           for model in t.mean.columns} for corpus in t.mean.index},
+        "models": list(t.mean.columns), "corpora": list(t.mean.index), "runs_used": comparison.runs_used,
+        "dropped_models": comparison.dropped_models, "files": dict(files), "comparison_run_id": run_id,
+    }
+
+
+def write_figures(comparison: Comparison, out: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import scikit_posthocs as sp
+
+    r = comparison.result
+    written = {}
+    # Sizes grow with the number of models up to a cap: beyond it labels shrink rather than the
+    # image growing to tens of megapixels (which also made saving take seconds).
+    figure, axes = plt.subplots(figsize=(8, min(0.5 + 0.35 * len(r.average_ranks), 24)))
+    # Cliques come from the post-hoc p-values (Holm-adjusted Wilcoxon by default) at --alpha.
+    sp.critical_difference_diagram(r.average_ranks, r.p_values, alpha=r.alpha, ax=axes)
+    axes.set_title(f"Average ranks ({comparison.metric}); bars join models not significantly different "
+                   f"({r.posthoc})")
+    written["cd_diagram"] = _save(figure, out / "cd_diagram.png")
+    size = min(2 + 0.5 * len(r.average_ranks), 14)
+    figure, axes = plt.subplots(figsize=(size + 1, size))
+    sp.sign_plot(r.p_values, ax=axes)
+    axes.set_title("Post-hoc p-values")
+    axes.tick_params(axis="x", labelrotation=45)
+    written["significance"] = _save(figure, out / "significance.png")
+    return written
+
+
+def _save(figure, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return str(path)
+
+
+def check_formats(formats: Sequence[str]) -> None:
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise KdError(f"--format {','.join(formats)}: use a comma-separated subset of {', '.join(FORMATS)}")
+
+
+def write_outputs(comparison: Comparison, out: Path, formats: Sequence[str]) -> dict[str, str]:
+    check_formats(formats)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    if "md" in formats:
+        files["md"] = _write_text(out / "table.md", render_markdown(comparison))
+    if "tex" in formats:
+        files["tex"] = _write_text(out / "table.tex", render_latex(comparison))
+    if "csv" in formats:
+        rows = summary_rows(comparison)
+        rows.loc["Average rank"] = comparison.result.average_ranks
+        files["csv"] = _write_text(out / "table.csv", rows.to_csv(index_label="corpus", float_format="%.6g"))
+        t = comparison.table
+        long = pd.DataFrame([{"corpus": c, "model": m, "mean": t.mean.loc[c, m], "std": t.std.loc[c, m],
+                              "var": t.var.loc[c, m], "n": int(t.count.loc[c, m])}
+                             for c in t.mean.index for m in t.mean.columns])
+        files["cells_csv"] = _write_text(out / "cells.csv", long.to_csv(index=False, float_format="%.8g"))
+        files["pvalues_csv"] = _write_text(out / "posthoc_pvalues.csv",
+                                           comparison.result.p_values.to_csv(float_format="%.6g"))
+        files["pairs_csv"] = _write_text(out / "pairs.csv", pairwise_table(comparison).to_csv(index=False,
+                                                                                              float_format="%.6g"))
+        files["seed_tests_csv"] = _write_text(out / "seed_tests.csv",
+                                              comparison.seed_tests.to_csv(index=False, float_format="%.6g"))
+        files["bayesian_csv"] = _write_text(out / "bayesian.csv", bayesian_table(comparison).to_csv(
+            index=False, float_format="%.6g"))
+    files.update(write_figures(comparison, out))
+    files.update(write_bayesian_plots(comparison, out))
+    return files
+
+
+def _write_text(path: Path, text: str) -> str:
+    with atomic_file(path) as handle:
+        handle.write(text)
+    return str(path)
+
+
+def write_results_json(comparison: Comparison, out: Path, files: dict[str, str], run_id: str | None) -> str:
+    path = out / "results.json"
+    files = {**files, "json": str(path)}
+    return _write_text(path, json.dumps(results_json(comparison, files, run_id), indent=2))
+
+
+def run_comparison(client, experiment: str, out: Path, *, metric: str = "test_f1",
+                   model_keys: Sequence[str] | None = None, corpus_key: str = "tags.task",
+                   filter_string: str | None = None, posthoc: str = "wilcoxon-holm", alpha: float = 0.05,
+                   formats: Sequence[str] = FORMATS, drop_incomplete: bool = False, log: bool = True,
+                   attach_to: str | None = None, bayesian: BayesianOptions | None = None,
+                   seed: int = 0) -> dict[str, Any]:
+    """Compares the experiment's runs, writes the outputs to `out` and (with `log`) logs them as a
+    comparison run in the same experiment. Returns the contents of results.json."""
+    from kd.tracking.runs import TrackedRun, git_commit
+    from kd.training.jobs import run_status
+
+    check_formats(formats)
+    records = [r for r in fetch_runs(client, experiment, filter_string) if r.run_id != attach_to]
+    comparison = compare_runs(records, metric, model_keys, corpus_key, posthoc, alpha, drop_incomplete,
+                              bayesian=bayesian, seed=seed)
+    if not log:
+        files = write_outputs(comparison, out, formats)
+        write_results_json(comparison, out, files, None)
+        return results_json(comparison, {**files, "json": str(out / "results.json")}, None)
+    run = TrackedRun.start(client, experiment, None, {"model_kind": "comparison", "git_commit": git_commit()},
+                           attach_to=attach_to)
+    options = comparison.bayesian_options
+    with run_status(run):
+        run.log_params({"metric": metric, "model_key": ",".join(model_keys or []) or "(kd tags)",
+                        "corpus_key": corpus_key, "filter": filter_string or "", "posthoc": posthoc, "alpha": alpha,
+                        "bayesian_rope": options.rope, "hierarchical": options.hierarchical, "seed": seed,
+                        "models": ",".join(comparison.table.mean.columns), "runs_used": comparison.runs_used})
+        files = write_outputs(comparison, out, formats)
+        write_results_json(comparison, out, files, run.run_id)
+        r = comparison.result
+        run.log_metrics({"friedman_statistic": r.statistic, "friedman_p_value": r.p_value,
+                         "critical_difference": r.critical_difference, "models": len(r.average_ranks),
+                         "corpora": len(comparison.table.mean.index),
+                         "pairs_differing": int((comparison.wilcoxon.adjusted.to_numpy() < alpha).sum() // 2)})
+        for key, path in (*files.items(), ("json", str(out / "results.json"))):
+            if not key.startswith("bayesian_"):
+                run.log_artifact(path, "comparison")
+        if comparison.bayesian:
+            run.log_artifact(out / "bayesian", "comparison/bayesian")
+    return results_json(comparison, {**files, "json": str(out / "results.json")}, run.run_id)
