@@ -277,8 +277,7 @@ def smaller_student(world) -> dict:
 
 
 def test_smaller_student_learns_intermediate_layers_through_projections(world, smaller_student):
-    from kd.models.io import load_model
-    from kd.tracking.models import download_model
+    from kd.tracking.models import load_logged_model
 
     run = check_student_run(world, smaller_student, "intermediate", LOSS_CASES["intermediate"][1],
                             (0.5, 0.5, 0.5, 0.5, 1.0), epochs=2, output="crf")
@@ -286,7 +285,7 @@ def test_smaller_student_learns_intermediate_layers_through_projections(world, s
     assert metrics["num_parameters"] < metrics["teacher_parameters"]
     assert run.data.params["task_hidden"] == "6" and run.data.params["shared_hidden"] == "5"
     # The projections train with the student but are not part of the logged model.
-    saved = load_model(download_model(smaller_student["run_id"], world.uri))
+    saved = load_logged_model(smaller_student["run_id"], world.uri)
     assert (saved.model.config.task_hidden, saved.model.config.shared_hidden) == (6, 5)
     assert not any("projection" in name for name in saved.model.state_dict())
     assert saved.model.num_parameters() == run.data.metrics["num_parameters"]

@@ -205,9 +205,11 @@ def test_beta_defaults_to_one_minus_alpha():
     terms = run_loss("logits", weights)
     expected = 0.3 * hand_hard_softmax() + 0.7 * hand_mse(STUDENT_LOGITS, TEACHER_LOGITS)
     assert value(terms["loss"]) == pytest.approx(expected, rel=1e-6)
-    # An explicit beta wins, and the default never goes negative.
+    # An explicit beta wins, and a default that would be negative is refused, not clipped to 0.
     assert DistillOptions(alpha=0.3, beta=0.2, cache_run="c").weights().beta == 0.2
-    assert DistillOptions(alpha=1.5, cache_run="c").weights().beta == 0.0
+    with pytest.raises(KdError, match="alpha 1.5: beta defaults to 1 - alpha"):
+        DistillOptions(alpha=1.5, cache_run="c")
+    assert DistillOptions(alpha=1.5, beta=0.0, cache_run="c").weights().beta == 0.0
     assert DistillOptions(cache_run="c").weights() == DistillWeights(alpha=0.5, beta=0.5)
 
 

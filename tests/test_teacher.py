@@ -22,8 +22,7 @@ from kd.data.conll import read_conll
 from kd.data.corpora import load_split
 from kd.data.vocab import build_vocabularies
 from kd.errors import KdError
-from kd.models.io import load_model
-from kd.tracking.models import download_model
+from kd.tracking.models import load_logged_model
 from kd.training.evaluate import entity_scores
 from kd.training.jobs import ModelOptions, build_tagger
 from kd.training.tagger_job import alternating_plan, supervised_loss, task_optimizers
@@ -94,7 +93,7 @@ def test_train_teacher_logs_per_corpus_metrics_and_a_two_head_model(store, tmp_p
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == [1, 2, 3]
 
     # The logged model: one shared encoder and two heads, each with its own tag set.
-    saved = load_model(download_model(summary["run_id"], store.uri))
+    saved = load_logged_model(summary["run_id"], store.uri)
     assert saved.model.task_names == ["tiny", "other"] and len(saved.model.heads) == 2
     assert saved.model.config.tasks == {"tiny": 5, "other": 3}
     assert not any("Chemical" in tag for tag in saved.vocabularies.tags["other"])
@@ -132,7 +131,7 @@ def test_train_teacher_on_all_corpora_of_the_data_dir(store):
     for name in ("precision", "recall", "f1"):
         per_corpus = [run.data.metrics[f"test_{name}/{corpus}"] for corpus in ("other", "tiny")]
         assert run.data.metrics[f"test_{name}"] == pytest.approx(np.mean(per_corpus), abs=1e-12)
-    assert load_model(download_model(summary["run_id"], store.uri)).model.task_names == ["other", "tiny"]
+    assert load_logged_model(summary["run_id"], store.uri).model.task_names == ["other", "tiny"]
 
 
 @pytest.mark.parametrize("tasks", ["tiny", "tiny,", " tiny , "])

@@ -12,7 +12,7 @@ from kd.cache.teachers import (check_ensemble, ensemble_kind, layer_widths, load
                                teacher_outputs_for_sentences)
 from kd.data.corpora import load_split
 from kd.errors import KdError
-from kd.tracking.runs import TrackedRun, git_commit
+from kd.tracking.runs import TrackedRun, fail_if_abandoned, git_commit
 from kd.training.device import resolve_device
 from kd.training.jobs import run_status
 
@@ -119,10 +119,13 @@ def open_cache_run(run_id: str, client, tracking_uri: str, download_dir: Path | 
         run = client.get_run(run_id)
     except Exception:
         raise KdError(f"--cache {run_id}: no such run in the tracking store") from None
+    run = fail_if_abandoned(client, run)
     if run.data.tags.get("model_kind") != "cache":
         raise KdError(f"--cache {run_id}: not a cache run (model_kind {run.data.tags.get('model_kind')!r})")
     if run.info.status != "FINISHED":
-        raise KdError(f"--cache {run_id}: the caching did not finish (status {run.info.status}); re-run kd cache-logits")
+        raise KdError(f"--cache {run_id}: the caching did not finish (status {run.info.status}"
+                      f"{'; ' + run.data.tags['kd.failure'] if 'kd.failure' in run.data.tags else ''}); "
+                      "re-run kd cache-logits")
     parsed = urlparse(run.info.artifact_uri)
     if parsed.scheme in ("", "file"):
         directory = Path(parsed.path) / CACHE_ARTIFACT

@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from kd.errors import KdError
+from kd.cache.integrity import check_manifest_data, check_offsets, check_split_files
+from kd.data.types import SPLITS
+from kd.errors import KdError, disk_full_names
 from kd.utils.atomic import atomic_directory
 
 FORMAT_VERSION = 1
@@ -88,20 +90,23 @@ class CacheWriter:
                     layers: Mapping[str, np.ndarray]) -> SplitEntry:
         """`layers` maps a layer name to its (tokens, dim) rows in sentence order."""
         folder = self.staging / task / split
-        folder.mkdir(parents=True, exist_ok=True)
         lengths = np.array([len(s) for s in sentences], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         hashes = sentence_hashes(sentences)
-        np.save(folder / "offsets.npy", offsets)
-        np.save(folder / "hashes.npy", hashes)
         for layer, rows in layers.items():
             if rows.shape[0] != offsets[-1]:
                 raise ValueError(f"{layer}: {rows.shape[0]} rows for {offsets[-1]} tokens")
-            np.save(folder / f"{layer}.npy", rows.astype(self.dtype, copy=False))
+        with disk_full_names(self.staging):
+            folder.mkdir(parents=True, exist_ok=True)
+            np.save(folder / "offsets.npy", offsets)
+            np.save(folder / "hashes.npy", hashes)
+            for layer, rows in layers.items():
+                np.save(folder / f"{layer}.npy", rows.astype(self.dtype, copy=False))
         return SplitEntry(sentences=len(lengths), tokens=int(offsets[-1]), fingerprint=fingerprint(hashes))
 
     def commit(self, manifest: Manifest) -> Path:
-        (self.staging / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2))
+        with disk_full_names(self.staging):
+            (self.staging / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2))
         self._context.__exit__(None, None, None)
         return self.directory
 
@@ -110,7 +115,7 @@ class CacheWriter:
 
 
 class CachedSplit:
-    """Memory-mapped outputs of one task and split."""
+    """Memory-mapped outputs of one task and split, from a folder whose files were checked."""
 
     def __init__(self, folder: Path, layers: Sequence[str]) -> None:
         self.offsets = np.load(folder / "offsets.npy")
@@ -119,19 +124,19 @@ class CachedSplit:
 
 
 class CacheReader:
+    """A cache folder, checked whole against its manifest when opened (kd.cache.integrity)."""
+
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        path = self.directory / MANIFEST
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise KdError(f"{self.directory}: not a complete kd cache (no {MANIFEST})") from None
-        except ValueError as error:
-            raise KdError(f"{path}: unreadable manifest ({error})") from None
-        if data.get("format_version") != FORMAT_VERSION:
-            raise KdError(f"{path}: unsupported cache format {data.get('format_version')}")
-        self.manifest = Manifest.from_json(data)
+        self.manifest = _read_manifest(self.directory / MANIFEST)
         self._splits: dict[tuple[str, str], CachedSplit] = {}
+        for task, splits in self.manifest.splits.items():
+            for split, entry in splits.items():
+                folder = check_split_files(self.directory, task, split, self.manifest.widths[task],
+                                           self.manifest.dtype, entry.sentences, entry.tokens)
+                cached = CachedSplit(folder, list(self.manifest.layers))
+                check_offsets(folder / "offsets.npy", cached.offsets, entry.tokens)
+                self._splits[task, split] = cached
 
     def split(self, task: str, split: str) -> CachedSplit:
         if task not in self.manifest.tasks:
@@ -139,16 +144,23 @@ class CacheReader:
         if split not in self.manifest.splits[task]:
             raise KdError(f"the cache has no {split!r} split of {task}; it has "
                           f"{', '.join(self.manifest.splits[task])}")
-        key = (task, split)
-        if key not in self._splits:
-            entry = self.manifest.splits[task][split]
-            cached = CachedSplit(self.directory / task / split, list(self.manifest.layers))
-            widths = self.manifest.widths[task]
-            if len(cached.hashes) != entry.sentences or int(cached.offsets[-1]) != entry.tokens or any(
-                    rows.shape != (entry.tokens, widths[name]) for name, rows in cached.layers.items()):
-                raise KdError(f"{self.directory / task / split}: arrays do not match the manifest (damaged cache)")
-            self._splits[key] = cached
-        return self._splits[key]
+        return self._splits[task, split]
+
+
+def _read_manifest(path: Path) -> Manifest:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise KdError(f"{path.parent}: not a complete kd cache (no {MANIFEST})") from None
+    except (OSError, ValueError) as error:
+        raise KdError(f"{path}: unreadable manifest ({error})") from None
+    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+        raise KdError(f"{path}: unsupported cache format {data.get('format_version') if isinstance(data, dict) else None}")
+    check_manifest_data(path, data, LAYERS, DTYPES, SPLITS)
+    try:
+        return Manifest.from_json(data)
+    except (TypeError, AttributeError) as error:  # unknown or missing fields
+        raise KdError(f"{path}: malformed manifest ({error})") from None
 
 
 class CachedTargets:

@@ -13,9 +13,9 @@ from kd.data.batching import Batch, EncodedDataset, bucketed_batches
 from kd.data.types import Sentence
 from kd.data.vocab import Vocabularies
 from kd.errors import KdError
-from kd.models.io import load_model
 from kd.models.tagger import Tagger, TaggerOutput
-from kd.tracking.models import download_model
+from kd.tracking.models import load_logged_model
+from kd.tracking.runs import fail_if_abandoned
 from kd.training.device import autocast
 from kd.training.evaluate import dataset_form_table
 
@@ -40,12 +40,14 @@ def load_teacher(run_id: str, client, tracking_uri: str, device: torch.device) -
         run = client.get_run(run_id)
     except Exception:
         raise KdError(f"--teacher {run_id}: no such run in the tracking store") from None
+    run = fail_if_abandoned(client, run)
     if run.data.tags.get("model_kind") not in ("mtm", "stm"):
         raise KdError(f"--teacher {run_id}: not a trained tagger (model_kind "
                       f"{run.data.tags.get('model_kind')!r}, expected mtm or stm)")
     if run.info.status != "FINISHED":
-        raise KdError(f"--teacher {run_id}: the run did not finish (status {run.info.status})")
-    saved = load_model(download_model(run_id, tracking_uri), device)
+        raise KdError(f"--teacher {run_id}: the run did not finish (status {run.info.status}"
+                      f"{'; ' + run.data.tags['kd.failure'] if 'kd.failure' in run.data.tags else ''})")
+    saved = load_logged_model(run_id, tracking_uri, device)
     params = run.data.params
     return Teacher(run_id=run_id, model=saved.model, vocabularies=saved.vocabularies,
                    corpora=[c for c in params.get("corpora", "").split(",") if c],

@@ -8,16 +8,23 @@ from typing import Any, TypeVar
 
 import click
 
-from kd.errors import KdError
+from kd.errors import KdError, is_disk_full
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
 
 
 def handle_errors(func: F) -> F:
     """Report a KdError as `error: <message>` on stderr and exit with its code (2).
 
     Users and scripts see one greppable line naming the file and line at fault instead of
-    a traceback; anything that is not a KdError is a bug and keeps its traceback.
+    a traceback; anything that is not a KdError is a bug and keeps its traceback. A full disk
+    met where kd did not expect to write (e.g. inside MLflow's store) is the user's environment,
+    not a bug: it too is one line, naming the file when the system said which.
     """
 
     @functools.wraps(func)
@@ -25,8 +32,37 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except KdError as error:
-            message = " ".join(str(error).split())
-            click.echo(f"error: {message}", err=True)
-            sys.exit(getattr(error, "exit_code", 2))
+            _fail(str(error), getattr(error, "exit_code", 2))
+        except OSError as error:
+            if not is_disk_full(error):
+                raise
+            where = getattr(error, "filename2", None) or getattr(error, "filename", None)
+            _fail(f"{where + ': ' if where else ''}no space left on device", 2)
 
     return wrapper  # type: ignore[return-value]
+
+
+# click >= 8.2 reports a bare group invocation as this UsageError, whose message is the help text.
+_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class OneLineErrors(click.Group):
+    """The `kd` group: click's usage errors (a missing or invalid option) become the same one
+    line as kd's own, `error: <message> (see kd CMD --help)`, instead of a usage block."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as error:
+            if isinstance(error, _HELP):  # `kd` alone: the help text is the answer, not an error
+                error.show()
+                sys.exit(error.exit_code)
+            context = getattr(error, "ctx", None)
+            hint = f" (see {context.command_path} --help)" if context is not None else ""
+            _fail(error.format_message() + hint, error.exit_code)
+        except click.Abort:
+            _fail("aborted", 1)
+        if standalone_mode:
+            sys.exit(result if isinstance(result, int) else 0)
+        return result

@@ -9,14 +9,14 @@ import click
 
 from kd import __version__
 from kd.cli.data_cmd import data
-from kd.cli.errors import handle_errors
+from kd.cli.errors import OneLineErrors, handle_errors
 from kd.errors import KdError
 from kd.cli.options import (apply_threads, as_path, build_model_options, build_training_options, data_dir_option,
                             echo_result, model_options, precision_option, project_run_id, split_options,
                             tracking_client, tracking_uri, training_options)
 
 
-@click.group()
+@click.group(cls=OneLineErrors)
 @click.version_option(__version__, prog_name="kd")
 def cli() -> None:
     """Knowledge distillation for biomedical named entity recognition."""
@@ -142,28 +142,38 @@ def distill(task, cache_run, teachers, loss, alpha, beta, gamma, kappa, tau, dat
               help="Tags/params naming a model (tags.X, params.X or X), comma-separated; default: kd's own tags.")
 @click.option("--corpus-key", default="tags.task", show_default=True, help="Tag/param naming the corpus.")
 @click.option("--filter", "filter_string", default=None, help="MLflow filter, e.g. \"tags.output = 'crf'\".")
-@click.option("--posthoc", type=click.Choice(["conover", "nemenyi", "siegel", "miller"]), default="conover",
-              show_default=True)
+@click.option("--posthoc", type=click.Choice(["wilcoxon-holm", "conover", "nemenyi", "siegel", "miller"]),
+              default="wilcoxon-holm", show_default=True,
+              help="Pairwise test; its p-values draw the critical-difference diagram's cliques.")
 @click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance level.")
+@click.option("--bayesian", "rope", type=float, default=0.5, show_default=True,
+              help="ROPE in F1 points of the Bayesian signed-rank test per pair (0: off).")
+@click.option("--hierarchical", is_flag=True,
+              help="Also baycomp's hierarchical test over corpora x seeds per pair (needs pystan; slow).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap and the Bayesian tests.")
 @click.option("--out", default=None, help="Output folder (default: comparison/<experiment>).")
 @click.option("--format", "formats", default="md,csv,tex,json", show_default=True)
 @click.option("--drop-incomplete", is_flag=True, help="Leave out models missing on some corpus instead of failing.")
 @click.option("--no-log", is_flag=True, help="Do not log a comparison run.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the statistics last.")
 @handle_errors
-def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, alpha, out, formats, drop_incomplete,
-            no_log, as_json) -> None:
+def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, alpha, rope, hierarchical, seed, out,
+            formats, drop_incomplete, no_log, as_json) -> None:
     """Table, Friedman test, post-hoc tests and rank diagram of an experiment's runs."""
     import json as json_module
 
-    from kd.statistics.compare import run_comparison
+    from kd.statistics.compare import BayesianOptions
+    from kd.statistics.report import run_comparison
 
+    if not 0 <= rope < float("inf"):
+        raise click.BadParameter(f"{rope:g}: must be 0 (off) or a positive ROPE in F1 points", param_hint="--bayesian")
     results = run_comparison(
         tracking_client(), experiment, Path(out or Path("comparison") / experiment), metric=metric,
         model_keys=[k.strip() for k in model_key.split(",") if k.strip()] if model_key else None,
         corpus_key=corpus_key, filter_string=filter_string, posthoc=posthoc, alpha=alpha,
         formats=[f.strip() for f in formats.split(",") if f.strip()], drop_incomplete=drop_incomplete,
-        log=not no_log, attach_to=project_run_id())
+        log=not no_log, attach_to=project_run_id(), bayesian=BayesianOptions(rope=rope, hierarchical=hierarchical),
+        seed=seed)
     if as_json:
         click.echo(json_module.dumps({key: results[key] for key in (
             "friedman_statistic", "friedman_p_value", "critical_difference", "average_ranks", "files",
@@ -246,11 +256,12 @@ def predict(model_ref, input_path, out_path, task, device, precision) -> None:
     """Tag sentences with a trained model and write CoNLL (token<TAB>tag)."""
     from kd.data.conll import read_sentences_for_tagging, write_conll
     from kd.models.inference import SavedTagger
-    from kd.tracking.models import download_model
+    from kd.tracking.models import load_logged_model
     from kd.training.device import resolve_device
 
     sentences = read_sentences_for_tagging(input_path)
-    tagger = SavedTagger(download_model(model_ref, tracking_uri()), resolve_device(device), task, precision)
+    device = resolve_device(device)
+    tagger = SavedTagger(load_logged_model(model_ref, tracking_uri(), device), device, task, precision)
     tags = tagger.tag(sentences)
     write_conll(sentences, tags, out_path if out_path else sys.stdout)
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from kd.data.types import Sentence
-from kd.errors import DataError, KdError
+from kd.errors import DataError, KdError, disk_full_names
 
 DOCSTART = "-DOCSTART-"
 
@@ -35,6 +36,7 @@ def read_conll(path: str | Path) -> list[Sentence]:
     Raises DataError for the first malformed line; never returns a partial result.
     """
     lines = _read_lines(path)
+    _check_column_counts(path, lines)
     sentences: list[Sentence] = []
     tokens: list[str] = []
     tags: list[str] = []
@@ -101,7 +103,7 @@ def write_conll(
     except OSError as error:
         raise KdError(f"cannot write {target}: {error.strerror}") from None
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
+        with disk_full_names(target), os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
             _write_sentences(sentences_tokens, sentences_tags, stream)
         os.replace(temp_name, target)
     except BaseException:
@@ -130,6 +132,7 @@ def read_sentences_for_tagging(path: str | Path) -> list[tuple[str, ...]]:
     lines = _read_lines(path)
     if not _looks_like_conll(lines):
         return _tokenised_lines(path, lines)
+    _check_column_counts(path, lines)
     sentences: list[tuple[str, ...]] = []
     tokens: list[str] = []
     for line in lines:
@@ -194,6 +197,26 @@ def _split_columns(line: str) -> list[str]:
         stripped = line.strip(" \t\r")
         return stripped.split("\t") if stripped else []
     return line.split()
+
+
+def _check_column_counts(path: str | Path, lines: list[str]) -> None:
+    """Every token line of a file has the same number of columns, counted separately for tab- and
+    space-separated lines. A space-separated `New York O` among two-column lines would otherwise
+    read as token `New`, an extra column and a label, and `York` would vanish without a word; in a
+    tab-separated line the token may contain spaces."""
+    counts: dict[bool, list[tuple[int, int]]] = {True: [], False: []}
+    for number, line in enumerate(lines, start=1):
+        columns = _split_columns(line)
+        if columns and columns[0] != DOCSTART:
+            counts["\t" in line].append((number, len(columns)))
+    for tabbed, rows in counts.items():
+        tally = Counter(count for _, count in rows)
+        usual = max(tally, key=lambda count: (tally[count], -min(n for n, c in rows if c == count)), default=None)
+        for number, count in rows:
+            if count != usual:
+                separated = "tab" if tabbed else "space"
+                raise DataError(path, f"{count} columns where the file's other {separated}-separated lines have "
+                                      f"{usual} (a token with spaces needs tab-separated columns)", number)
 
 
 def _make_sentence(path: str | Path, tokens: list[str], tags: list[str], tag_lines: list[int]) -> Sentence:

@@ -147,11 +147,14 @@ def corpus_name(corpus_dir: Path) -> str:
 
 
 def split_path(corpus_dir: Path, split: str) -> Path | None:
-    """The file holding one split (`<split>.tsv`, `.conll`, `.txt` or `.iob2`), if any."""
+    """The file holding one split (`<split>.tsv`, `.conll`, `.txt` or `.iob2`), if any. A split name
+    taken by something that is not a file (a folder `devel.tsv`) is an error, not a missing split."""
     for suffix in SPLIT_SUFFIXES:
         path = corpus_dir / f"{split}{suffix}"
         if path.is_file():
             return path
+        if path.exists():
+            raise DataError(path, "is not a file")
     return None
 
 

@@ -9,14 +9,15 @@ import torch
 
 from kd.data.batching import EncodedDataset
 from kd.errors import KdError
-from kd.models.io import load_model
+from kd.models.io import SavedModel, load_model
 from kd.training.evaluate import PREDICT_BATCH_TOKENS, as_sentences, predict_tags
 
 
 class SavedTagger:
-    def __init__(self, directory: str | Path, device: str | torch.device = "cpu", task: str | None = None,
+    def __init__(self, directory: str | Path | SavedModel, device: str | torch.device = "cpu", task: str | None = None,
                  precision: str = "fp32") -> None:
-        saved = load_model(directory, device)
+        """`directory`: a saved model's folder, or the model already loaded."""
+        saved = directory if isinstance(directory, SavedModel) else load_model(directory, device)
         self.model = saved.model
         self.vocabularies = saved.vocabularies
         self.device = torch.device(device)

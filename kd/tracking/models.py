@@ -1,12 +1,17 @@
 """Logging a saved tagger as an MLflow pyfunc model, and finding it again."""
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import torch
 
 import kd
 from kd.errors import KdError
+from kd.models.io import SavedModel, load_model
 from kd.tracking.runs import TrackedRun
 
 MODEL_ARTIFACT = "model"
@@ -46,14 +51,27 @@ def log_tagger_model(run: TrackedRun, model_directory: Path) -> None:
         run.log_artifact(target, MODEL_ARTIFACT)
 
 
-def download_model(model: str, tracking_uri: str) -> Path:
-    """A local folder holding the model named by a run id or any MLflow model/artifact URI."""
+@contextlib.contextmanager
+def fetched_model(model: str, tracking_uri: str) -> Iterator[tuple[Path, str]]:
+    """A local folder holding the model named by a run id, any MLflow model/artifact URI or a
+    folder, and the name to show for it in errors. A download goes to a temporary folder that is
+    removed when the block ends (load the model inside it)."""
     import mlflow.artifacts
 
-    uri = f"runs:/{model}/{MODEL_ARTIFACT}" if RUN_ID.match(model) else model
     if Path(model).is_dir():
-        return Path(model)
-    try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
-    except Exception as error:
-        raise KdError(f"--model {model}: cannot fetch the model ({str(error).splitlines()[0]})") from None
+        yield Path(model), model
+        return
+    uri = f"runs:/{model}/{MODEL_ARTIFACT}" if RUN_ID.match(model) else model
+    with tempfile.TemporaryDirectory(prefix="kd-model-") as staging:
+        try:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=staging, tracking_uri=tracking_uri)
+        except Exception as error:
+            raise KdError(f"{model}: cannot fetch the model ({str(error).splitlines()[0]})") from None
+        yield Path(path), uri
+
+
+def load_logged_model(model: str, tracking_uri: str, device: str | torch.device = "cpu") -> SavedModel:
+    """The model named by a run id, MLflow URI or folder, loaded; nothing fetched is left behind,
+    and errors name the run or URI, not a temporary copy."""
+    with fetched_model(model, tracking_uri) as (directory, shown_as):
+        return load_model(directory, device, shown_as=shown_as)

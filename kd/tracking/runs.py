@@ -3,6 +3,8 @@ tests can hold several runs (a study and its trials, a teacher and its cache) at
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import tempfile
 import time
@@ -10,10 +12,56 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kd.errors import KdError
+from kd.errors import KdError, disk_full_names
 
 # MLflow rejects longer param values.
 MAX_PARAM_LENGTH = 6000
+# The process that owns a RUNNING run: a run whose owner is gone from its host was killed, and is
+# marked FAILED by the next kd command that meets it instead of staying RUNNING forever.
+OWNER_HOST, OWNER_PID = "kd.host", "kd.pid"
+
+
+def owner_tags() -> dict[str, str]:
+    return {OWNER_HOST: socket.gethostname(), OWNER_PID: str(os.getpid())}
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (one owned by another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _other_owner(run) -> int | None:
+    """The id of the process on this host, other than this one, that owns the run, if tagged."""
+    tags = run.data.tags
+    pid = tags.get(OWNER_PID, "")
+    if tags.get(OWNER_HOST) != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return None
+    return int(pid)
+
+
+def owner_is_gone(run) -> bool:
+    """True for a RUNNING run whose owning process, on this host, no longer exists. A run owned on
+    another host, or without owner tags, cannot be judged and is left alone."""
+    pid = _other_owner(run)
+    return run.info.status == "RUNNING" and pid is not None and not process_alive(pid)
+
+
+def fail_if_abandoned(client, run):
+    """The run, marked FAILED first if it is RUNNING with its owner process gone (killed before it
+    could end the run); kd calls this wherever it meets a run it is about to use."""
+    if not owner_is_gone(run):
+        return run
+    tags = run.data.tags
+    client.set_tag(run.info.run_id, "kd.failure", f"process {tags[OWNER_PID]} on {tags[OWNER_HOST]} "
+                                                   "ended without finishing the run")
+    client.set_terminated(run.info.run_id, status="FAILED")
+    return client.get_run(run.info.run_id)
 
 
 def git_commit(path: Path | None = None) -> str:
@@ -38,7 +86,7 @@ class TrackedRun:
         this process (its MLFLOW_RUN_ID), so a project run does not leave an empty twin."""
         if attach_to:
             run = cls(client, attach_to)
-            run.set_tags(tags)
+            run.set_tags({**tags, **owner_tags()})
             return run
         existing = client.get_experiment_by_name(experiment)
         if existing is None:
@@ -48,7 +96,7 @@ class TrackedRun:
                 experiment_id = client.get_experiment_by_name(experiment).experiment_id
         else:
             experiment_id = existing.experiment_id
-        all_tags = {key: str(value) for key, value in tags.items()}
+        all_tags = {**{key: str(value) for key, value in tags.items()}, **owner_tags()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
@@ -60,10 +108,16 @@ class TrackedRun:
             run = client.get_run(run_id)
         except Exception:
             raise KdError(f"--resume {run_id}: no such run in the tracking store") from None
+        run = fail_if_abandoned(client, run)
         if run.info.status == "FINISHED":
             raise KdError(f"--resume {run_id}: the run already finished")
+        owner = _other_owner(run)
+        if run.info.status == "RUNNING" and owner is not None:  # alive, or fail_if_abandoned had ended it
+            raise KdError(f"--resume {run_id}: the run is still running (process {owner})")
         client.update_run(run_id, status="RUNNING")
-        return cls(client, run_id)
+        resumed = cls(client, run_id)
+        resumed.set_tags(owner_tags())
+        return resumed
 
     def get(self):
         return self.client.get_run(self.run_id)
@@ -92,10 +146,12 @@ class TrackedRun:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)
-        if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
-        else:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        where = self.get().info.artifact_uri + (f"/{artifact_path}" if artifact_path else "")
+        with disk_full_names(f"artifact store {where}"):
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            else:
+                self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_json(self, data: Any, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as directory:

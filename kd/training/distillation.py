@@ -38,6 +38,10 @@ class DistillOptions:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise KdError(f"--{name} {value}: must not be negative")
+        if self.beta is None and self.alpha > 1:
+            # Clipping the implied beta to 0 would silently train another objective than asked for.
+            raise KdError(f"alpha {self.alpha:g}: beta defaults to 1 - alpha, here {1 - self.alpha:g}, and a weight "
+                          "must not be negative; give beta, or an alpha of at most 1")
         if self.loss != "intermediate" and (self.gamma or self.kappa):
             raise KdError(f"--gamma/--kappa apply to --loss intermediate, not {self.loss}")
         weights = self.weights()
@@ -46,7 +50,7 @@ class DistillOptions:
 
     def weights(self) -> DistillWeights:
         beta = 1.0 - self.alpha if self.beta is None else self.beta
-        return DistillWeights(alpha=self.alpha, beta=max(beta, 0.0), gamma=self.gamma, kappa=self.kappa, tau=self.tau)
+        return DistillWeights(alpha=self.alpha, beta=beta, gamma=self.gamma, kappa=self.kappa, tau=self.tau)
 
     @property
     def layers(self) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ checkpoint after every epoch from which a run resumes to the same result.
 """
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,9 @@ import numpy as np
 import torch
 
 from kd.data.batching import Batch
-from kd.errors import KdError
+from kd.errors import KdError, disk_full_names
 from kd.training.device import autocast
-from kd.utils.atomic import atomic_path
+from kd.utils.atomic import atomic_file
 
 # (epoch, metrics of that epoch) -> True to stop training after this epoch.
 EpochCallback = Callable[[int, dict[str, float]], bool]
@@ -62,8 +63,12 @@ class TrainingState:
     job: dict[str, Any] | None = None  # the options of the run, so a resume needs none
 
     def save(self, path: str | Path) -> None:
-        with atomic_path(path) as temporary:
-            torch.save(self.__dict__, temporary)
+        # Serialised in memory, then written by Python: torch.save straight to a file reports a
+        # full disk as an opaque RuntimeError ("unexpected pos"), a file write as ENOSPC.
+        buffer = io.BytesIO()
+        torch.save(self.__dict__, buffer)
+        with disk_full_names(Path(path).parent), atomic_file(path, "wb") as handle:
+            handle.write(buffer.getbuffer())
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainingState":

@@ -286,6 +286,10 @@ def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
     if on_start is not None:
         on_start(run.run_id)
     with run_status(run):
+        if not checkpoint.exists():
+            # Saved before the first epoch, so that a run killed before its first epoch's
+            # checkpoint is resumed from scratch with its own options, not refused.
+            state.save(checkpoint)
         run.log_metrics({"num_parameters": model.num_parameters(),
                          "train_tokens": sum(d.num_tokens for d in train_data.values()),
                          **({"teacher_parameters": float(teacher.parameters)} if teacher else {}),

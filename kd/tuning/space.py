@@ -9,6 +9,8 @@ that hold for every trial).
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,39 @@ DISTILL_KEYS = {"loss", "alpha", "beta", "gamma", "kappa", "tau"}
 TRAINING_KEYS = {"epochs", "batch_size", "learning_rate", "clip_norm", "precision"}
 MODEL_KEYS = {"output", "word_dim", "char_dim", "char_hidden", "shared_hidden", "task_hidden", "hidden_dim", "dropout"}
 KNOWN_KEYS = DISTILL_KEYS | TRAINING_KEYS | MODEL_KEYS
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value: Any) -> bool:
+    return _number(value) and float(value).is_integer()
+
+
+def _rules() -> dict[str, tuple[str, Callable[[Any], bool]]]:
+    """What each option accepts, checked when the space is read: a bad value would otherwise
+    surface as a traceback, or a failed trial, long after the study started."""
+    from kd.losses.distill import LOSSES
+
+    at_least_one = ("an integer of at least 1", lambda v: _integer(v) and v >= 1)
+    weight = ("a number of at least 0", lambda v: _number(v) and v >= 0)
+    positive = ("a number above 0", lambda v: _number(v) and v > 0)
+    rules = {key: at_least_one for key in ("epochs", "batch_size", "word_dim", "char_dim", "char_hidden",
+                                           "shared_hidden", "task_hidden", "hidden_dim")}
+    rules.update({key: weight for key in ("alpha", "beta", "gamma", "kappa", "clip_norm")})
+    rules.update({"tau": positive, "learning_rate": positive,
+                  "dropout": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
+                  "loss": (f"one of {', '.join(LOSSES)}", lambda v: v in LOSSES),
+                  "output": ("softmax or crf", lambda v: v in ("softmax", "crf")),
+                  "precision": ("fp32 or bf16", lambda v: v in ("fp32", "bf16"))})
+    return rules
+
+
+def _check_value(path: Path, key: str, name: str, value: Any) -> None:
+    expected, accepts = _rules()[name]
+    if not accepts(value):
+        raise _error(path, key, f"{value!r}: {name} takes {expected}")
 
 
 @dataclass(frozen=True)
@@ -86,12 +121,19 @@ def _parameter(path: Path, name: str, spec: Any) -> Parameter:
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             raise _error(path, f"{key}.choices", "expected a non-empty list")
+        for choice in choices:
+            _check_value(path, f"{key}.choices", name, choice)
         return Parameter(name, kind, choices=tuple(choices))
     if kind not in ("float", "int"):
         raise _error(path, f"{key}.type", f"expected float, int or categorical, not {kind!r}")
+    if kind == "float" and _rules()[name][0].startswith("an integer"):
+        raise _error(path, f"{key}.type", f"{name} takes integers: use type: int")
     for bound in ("low", "high"):
-        if not isinstance(spec.get(bound), (int, float)) or isinstance(spec.get(bound), bool):
-            raise _error(path, f"{key}.{bound}", "expected a number")
+        if not _number(spec.get(bound)):
+            raise _error(path, f"{key}.{bound}", "expected a (finite) number")
+        if kind == "int" and not _integer(spec[bound]):
+            raise _error(path, f"{key}.{bound}", f"{spec[bound]!r}: an int range needs integer bounds")
+        _check_value(path, f"{key}.{bound}", name, spec[bound])
     low, high = float(spec["low"]), float(spec["high"])
     if low > high:
         raise _error(path, key, f"low {low} is above high {high}")
@@ -101,8 +143,8 @@ def _parameter(path: Path, name: str, spec: Any) -> Parameter:
     if log and low <= 0:
         raise _error(path, f"{key}.low", "a log range must start above 0")
     step = spec.get("step")
-    if step is not None and (not isinstance(step, (int, float)) or step <= 0):
-        raise _error(path, f"{key}.step", "expected a positive number")
+    if step is not None and (not _number(step) or step <= 0 or (kind == "int" and not _integer(step))):
+        raise _error(path, f"{key}.step", f"expected a positive {'integer' if kind == 'int' else 'number'}")
     if log and step is not None:
         raise _error(path, key, "log and step cannot be combined")
     return Parameter(name, kind, low=low, high=high, log=log, step=None if step is None else float(step))
@@ -131,10 +173,29 @@ def load_search_space(path: str | Path) -> SearchSpace:
     fixed = data.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise _error(path, "fixed", "expected a mapping of option -> value")
-    for name in fixed:
+    for name, value in fixed.items():
         if name not in KNOWN_KEYS:
             raise _error(path, f"fixed.{name}", f"unknown option (known: {', '.join(sorted(KNOWN_KEYS))})")
         if name in params:
             raise _error(path, f"fixed.{name}", "both fixed and tuned")
-    return SearchSpace(name=path.stem, path=str(path), params=tuple(_parameter(path, n, s) for n, s in params.items()),
-                       fixed=dict(fixed))
+        _check_value(path, f"fixed.{name}", name, value)
+    space = SearchSpace(name=path.stem, path=str(path), params=tuple(_parameter(path, n, s) for n, s in params.items()),
+                        fixed=dict(fixed))
+    _check_implied_beta(path, space)
+    return space
+
+
+def _check_implied_beta(path: Path, space: SearchSpace) -> None:
+    """Without beta in the space, a student's beta is 1 - alpha: an alpha above 1 would ask for a
+    negative weight, which the student refuses; say so now rather than in a failed trial."""
+    tuned = {p.name: p for p in space.params}
+    if "beta" in space.fixed or "beta" in tuned:
+        return
+    if "alpha" in tuned:
+        alpha = tuned["alpha"]
+        largest, key = max(alpha.choices) if alpha.kind == "categorical" else alpha.high, "params.alpha"
+    else:
+        largest, key = space.fixed.get("alpha", 0.0), "fixed.alpha"
+    if largest > 1:
+        raise _error(path, key, f"alpha up to {largest:g} needs beta too: beta defaults to 1 - alpha, "
+                                "which must not be negative")

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from kd.errors import KdError
-from kd.tracking.runs import TrackedRun, git_commit
+from kd.tracking.runs import TrackedRun, git_commit, process_alive
 from kd.training.distillation import DistillOptions
 from kd.training.jobs import ModelOptions
 from kd.training.loop import TrainingOptions
 from kd.training.tagger_job import TaggerJob, run_tagger_job
 from kd.tuning.space import DISTILL_KEYS, MODEL_KEYS, TRAINING_KEYS, SearchSpace, load_search_space
+from kd.tuning.workers import pull_trials
 
 DEFAULT_JOURNAL = "kd-optuna.log"
 SAMPLERS = ("tpe", "grid", "random")
@@ -64,10 +65,6 @@ class TuneJob:
             raise KdError(f"--refit-seeds {self.refit_seeds}: must not be negative")
 
 
-class SurplusTrial(Exception):
-    """A trial started after other workers had already claimed the whole budget."""
-
-
 def _optuna():
     import optuna
 
@@ -95,12 +92,14 @@ def open_storage(storage: str | None, attempts: int = 5):
         path = Path(storage or DEFAULT_JOURNAL)
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     for attempt in range(attempts):
         try:
+            # The supported spelling since Optuna 4.9: `failed_trial_callback` and
+            # RetryFailedTrialCallback are deprecated and print FutureWarnings before any output.
             return RDBStorage(storage, heartbeat_interval=20, grace_period=60,
-                              failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
         except ImportError as error:
             raise KdError(f"--storage {describe_storage(storage)}: no database driver ({error}); "
                           "for PostgreSQL: pip install 'kd[postgres]'") from None
@@ -148,16 +147,6 @@ def count_finished(study) -> int:
     return len(study.get_trials(deepcopy=False, states=finished_states()))
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def recover_abandoned_trials(study, client) -> list[int]:
     """Fails and re-queues RUNNING trials whose worker process on this machine is gone."""
     optuna = _optuna()
@@ -165,7 +154,7 @@ def recover_abandoned_trials(study, client) -> list[int]:
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host != host or not pid.isdigit() or _process_alive(int(pid)):
+        if worker_host != host or not pid.isdigit() or process_alive(int(pid)):
             continue
         try:
             study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
@@ -238,17 +227,7 @@ def tune(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None] 
     study_name = job.study or default_study_name(job.task, space)
     storage_text = describe_storage(job.storage)
     epochs = int(space.fixed.get("epochs", TrainingOptions().epochs))
-    storage = open_storage(job.storage)
-    study = None
-    for attempt in range(5):
-        try:
-            study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
-                                        pruner=make_pruner(job.pruner, epochs), load_if_exists=True)
-            break
-        except optuna.exceptions.DuplicatedStudyError:  # created by a worker between our check and insert
-            time.sleep(0.2 * (attempt + 1))
-    if study is None:
-        raise KdError(f"--study {study_name}: could not create or load the study")
+    study = _open_study(study_name, open_storage(job.storage), make_pruner(job.pruner, epochs))
     # A fresh study is reproducible from --seed; a worker joining or continuing a study mixes in its
     # process and the study's progress, or it would draw the values already tried again.
     sampler_seed = job.seed if not study.trials else job.seed + 7919 * len(study.trials) + os.getpid()
@@ -261,11 +240,6 @@ def tune(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None] 
 
     def objective(trial) -> float:
         trial.set_user_attr("worker", host_pid)
-        active = study.get_trials(deepcopy=False, states=(*finished_states(), optuna.trial.TrialState.RUNNING))
-        if sum(1 for t in active if t.number < trial.number) >= job.n_trials:
-            trial.set_user_attr("surplus", True)
-            study.stop()
-            raise SurplusTrial(f"trial {trial.number}: the budget of {job.n_trials} trials is taken")
         values = {**space.fixed, **{p.name: p.suggest(trial) for p in space.params}}
         pruned = False
 
@@ -289,17 +263,33 @@ def tune(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None] 
             raise optuna.TrialPruned()
         return summary.metrics["devel_f1"]
 
-    if count_finished(study) < job.n_trials:
-        study.optimize(objective, timeout=job.timeout, catch=(SurplusTrial,), gc_after_trial=False,
-                       callbacks=[optuna.study.MaxTrialsCallback(job.n_trials, states=finished_states())])
+    def recover() -> None:
+        if recover_abandoned_trials(study, client):
+            log("re-queued trials abandoned by dead workers while waiting for the study's last trials")
+
+    waited = pull_trials(study, objective, job.n_trials, job.timeout, recover)
     finished = count_finished(study)
     best = _best_trial(study)
     record_study(parent, study, best, finished, job.n_trials)
     result = TuneResult(study=study_name, storage=storage_text, parent_run_id=parent.run_id, finished_trials=finished,
                         best_value=best.value if best else None, best_params=dict(best.params) if best else {})
     if job.refit_seeds and best is not None and finished >= job.n_trials:
-        result.refit = refit(job, client, checkpoint_dir, parent, study_name, space, best, log)
+        if waited:  # the worker that ran the study's last trial refits; two at once would refit twice
+            log("the study's budget was finished by another worker, which refits the best configuration")
+        else:
+            result.refit = refit(job, client, checkpoint_dir, parent, study_name, space, best, log)
     return result
+
+
+def _open_study(study_name: str, storage, pruner):
+    optuna = _optuna()
+    for attempt in range(5):
+        try:
+            return optuna.create_study(study_name=study_name, storage=storage, direction="maximize", pruner=pruner,
+                                       load_if_exists=True)
+        except optuna.exceptions.DuplicatedStudyError:  # created by a worker between our check and insert
+            time.sleep(0.2 * (attempt + 1))
+    raise KdError(f"--study {study_name}: could not create or load the study")
 
 
 def _best_trial(study):
