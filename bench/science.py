@@ -204,7 +204,7 @@ def baseline(model: str) -> str:
 
 
 def labelled(rows: list[dict], own: list[dict], folder: Path) -> list[dict]:
-    """Rows of an --also folder; a model name this run already has (e.g. `stm` at other epochs) gets the
+    """Rows of an --also folder; a model name the report already has (e.g. `stm` at other epochs) gets the
     folder's name, so the two are separate columns and `stm` stays this run's baseline."""
     taken = {r["model"] for r in own}
     return [{**r, "model": f"{r['model']}@{folder.name}"} if r["model"] in taken else r for r in rows]
@@ -319,7 +319,9 @@ def main() -> None:
             data = load_scaled(corpora, args.data_dir, {"train": args.max_train, "devel": args.max_devel,
                                                         "test": args.max_test})
             run_all(data, args, results)
-    rows = results.rows + [row for folder in args.also for row in labelled(Results(folder).rows, results.rows, folder)]
+    rows = list(results.rows)
+    for folder in args.also:
+        rows += labelled(Results(folder).rows, rows, folder)
     report(rows, [args.copy_corpus] if args.copy_check else corpora)
     logit_statistics(args.work)
 

@@ -52,12 +52,17 @@ def signed_rank_sample(x: np.ndarray, y: np.ndarray, rope: float, *, seed: int, 
     weights[0] = prior
     draws = np.random.RandomState(seed).dirichlet(weights, samples)
     result = np.zeros((samples, 3))
+
+    def quadratic(matrix: np.ndarray) -> np.ndarray:
+        # w' M w per sample through one BLAS product: np.einsum("si,ij,sj->s") took 7.6 ms a call.
+        return ((draws @ matrix) * draws).sum(axis=1)
+
     if rope > 0:
-        result[:, 0] = np.einsum("si,ij,sj->s", draws, _heaviside(-sums, 2 * rope), draws)
-        result[:, 2] = np.einsum("si,ij,sj->s", draws, _heaviside(sums, 2 * rope), draws)
+        result[:, 0] = quadratic(_heaviside(-sums, 2 * rope))
+        result[:, 2] = quadratic(_heaviside(sums, 2 * rope))
         result[:, 1] = 1 - result[:, 0] - result[:, 2]
     else:
-        result[:, 2] = np.einsum("si,ij,sj->s", draws, _heaviside(sums, 0.0), draws)
+        result[:, 2] = quadratic(_heaviside(sums, 0.0))
         result[:, 0] = 1 - result[:, 2]
     return result
 

@@ -165,10 +165,14 @@ def _write_text(path: Path, text: str) -> str:
     return str(path)
 
 
-def write_results_json(comparison: Comparison, out: Path, files: dict[str, str], run_id: str | None) -> str:
+def write_results_json(comparison: Comparison, out: Path, files: dict[str, str], run_id: str | None) -> dict[str, Any]:
+    """Writes results.json and returns its contents. Not indented: with an indent Python's json falls back
+    to its pure-Python encoder, which took 2.6 s of a 17.6 s compare of 5,000 runs (100 models: 26 MB,
+    most of it the 49,500 per-corpus seed tests)."""
     path = out / "results.json"
-    files = {**files, "json": str(path)}
-    return _write_text(path, json.dumps(results_json(comparison, files, run_id), indent=2))
+    results = results_json(comparison, {**files, "json": str(path)}, run_id)
+    _write_text(path, json.dumps(results))
+    return results
 
 
 def run_comparison(client, experiment: str, out: Path, *, metric: str = "test_f1",
@@ -187,9 +191,7 @@ def run_comparison(client, experiment: str, out: Path, *, metric: str = "test_f1
     comparison = compare_runs(records, metric, model_keys, corpus_key, posthoc, alpha, drop_incomplete,
                               bayesian=bayesian, seed=seed)
     if not log:
-        files = write_outputs(comparison, out, formats)
-        write_results_json(comparison, out, files, None)
-        return results_json(comparison, {**files, "json": str(out / "results.json")}, None)
+        return write_results_json(comparison, out, write_outputs(comparison, out, formats), None)
     run = TrackedRun.start(client, experiment, None, {"model_kind": "comparison", "git_commit": git_commit()},
                            attach_to=attach_to)
     options = comparison.bayesian_options
@@ -199,7 +201,7 @@ def run_comparison(client, experiment: str, out: Path, *, metric: str = "test_f1
                         "bayesian_rope": options.rope, "hierarchical": options.hierarchical, "seed": seed,
                         "models": ",".join(comparison.table.mean.columns), "runs_used": comparison.runs_used})
         files = write_outputs(comparison, out, formats)
-        write_results_json(comparison, out, files, run.run_id)
+        results = write_results_json(comparison, out, files, run.run_id)
         r = comparison.result
         run.log_metrics({"friedman_statistic": r.statistic, "friedman_p_value": r.p_value,
                          "critical_difference": r.critical_difference, "models": len(r.average_ranks),
@@ -210,4 +212,4 @@ def run_comparison(client, experiment: str, out: Path, *, metric: str = "test_f1
                 run.log_artifact(path, "comparison")
         if comparison.bayesian:
             run.log_artifact(out / "bayesian", "comparison/bayesian")
-    return results_json(comparison, {**files, "json": str(out / "results.json")}, run.run_id)
+    return results
