@@ -3,10 +3,28 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+
+def _fresh(parent: Path, prefix: str, suffix: str, make: Callable[[Path], None]) -> Path:
+    """A new file or folder beside the target, made by `make` with the process's umask applied, as a
+    plain open() or mkdir() would: tempfile's mkstemp/mkdtemp create 0600/0700, which left every
+    artefact (tables, models, caches) unreadable to the rest of a team sharing a folder."""
+    for _ in range(100):
+        candidate = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            make(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: no free temporary name after 100 tries")
+
+
+def _new_file(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
 
 
 @contextlib.contextmanager
@@ -15,8 +33,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     numpy); renames it into place only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
+    temporary = _fresh(path.parent, f".{path.name}.", ".tmp", _new_file)
     try:
         yield Path(temporary)
         os.replace(temporary, path)
@@ -40,13 +57,13 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yields an empty staging folder beside `path`; on success it replaces `path` whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    staging = _fresh(path.parent, f".{path.name}.", ".tmp", os.mkdir)
     retired: Path | None = None
     try:
         yield staging
         if path.exists():
             # A folder cannot be replaced in one rename: move the old one aside, and back on failure.
-            retired = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            retired = _fresh(path.parent, f".{path.name}.", ".old", os.mkdir)
             os.replace(path, retired / "old")
         os.replace(staging, path)
     except BaseException:
