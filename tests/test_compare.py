@@ -133,6 +133,42 @@ def test_missing_cell_is_named_and_can_be_dropped():
     assert comparison.dropped_models == ["MTM"] and "MTM" not in comparison.table.mean.columns
 
 
+def test_a_repeated_seed_is_one_sample_the_newest_and_is_warned_about():
+    """Two runs of seed 1 in one cell (a rerun) are not two samples: the newer one counts."""
+    table = published_table().iloc[:5, :4]
+    records = [RunRecord(f"{c}-{m}-{s}", {"task": c, "model": m, "seed": str(s)}, {}, {"test_f1": v + s},
+                         start_time=100) for c, row in table.iterrows() for m, v in row.items() for s in (1, 2)]
+    model, corpus = table.columns[0], table.index[0]
+    rerun = RunRecord("rerun", {"task": corpus, "model": model, "seed": "1"}, {}, {"test_f1": 0.0}, start_time=200)
+    older = RunRecord("older", {"task": corpus, "model": model, "seed": "2"}, {}, {"test_f1": 99.0}, start_time=50)
+    comparison = compare_runs(records + [rerun, older], model_keys=["model"], bayesian=None)
+    cell = table.loc[corpus, model]
+    assert comparison.table.count.loc[corpus, model] == 2
+    assert comparison.table.mean.loc[corpus, model] == pytest.approx((0.0 + cell + 2) / 2)
+    assert any(w.startswith(f"{model}: 2 extra run(s)") for w in comparison.warnings)
+    assert not any("different numbers of seeds" in w for w in comparison.warnings)
+
+
+def test_unequal_seed_counts_are_named_and_one_seed_has_no_variance():
+    table = published_table().iloc[:5, :4]
+    records = records_for(table)  # one seed everywhere (no seed label) ...
+    extra = table.columns[1]
+    records += [RunRecord(f"{c}-{extra}-again", {"task": c, "model": extra}, {}, {"test_f1": v + 1.0})
+                for c, v in table[extra].items()]  # ... but two for one model
+    comparison = compare_runs(records, model_keys=["model"])
+    assert comparison.warnings == [f"cells are means of different numbers of seeds: most have 1, but {extra}: 2"]
+    single = table.columns[0]
+    assert comparison.table.var[single].isna().all()
+    assert comparison.table.var[extra].to_numpy() == pytest.approx([0.5] * 5)  # (1 / sqrt 2) ** 2
+    from kd.statistics.report import render_markdown
+
+    average_variance = next(line for line in render_markdown(comparison).splitlines()
+                            if line.startswith("| Average variance"))
+    shown = dict(zip(comparison.table.mean.columns, average_variance.strip(" |").split(" | ")[1:]))
+    assert shown[single] == "n/a" and shown[extra] == "0.50"
+    assert "Warning: cells are means of different numbers of seeds" in render_markdown(comparison)
+
+
 @pytest.mark.parametrize("rows, columns, message", [(5, 2, "at least three models"), (1, 4, "at least two corpora")])
 def test_too_few_models_or_corpora(rows, columns, message):
     with pytest.raises(Exception, match=message):

@@ -35,6 +35,7 @@ class RunRecord:
     tags: dict[str, str]
     params: dict[str, str]
     metrics: dict[str, float]
+    start_time: int = 0  # ms since the epoch: of two runs of one seed in one cell, the newer counts
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Comparison:
     seed_tests: pd.DataFrame | None = None  # per corpus and pair: differs beyond seed noise?
     bayesian: list[BayesianResult] = field(default_factory=list)
     bayesian_options: BayesianOptions = field(default_factory=BayesianOptions)
+    warnings: list[str] = field(default_factory=list)  # duplicate seeds, unequal seed counts
 
 
 def fetch_runs(client, experiment: str, filter_string: str | None) -> list[RunRecord]:
@@ -88,8 +90,8 @@ def fetch_runs(client, experiment: str, filter_string: str | None) -> list[RunRe
                                       page_token=token)
         except Exception as error:
             raise KdError(f"--filter {filter_string!r}: {str(error).splitlines()[0]}") from None
-        records.extend(RunRecord(r.info.run_id, dict(r.data.tags), dict(r.data.params), dict(r.data.metrics))
-                       for r in page)
+        records.extend(RunRecord(r.info.run_id, dict(r.data.tags), dict(r.data.params), dict(r.data.metrics),
+                                 r.info.start_time or 0) for r in page)
         token = page.token
         if not token:
             return records
@@ -132,24 +134,33 @@ def _number(value: str | None) -> str:
 Cells = dict[tuple[str, str], list[tuple[str | None, float]]]
 
 
+def model_of(record: RunRecord, model_keys: Sequence[str] | None) -> str | None:
+    """The model a run belongs to: kd's default name, or the values of `model_keys` (None when the
+    run lacks one of them)."""
+    if not model_keys:
+        return default_model_name(record)
+    values = [lookup(record, key) for key in model_keys]
+    if any(v is None for v in values):
+        return None
+    return values[0] if len(values) == 1 else ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(model_keys, values))
+
+
 def collect_cells(records: Sequence[RunRecord], metric: str, model_keys: Sequence[str] | None,
-                  corpus_key: str) -> tuple[Cells, int]:
+                  corpus_key: str, warnings: list[str] | None = None) -> tuple[Cells, int]:
     """(model, corpus) -> (seed label, metric) of each run in that cell; the label is the run's
     `seed` tag or param, None without one. A run over several corpora (a teacher) gives one value
-    per corpus from its `<metric>/<corpus>` metrics."""
+    per corpus from its `<metric>/<corpus>` metrics. One sample per (model, corpus, seed): of runs
+    repeating a seed the newest counts, and `warnings` says so (a repeated run is not a new seed)."""
+    chosen: dict[tuple[str, str, str], tuple[int, str, float]] = {}
+    repeated: dict[str, int] = {}
     cells: Cells = {}
     used = 0
     for record in records:
         if record.tags.get("model_kind") == "comparison":
             continue
-        if model_keys:
-            values = [lookup(record, key) for key in model_keys]
-            if any(v is None for v in values):
-                continue
-            model = values[0] if len(values) == 1 else ", ".join(f"{k.split('.')[-1]}={v}"
-                                                                  for k, v in zip(model_keys, values))
-        else:
-            model = default_model_name(record)
+        model = model_of(record, model_keys)
+        if model is None:
+            continue
         corpus_value = lookup(record, corpus_key)
         if corpus_value is None:
             continue
@@ -164,8 +175,32 @@ def collect_cells(records: Sequence[RunRecord], metric: str, model_keys: Sequenc
         used += 1
         seed = lookup(record, "seed")
         for corpus, value in per_corpus.items():
-            cells.setdefault((model, corpus), []).append((seed, float(value)))
+            if seed is None:
+                cells.setdefault((model, corpus), []).append((None, float(value)))
+                continue
+            key = (model, corpus, seed)
+            if key in chosen:
+                repeated[model] = repeated.get(model, 0) + 1
+            if key not in chosen or record.start_time > chosen[key][0]:
+                chosen[key] = (record.start_time, record.run_id, float(value))
+    for (model, corpus, seed), (_, _, value) in chosen.items():
+        cells.setdefault((model, corpus), []).append((seed, value))
+    if warnings is not None:
+        warnings += [f"{model}: {n} extra run(s) of a seed already present on a corpus; the newest of each "
+                     f"(corpus, seed) counts, the others are not new samples" for model, n in repeated.items()]
     return cells, used
+
+
+def seed_count_warning(count: pd.DataFrame) -> list[str]:
+    """Models averaged over different numbers of seeds are not equally reliable: say so."""
+    counts = count.stack().astype(int)
+    if counts.empty or counts.min() == counts.max():
+        return []
+    usual = int(counts.mode().iloc[0])
+    odd = {m: sorted({int(v) for v in count[m].dropna()}) for m in count.columns
+           if set(count[m].dropna().astype(int)) != {usual}}
+    detail = "; ".join(f"{m}: {c[0]}" + (f"-{c[-1]}" if len(c) > 1 else "") for m, c in odd.items())
+    return [f"cells are means of different numbers of seeds: most have {usual}, but {detail}"]
 
 
 def cell_table(cells: Cells) -> CellTable:
@@ -174,7 +209,7 @@ def cell_table(cells: Cells) -> CellTable:
     frames = {name: pd.DataFrame(np.nan, index=corpora, columns=models) for name in ("mean", "std", "var", "count")}
     for (model, corpus), runs in cells.items():
         array = np.asarray([value for _, value in runs], dtype=np.float64)
-        variance = float(array.var(ddof=1)) if len(array) > 1 else 0.0
+        variance = float(array.var(ddof=1)) if len(array) > 1 else math.nan  # undefined for one seed
         frames["mean"].loc[corpus, model] = float(array.mean())
         frames["var"].loc[corpus, model] = variance
         frames["std"].loc[corpus, model] = math.sqrt(variance)
@@ -189,7 +224,8 @@ def compare_runs(records: Sequence[RunRecord], metric: str = "test_f1", model_ke
     (`add_pairwise_statistics`)."""
     if not records:
         raise KdError("no finished runs to compare (check --experiment and --filter)")
-    cells, used = collect_cells(records, metric, model_keys, corpus_key)
+    warnings: list[str] = []
+    cells, used = collect_cells(records, metric, model_keys, corpus_key, warnings)
     if not cells:
         raise KdError(f"none of the {len(records)} runs has the metric {metric!r} and the keys "
                       f"{', '.join(model_keys or ['(kd tags)'])} / {corpus_key}")
@@ -207,7 +243,8 @@ def compare_runs(records: Sequence[RunRecord], metric: str = "test_f1", model_ke
         table = CellTable(*(frame[keep] for frame in (table.mean, table.std, table.var, table.count)))
     result = friedman(table.mean, posthoc=posthoc, alpha=alpha)
     comparison = Comparison(metric=metric, table=table, result=result, runs_used=used, dropped_models=dropped,
-                            scale=display_scale(table.mean), seed=seed, bayesian_options=bayesian or BayesianOptions())
+                            scale=display_scale(table.mean), seed=seed, bayesian_options=bayesian or BayesianOptions(),
+                            warnings=warnings + seed_count_warning(table.count))
     add_pairwise_statistics(comparison, cells)
     return comparison
 

@@ -11,8 +11,8 @@ import pandas as pd
 
 from kd.errors import KdError
 from kd.statistics.compare import BayesianOptions, Comparison, compare_runs, fetch_runs
-from kd.statistics.report_pairwise import (bayesian_table, pairwise_json, pairwise_markdown, pairwise_table,
-                                          write_bayesian_plots)
+from kd.statistics.report_pairwise import (bayesian_table, finite_or_none, pairwise_json, pairwise_markdown,
+                                          pairwise_table, write_bayesian_plots)
 from kd.utils.atomic import atomic_file, atomic_path
 
 FORMATS = ("md", "csv", "tex", "json")
@@ -26,6 +26,10 @@ def summary_rows(comparison: Comparison) -> pd.DataFrame:
     return shown
 
 
+def _cell(value: float) -> str:
+    return "n/a" if not np.isfinite(value) else f"{value:.2f}"
+
+
 def best_columns(row: pd.Series) -> set[str]:
     return set(row.index[np.isclose(row.to_numpy(), row.max())])
 
@@ -37,7 +41,7 @@ def render_markdown(comparison: Comparison) -> str:
     lines = [f"| corpus | {' | '.join(models)} |", "|---|" + "---:|" * len(models)]
     for corpus, row in rows.iterrows():
         best = best_columns(row) if corpus != "Average variance" else set()
-        cells = [f"**{row[m]:.2f}**" if m in best else f"{row[m]:.2f}" for m in models]
+        cells = [f"**{row[m]:.2f}**" if m in best else _cell(row[m]) for m in models]
         lines.append(f"| {corpus} | {' | '.join(cells)} |")
     ranks = comparison.result.average_ranks
     lines.append(f"| Average rank | {' | '.join(f'{ranks[m]:.2f}' for m in models)} |")
@@ -48,6 +52,9 @@ def render_markdown(comparison: Comparison) -> str:
     if r.p_value >= r.alpha:
         lines.append(f"The Friedman test does not reject equal performance at alpha = {r.alpha:g}: "
                      "post-hoc differences are not evidence on their own.")
+    lines += [f"Warning: {w}." for w in comparison.warnings]
+    if comparison.table.var.isna().any().any():
+        lines.append("Average variance is over the cells with 2 or more seeds (n/a: none).")
     return "\n".join(lines + pairwise_markdown(comparison)) + "\n"
 
 
@@ -67,7 +74,7 @@ def render_latex(comparison: Comparison) -> str:
         if corpus == "Average":
             lines.append(r"\hline")
         best = best_columns(row) if corpus != "Average variance" else set()
-        cells = [rf"\textbf{{{row[m]:.2f}}}" if m in best else f"{row[m]:.2f}" for m in models]
+        cells = [rf"\textbf{{{row[m]:.2f}}}" if m in best else _cell(row[m]) for m in models]
         lines.append(_tex_escape(str(corpus)) + " & " + " & ".join(cells) + r" \\")
     lines += [r"\hline", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -80,11 +87,11 @@ def results_json(comparison: Comparison, files: Mapping[str, str], run_id: str |
         "metric": comparison.metric, "friedman_statistic": r.statistic, "friedman_p_value": r.p_value,
         "critical_difference": r.critical_difference, "average_ranks": {m: float(v) for m, v in r.average_ranks.items()},
         "posthoc_p_values": {m: {n: float(v) for n, v in row.items()} for m, row in r.p_values.iterrows()},
-        "cells": {corpus: {model: {"mean": float(t.mean.loc[corpus, model]), "std": float(t.std.loc[corpus, model]),
-                                   "var": float(t.var.loc[corpus, model]), "n": int(t.count.loc[corpus, model])}
+        "cells": {corpus: {model: {"mean": float(t.mean.loc[corpus, model]), "std": finite_or_none(t.std.loc[corpus, model]),
+                                   "var": finite_or_none(t.var.loc[corpus, model]), "n": int(t.count.loc[corpus, model])}
                            for model in t.mean.columns} for corpus in t.mean.index},
         "models": list(t.mean.columns), "corpora": list(t.mean.index), "runs_used": comparison.runs_used,
-        "dropped_models": comparison.dropped_models, "files": dict(files), "comparison_run_id": run_id,
+        "dropped_models": comparison.dropped_models, "warnings": comparison.warnings, "files": dict(files), "comparison_run_id": run_id,
     }
 
 

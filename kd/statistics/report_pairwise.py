@@ -17,7 +17,7 @@ from kd.statistics.pairwise import WEAK_SEEDS
 LISTED_PER_CORPUS = 50
 
 
-def _number(value: float) -> float | None:
+def finite_or_none(value: float) -> float | None:
     """JSON has no NaN: an untested statistic is null."""
     return None if value is None or not np.isfinite(value) else float(value)
 
@@ -67,10 +67,10 @@ def pairwise_json(comparison: Comparison, plots: dict[str, str]) -> dict[str, An
     w, options = comparison.wilcoxon, comparison.bayesian_options
 
     def matrix(frame: pd.DataFrame) -> dict[str, dict[str, float | None]]:
-        return {m: {n: _number(v) for n, v in row.items()} for m, row in frame.iterrows()}
+        return {m: {n: finite_or_none(v) for n, v in row.items()} for m, row in frame.iterrows()}
 
     def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-        return [{k: (_number(v) if isinstance(v, (float, np.floating)) else
+        return [{k: (finite_or_none(v) if isinstance(v, (float, np.floating)) else
                      bool(v) if isinstance(v, (bool, np.bool_)) else int(v) if isinstance(v, np.integer) else v)
                  for k, v in row.items()} for row in frame.to_dict("records")]
 
