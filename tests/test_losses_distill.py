@@ -34,6 +34,9 @@ TEACHER_TASK = [[[0.3, -0.1, 0.0, 0.5], [0.2, 0.4, -0.2, 0.1], [-0.6, 0.5, 0.3, 
                 [[0.0, 0.1, -0.3, 0.9], [-0.2, -0.1, 0.6, 0.4], [0.0, 0.0, 0.0, 0.0]]]
 STUDENT_SHARED = [[[0.4, -0.4], [0.1, 0.9], [-0.8, 0.2]], [[0.3, 0.0], [0.7, -0.5], [0.0, 0.0]]]
 TEACHER_SHARED = [[[0.1, -0.3], [0.6, 0.5], [-0.2, 0.0]], [[0.9, 0.2], [0.4, -0.1], [0.0, 0.0]]]
+# A transformer teacher's encoder states, matched by the student's (projected) task states.
+TEACHER_ENCODER = [[[0.2, 0.3, -0.5, 0.1], [0.0, -0.4, 0.2, 0.6], [0.9, 0.1, 0.0, -0.3]],
+                   [[-0.1, 0.5, 0.4, 0.2], [0.3, 0.3, -0.7, 0.1], [0.0, 0.0, 0.0, 0.0]]]
 TEACHER_MARGINALS = [[[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]],
                      [[0.5, 0.25, 0.25], [0.05, 0.9, 0.05], [0.0, 0.0, 0.0]]]
 
@@ -153,11 +156,14 @@ def made_up_view(logits=STUDENT_LOGITS, task=STUDENT_TASK, shared=STUDENT_SHARED
     the hidden states have the teacher's sizes, i.e. the projection is the identity."""
     output = TaggerOutput(logits=tensor(logits, True), task_hidden=tensor(task, True),
                           shared_hidden=tensor(shared, True), mask=mask_tensor())
-    return StudentView(output=output, crf=crf, task_hidden=output.task_hidden, shared_hidden=output.shared_hidden)
+    return StudentView(output=output, crf=crf, task_hidden=output.task_hidden, shared_hidden=output.shared_hidden,
+                       encoder_hidden=output.task_hidden)
 
 
-def teacher_targets(logits=TEACHER_LOGITS, task=TEACHER_TASK, shared=TEACHER_SHARED, marginals=TEACHER_MARGINALS):
-    return {"logits": tensor(logits), "task": tensor(task), "shared": tensor(shared), "marginals": tensor(marginals)}
+def teacher_targets(logits=TEACHER_LOGITS, task=TEACHER_TASK, shared=TEACHER_SHARED, marginals=TEACHER_MARGINALS,
+                    encoder=TEACHER_ENCODER):
+    return {"logits": tensor(logits), "task": tensor(task), "shared": tensor(shared), "marginals": tensor(marginals),
+            "encoder": tensor(encoder)}
 
 
 def tags_tensor(tags=TAGS):
@@ -211,6 +217,19 @@ def test_beta_defaults_to_one_minus_alpha():
         DistillOptions(alpha=1.5, cache_run="c")
     assert DistillOptions(alpha=1.5, beta=0.0, cache_run="c").weights().beta == 0.0
     assert DistillOptions(cache_run="c").weights() == DistillWeights(alpha=0.5, beta=0.5)
+
+
+def test_encoder_loss_equals_hand_computation():
+    """A transformer teacher's encoder states against the student's task states (identity projection here)."""
+    w = DistillWeights(alpha=0.4, beta=0.6, gamma=0.25)
+    terms = run_loss("encoder", w)
+    expected = {"hard": hand_hard_softmax(), "logits_mse": hand_mse(STUDENT_LOGITS, TEACHER_LOGITS),
+                "encoder_mse": hand_mse(STUDENT_TASK, TEACHER_ENCODER)}
+    assert set(terms) == {*expected, "loss"}
+    for name, number in expected.items():
+        assert value(terms[name]) == pytest.approx(number, rel=1e-6), name
+    total = 0.4 * expected["hard"] + 0.6 * expected["logits_mse"] + 0.25 * expected["encoder_mse"]
+    assert value(terms["loss"]) == pytest.approx(total, rel=1e-6)
 
 
 def test_intermediate_loss_equals_hand_computation():
@@ -328,8 +347,8 @@ ALL_WEIGHTS = DistillWeights(alpha=0.4, beta=0.6, gamma=0.3, kappa=0.2, tau=2.0)
 
 
 def weights_for(name):
-    """Every weight of the loss non-zero (gamma and kappa only exist for intermediate)."""
-    if name == "intermediate":
+    """Every weight of the loss non-zero (gamma exists for intermediate and encoder, kappa for intermediate)."""
+    if name in ("intermediate", "encoder"):
         return ALL_WEIGHTS
     return DistillWeights(alpha=0.4, beta=0.6, tau=2.0)
 
@@ -347,13 +366,14 @@ def garbage(d):
     return (-1.0) ** d * 1e3 + 17.0 * d
 
 
-BUILTIN = ["logits", "intermediate", "soft", "kl", "marginals"]
+BUILTIN = ["logits", "intermediate", "soft", "kl", "marginals", "encoder"]
 
 
 def padding_inputs(crf: bool, garbage_padding: bool):
     logits = STUDENT_LOGITS
     tags = [list(row) for row in TAGS]
-    targets = dict(logits=TEACHER_LOGITS, task=TEACHER_TASK, shared=TEACHER_SHARED, marginals=TEACHER_MARGINALS)
+    targets = dict(logits=TEACHER_LOGITS, task=TEACHER_TASK, shared=TEACHER_SHARED, marginals=TEACHER_MARGINALS,
+                   encoder=TEACHER_ENCODER)
     task, shared = STUDENT_TASK, STUDENT_SHARED
     if garbage_padding:
         logits = with_padding(logits, garbage)
@@ -417,9 +437,10 @@ def test_every_term_is_per_sentence_not_per_token():
                                   shared_hidden=tensor(one_sentence(STUDENT_SHARED, 0, copies)),
                                   mask=torch.ones(copies, T, dtype=torch.bool))
             view = StudentView(output=output, crf=None, task_hidden=output.task_hidden,
-                               shared_hidden=output.shared_hidden)
+                               shared_hidden=output.shared_hidden, encoder_hidden=output.task_hidden)
             targets = {k: tensor(one_sentence(v, 0, copies)) for k, v in dict(
-                logits=TEACHER_LOGITS, task=TEACHER_TASK, shared=TEACHER_SHARED, marginals=TEACHER_MARGINALS).items()}
+                logits=TEACHER_LOGITS, task=TEACHER_TASK, shared=TEACHER_SHARED, marginals=TEACHER_MARGINALS,
+                encoder=TEACHER_ENCODER).items()}
             results.append(run_loss(name, weights_for(name), view=view, targets=targets,
                                     tags=torch.tensor([TAGS[0]] * copies)))
         for term in results[0]:
@@ -617,3 +638,15 @@ def test_projections_only_where_sizes_differ_and_the_loss_uses_the_layer(teacher
     projection_parameters = {id(p) for p in student.projections.parameters()}
     assert projection_parameters <= {id(p) for p in student.parameters()}
     assert len(projection_parameters) == 2 * len(expected)
+
+
+def test_a_transformer_teachers_encoder_layer_is_matched_by_the_projected_task_states():
+    student = StudentModel(small_tagger(task_hidden=5), {"logits": K, "marginals": K, "encoder": 7}, ("logits", "encoder"))
+    assert set(student.projections) == {"encoder"}
+    assert (student.projections["encoder"].in_features, student.projections["encoder"].out_features) == (10, 7)
+    states = torch.randn(2, 3, 10)
+    expected = states @ student.projections["encoder"].weight.T + student.projections["encoder"].bias
+    torch.testing.assert_close(student.project("encoder", states), expected)
+    # Same width as the student's task states: no projection.
+    same = StudentModel(small_tagger(task_hidden=5), {"logits": K, "encoder": 10}, ("logits", "encoder"))
+    assert not len(same.projections)

@@ -53,8 +53,8 @@ class CacheSummary:
 def build_cache(job: CacheJob, client, tracking_uri: str, attach_to: str | None = None) -> CacheSummary:
     device = resolve_device(job.device)
     teachers = [load_teacher(run_id, client, tracking_uri, device) for run_id in job.teacher_runs]
-    check_ensemble(teachers)
-    all_tasks = teachers[0].model.task_names
+    check_ensemble(teachers, job.layers)
+    all_tasks = teachers[0].task_names
     tasks = job.tasks or all_tasks
     missing = [t for t in tasks if t not in all_tasks]
     if missing:
@@ -66,7 +66,8 @@ def build_cache(job: CacheJob, client, tracking_uri: str, attach_to: str | None 
 
     run = TrackedRun.start(client, job.experiment, job.run_name, {
         "model_kind": "cache", "task": ",".join(tasks), "teacher_runs": ",".join(job.teacher_runs),
-        "ensemble": kind, "output": ",".join(t.output for t in teachers), "git_commit": git_commit()},
+        "ensemble": kind, "output": ",".join(t.output for t in teachers),
+        "teacher_kind": ",".join(t.kind for t in teachers), "git_commit": git_commit()},
         attach_to=attach_to)
     run.log_params({"teacher_runs": ",".join(job.teacher_runs), "tasks": ",".join(tasks),
                     "splits": ",".join(job.splits), "layers": ",".join(job.layers), "dtype": job.dtype,
@@ -86,10 +87,11 @@ def build_cache(job: CacheJob, client, tracking_uri: str, attach_to: str | None 
                     tokens += entries[task][split].tokens
             manifest = Manifest(
                 teacher_runs=list(job.teacher_runs), ensemble=kind, teacher_outputs=[t.output for t in teachers],
-                tasks={task: list(teachers[0].vocabularies.tags[task]) for task in tasks}, splits=entries,
+                tasks={task: teachers[0].tags(task) for task in tasks}, splits=entries,
                 layers=list(job.layers), dtype=job.dtype,
                 widths={task: {layer: layer_widths(teachers[0], task)[layer] for layer in job.layers} for task in tasks},
-                teacher_parameters={task: max(t.model.num_parameters(task) for t in teachers) for task in tasks})
+                teacher_parameters={task: max(t.num_parameters(task) for t in teachers) for task in tasks},
+                teacher_kinds=[t.kind for t in teachers])
             directory = writer.commit(manifest)
         except BaseException as error:
             writer.abort(error)

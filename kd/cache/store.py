@@ -30,7 +30,8 @@ from kd.utils.atomic import atomic_directory
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-LAYERS = ("logits", "task", "shared", "marginals")
+# task and shared: the BiLSTM's task and shared states; encoder: a transformer's last hidden state.
+LAYERS = ("logits", "task", "shared", "marginals", "encoder")
 DTYPES = ("float16", "float32")
 
 
@@ -62,6 +63,7 @@ class Manifest:
     widths: dict[str, dict[str, int]]  # task -> layer -> values per token
     dtype: str
     teacher_parameters: dict[str, int] = field(default_factory=dict)  # task -> parameters a teacher uses for it
+    teacher_kinds: list[str] = field(default_factory=list)  # bilstm or transformer, per teacher run (empty: older caches)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:

@@ -1,41 +1,71 @@
 """Teachers: trained taggers loaded from their MLflow runs, run over sentences to produce the
-per-token outputs students learn from. Shared by caching and by live-teacher distillation."""
+per-token outputs students learn from. Shared by caching and by live-teacher distillation.
+
+Every teacher satisfies `kd.cache.protocol.TeacherModel`; `TEACHER_KINDS` names the class of
+each kind, read from a run's `teacher_kind` tag (runs without it are BiLSTM taggers)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from kd.data.batching import Batch, EncodedDataset, bucketed_batches
+from kd.cache.protocol import LOGIT_LAYERS, Layer, ModuleTeacher, TeacherModel, check_layers, layer_table, run_corpora
+from kd.cache.protocol import layer_widths as layer_widths
+from kd.cache.transformer_teacher import TransformerTeacher
+from kd.data.batching import EncodedDataset, bucketed_batches
 from kd.data.types import Sentence
 from kd.data.vocab import Vocabularies
 from kd.errors import KdError
-from kd.models.tagger import Tagger, TaggerOutput
+from kd.models.tagger import Tagger
 from kd.tracking.models import load_logged_model
 from kd.tracking.runs import fail_if_abandoned
-from kd.training.device import autocast
 from kd.training.evaluate import dataset_form_table
 
 ENSEMBLE_KINDS = ("single", "seeds", "mixed")
 
 
 @dataclass
-class Teacher:
+class BiLSTMTeacher(ModuleTeacher):
+    """kd's BiLSTM tagger (an STM or MTM run) as a teacher."""
+
     run_id: str
     model: Tagger
     vocabularies: Vocabularies
     corpora: list[str]  # the corpus names or folders it was trained with
     data_dir: str | None
 
-    @property
-    def output(self) -> str:
-        return self.model.config.output
+    kind: ClassVar[str] = "bilstm"
+    layers: ClassVar[dict[str, Layer]] = layer_table(
+        *LOGIT_LAYERS,
+        Layer("task", lambda t, task: 2 * t.model.config.task_hidden, lambda t, task, out: out.task_hidden.float()),
+        Layer("shared", lambda t, task: 2 * t.model.config.shared_hidden, lambda t, task, out: out.shared_hidden.float()))
+
+    @classmethod
+    def load(cls, run_id: str, run: Any, tracking_uri: str, device: torch.device) -> "BiLSTMTeacher":
+        saved = load_logged_model(run_id, tracking_uri, device)
+        corpora, data_dir = run_corpora(run)
+        return cls(run_id=run_id, model=saved.model, vocabularies=saved.vocabularies, corpora=corpora,
+                   data_dir=data_dir)
+
+    def tags(self, task: str) -> list[str]:
+        return list(self.vocabularies.tags[task])
+
+    def prepare(self, task: str, sentences: Sequence[Sentence], device: torch.device, precision: str) -> Any:
+        self.model.eval()
+        dataset = EncodedDataset(sentences, self.vocabularies, task, with_tags=False)
+        return task, dataset, dataset_form_table(self.model, dataset, device, precision)
 
 
-def load_teacher(run_id: str, client, tracking_uri: str, device: torch.device) -> Teacher:
+# The name bench scripts build BiLSTM teachers by.
+Teacher = BiLSTMTeacher
+TEACHER_KINDS: dict[str, type] = {"bilstm": BiLSTMTeacher, "transformer": TransformerTeacher}
+
+
+def load_teacher(run_id: str, client, tracking_uri: str, device: torch.device) -> TeacherModel:
     try:
         run = client.get_run(run_id)
     except Exception:
@@ -47,105 +77,71 @@ def load_teacher(run_id: str, client, tracking_uri: str, device: torch.device) -
     if run.info.status != "FINISHED":
         raise KdError(f"--teacher {run_id}: the run did not finish (status {run.info.status}"
                       f"{'; ' + run.data.tags['kd.failure'] if 'kd.failure' in run.data.tags else ''})")
-    saved = load_logged_model(run_id, tracking_uri, device)
-    params = run.data.params
-    return Teacher(run_id=run_id, model=saved.model, vocabularies=saved.vocabularies,
-                   corpora=[c for c in params.get("corpora", "").split(",") if c],
-                   data_dir=params.get("data_dir") or None)
+    kind = run.data.tags.get("teacher_kind", "bilstm")
+    if kind not in TEACHER_KINDS:
+        raise KdError(f"--teacher {run_id}: unknown teacher_kind {kind!r} (known: {', '.join(TEACHER_KINDS)})")
+    return TEACHER_KINDS[kind].load(run_id, run, tracking_uri, device)
 
 
-def ensemble_kind(teachers: Sequence[Teacher]) -> str:
+def ensemble_kind(teachers: Sequence[TeacherModel]) -> str:
     if len(teachers) == 1:
         return "single"
-    return "seeds" if len({t.output for t in teachers}) == 1 else "mixed"
+    return "seeds" if len({(t.kind, t.output) for t in teachers}) == 1 else "mixed"
 
 
-def check_ensemble(teachers: Sequence[Teacher]) -> None:
-    """Averaging is only meaningful over the same corpora with the same tags in the same order."""
+def check_ensemble(teachers: Sequence[TeacherModel], layers: Sequence[str] = ()) -> None:
+    """Averaging is only meaningful over the same corpora with the same tags in the same order, and
+    layers of the same width."""
     first = teachers[0]
+    for teacher in teachers:
+        check_layers(teacher, layers, "--layers")
     for other in teachers[1:]:
-        if other.model.task_names != first.model.task_names:
+        if other.task_names != first.task_names:
             raise KdError(f"teachers {first.run_id} and {other.run_id} cover different corpora "
-                          f"({', '.join(first.model.task_names)} vs {', '.join(other.model.task_names)})")
-        for task in first.model.task_names:
-            if other.vocabularies.tags[task] != first.vocabularies.tags[task]:
+                          f"({', '.join(first.task_names)} vs {', '.join(other.task_names)})")
+        for task in first.task_names:
+            if other.tags(task) != first.tags(task):
                 raise KdError(f"teachers {first.run_id} and {other.run_id} have different tag sets for {task}")
-        for name in ("task_hidden", "shared_hidden"):
-            if getattr(other.model.config, name) != getattr(first.model.config, name):
-                raise KdError(f"teachers {first.run_id} and {other.run_id} differ in --{name.replace('_', '-')}")
+            for layer in layers:
+                widths = (first.layers[layer].width(first, task), other.layers[layer].width(other, task))
+                if widths[0] != widths[1]:
+                    raise KdError(f"teachers {first.run_id} and {other.run_id} differ in the width of the {layer} "
+                                  f"layer ({widths[0]} vs {widths[1]})")
 
 
-def layer_widths(teacher: Teacher, task: str) -> dict[str, int]:
-    config = teacher.model.config
-    tags = len(teacher.vocabularies.tags[task])
-    return {"logits": tags, "task": 2 * config.task_hidden, "shared": 2 * config.shared_hidden, "marginals": tags}
-
-
-def output_layers(teacher: Teacher, task: str, output: TaggerOutput, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-    """The requested per-token layers (B, T, D) of one forward pass. `marginals` is the token
-    posterior: the CRF's forward-backward marginals for a CRF head, the softmax otherwise."""
-    values = {}
-    for layer in layers:
-        if layer == "logits":
-            values[layer] = output.logits.float()
-        elif layer == "task":
-            values[layer] = output.task_hidden.float()
-        elif layer == "shared":
-            values[layer] = output.shared_hidden.float()
-        elif layer == "marginals":
-            crf = teacher.model.crf(task)
-            logits = output.logits.float()
-            values[layer] = crf.marginals(logits, output.mask) if crf is not None else torch.softmax(logits, dim=2)
-        else:
-            raise KdError(f"unknown layer {layer!r}")
-    return values
-
-
-@torch.no_grad()
-def teacher_batch_outputs(teachers: Sequence[Teacher], task: str, batch_for: Sequence[Batch],
-                          layers: Sequence[str], device: torch.device, precision: str,
-                          form_tables: Sequence[torch.Tensor | None] | None = None) -> dict[str, torch.Tensor]:
-    """The ensemble average of the layers for one batch of sentences; `batch_for[i]` is the
-    batch encoded with teacher i's vocabulary (same sentences, same row order), `form_tables[i]`
-    optionally teacher i's `Tagger.encode_form_table` of that dataset."""
+def ensemble_outputs(teachers: Sequence[TeacherModel], prepared: Sequence[Any], sentence_ids: np.ndarray,
+                     layers: Sequence[str], device: torch.device, precision: str) -> dict[str, torch.Tensor]:
+    """The teachers' mean of each layer, rows in the order of `sentence_ids`."""
     total: dict[str, torch.Tensor] = {}
-    tables = form_tables if form_tables is not None else [None] * len(teachers)
-    for teacher, batch, form_table in zip(teachers, batch_for, tables):
-        teacher.model.eval()
-        with autocast(device, precision):
-            output = teacher.model(batch.to(device), task, form_table)
-        for layer, value in output_layers(teacher, task, output, layers).items():
+    for teacher, ready in zip(teachers, prepared):
+        for layer, value in teacher.outputs(ready, sentence_ids, layers, device, precision).items():
             total[layer] = value if layer not in total else total[layer] + value
     return {layer: value / len(teachers) for layer, value in total.items()}
 
 
-def teacher_outputs_for_sentences(teachers: Sequence[Teacher], task: str, sentences: Sequence[Sentence],
+def teacher_outputs_for_sentences(teachers: Sequence[TeacherModel], task: str, sentences: Sequence[Sentence],
                                   layers: Sequence[str], device: torch.device, precision: str = "fp32",
                                   batch_size: int = 256) -> dict[str, np.ndarray]:
     """{layer: (tokens, dim) float32} for the sentences, in sentence order, unpadded."""
-    datasets = [EncodedDataset(sentences, t.vocabularies, task, with_tags=False) for t in teachers]
-    reference = datasets[0]
+    lengths = np.array([len(s) for s in sentences], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     widths = layer_widths(teachers[0], task)
-    rows = {layer: np.empty((reference.num_tokens, widths[layer]), dtype=np.float32) for layer in layers}
-    for teacher in teachers:
-        teacher.model.eval()
-    form_tables = [dataset_form_table(t.model, d, device, precision) for t, d in zip(teachers, datasets)]
-    for sentence_ids in bucketed_batches(reference.lengths, batch_size, rng=None):
-        batches = [d.batch(sentence_ids) for d in datasets]
-        averaged = teacher_batch_outputs(teachers, task, batches, layers, device, precision, form_tables)
-        first = batches[0]
-        mask = first.mask
+    rows = {layer: np.empty((int(offsets[-1]), widths[layer]), dtype=np.float32) for layer in layers}
+    prepared = [t.prepare(task, sentences, device, precision) for t in teachers]
+    for sentence_ids in bucketed_batches(lengths, batch_size, rng=None):
+        averaged = ensemble_outputs(teachers, prepared, sentence_ids, layers, device, precision)
+        batch_lengths = lengths[sentence_ids]
+        width = int(batch_lengths.max())
+        mask = torch.from_numpy(np.arange(width)[None, :] < batch_lengths[:, None])
         # Destination of each real token, in the row-major order boolean indexing yields.
-        lengths = first.lengths.numpy()
-        starts = reference.offsets[first.sentence_ids.numpy()]
-        destination = np.repeat(starts, lengths) + (
-            np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths))
+        destination = np.repeat(offsets[sentence_ids], batch_lengths) + (
+            np.arange(int(batch_lengths.sum())) - np.repeat(np.cumsum(batch_lengths) - batch_lengths, batch_lengths))
         for layer, value in averaged.items():
             rows[layer][destination] = value[mask.to(value.device)].cpu().numpy()
     return rows
 
 
-def teacher_corpus(task: str, teachers: Sequence[Teacher], data_dir: Path | None) -> Path:
+def teacher_corpus(task: str, teachers: Sequence[TeacherModel], data_dir: Path | None) -> Path:
     """Where the corpus of `task` is: under data_dir, else where the teacher was trained from."""
     from kd.data.corpora import corpus_name, resolve_corpus_dir
 

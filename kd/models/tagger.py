@@ -112,7 +112,32 @@ class TaskHead(nn.Module):
         self.crf = CRF(num_tags) if config.output == "crf" else None
 
 
-class Tagger(nn.Module):
+class HeadsByTask:
+    """Looking up a multi-task module's head by task name (`task_names`, `heads` in that order),
+    its CRF, and decoding; shared by the BiLSTM tagger and the transformer."""
+
+    task_names: list[str]
+    heads: nn.ModuleList
+
+    def head(self, task: str) -> Any:
+        try:
+            return self.heads[self.task_names.index(task)]
+        except ValueError:
+            raise KeyError(f"the model has no task {task!r}; it has {', '.join(self.task_names)}") from None
+
+    def crf(self, task: str) -> CRF | None:
+        return self.head(task).crf
+
+    @torch.no_grad()
+    def decode(self, output: Any, task: str | None = None) -> torch.Tensor:
+        """Best tag ids (B, T): Viterbi for a CRF head, per-token argmax otherwise."""
+        crf = self.crf(task or self.task_names[0])
+        if crf is None:
+            return output.logits.argmax(dim=2)
+        return crf.decode(output.logits.float(), output.mask)
+
+
+class Tagger(HeadsByTask, nn.Module):
     def __init__(self, config: TaggerConfig, word_vectors: np.ndarray | None = None) -> None:
         super().__init__()
         self.config = config
@@ -130,14 +155,10 @@ class Tagger(nn.Module):
         self.heads = nn.ModuleList(TaskHead(config, n) for n in config.tasks.values())
         self.dropout = Dropout(config.dropout)
 
-    def head(self, task: str) -> TaskHead:
-        try:
-            return self.heads[self.task_names.index(task)]
-        except ValueError:
-            raise KeyError(f"the model has no task {task!r}; it has {', '.join(self.task_names)}") from None
-
-    def crf(self, task: str) -> CRF | None:
-        return self.head(task).crf
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The parameters every task's steps update (everything but the heads)."""
+        return [p for module in (self.word_embedding, self.char_embedding, self.char_lstm, self.shared_lstm)
+                for p in module.parameters()]
 
     def encode_forms(self, form_chars: torch.Tensor, form_lengths: torch.Tensor) -> torch.Tensor:
         """Character BiLSTM summary (U, 2 * char_hidden) of each distinct form.
@@ -212,14 +233,6 @@ class Tagger(nn.Module):
             task = self.task_names[0]
         shared, reverse = self.encode_shared(batch, form_table)
         return self.run_head(task, shared, reverse, batch.mask)
-
-    @torch.no_grad()
-    def decode(self, output: TaggerOutput, task: str | None = None) -> torch.Tensor:
-        """Best tag ids (B, T): Viterbi for a CRF head, per-token argmax otherwise."""
-        crf = self.crf(task or self.task_names[0])
-        if crf is None:
-            return output.logits.argmax(dim=2)
-        return crf.decode(output.logits.float(), output.mask)
 
     def num_parameters(self, task: str | None = None) -> int:
         """Parameters used by one task (all shared ones plus its own head), or by all tasks."""

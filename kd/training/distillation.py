@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from kd.data.batching import Batch, EncodedDataset
+from kd.data.batching import Batch
 from kd.data.types import Sentence
 from kd.errors import KdError
-from kd.losses.distill import DistillWeights, StudentView, get_loss
+from kd.losses.distill import LOSSES, DistillWeights, StudentView, get_loss
 from kd.models.tagger import Tagger
 
 
@@ -42,8 +42,11 @@ class DistillOptions:
             # Clipping the implied beta to 0 would silently train another objective than asked for.
             raise KdError(f"alpha {self.alpha:g}: beta defaults to 1 - alpha, here {1 - self.alpha:g}, and a weight "
                           "must not be negative; give beta, or an alpha of at most 1")
-        if self.loss != "intermediate" and (self.gamma or self.kappa):
-            raise KdError(f"--gamma/--kappa apply to --loss intermediate, not {self.loss}")
+        declared = {field for _, field in get_loss(self.loss).weights}
+        for name in ("gamma", "kappa"):
+            if getattr(self, name) and name not in declared:
+                users = [loss for loss, registered in LOSSES.items() if name in dict(registered.weights).values()]
+                raise KdError(f"--{name} applies to --loss {' or '.join(users)}, not {self.loss}")
         weights = self.weights()
         if not any((weights.alpha, weights.beta, weights.gamma, weights.kappa)):
             raise KdError("all loss weights are zero: nothing to learn from")
@@ -74,26 +77,25 @@ class CachedTargetSource:
 
 
 class LiveTargetSource:
-    """Teacher targets computed on the fly by the teacher(s), for users without a cache."""
+    """Teacher targets computed on the fly by the teacher(s) (any kd.cache.protocol.TeacherModel),
+    for users without a cache."""
 
     def __init__(self, teachers, task: str, sentences: Sequence[Sentence], layers: Sequence[str],
                  device: torch.device) -> None:
-        known = set(teachers[0].vocabularies.tags[task])
+        known = set(teachers[0].tags(task))
         unknown = sorted({t for s in sentences for t in s.tags} - known)
         if unknown:
             raise KdError(f"the teacher's tag set for {task} lacks {', '.join(unknown)}: it was trained on other data")
         self.teachers = teachers
-        self.task = task
         self.layers = list(layers)
         self.device = device
-        self.datasets = [EncodedDataset(sentences, t.vocabularies, task, with_tags=False) for t in teachers]
+        self.prepared = [t.prepare(task, sentences, device, "fp32") for t in teachers]
 
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
-        from kd.cache.teachers import teacher_batch_outputs
+        from kd.cache.teachers import ensemble_outputs
 
-        ids = batch.sentence_ids.numpy()
-        batches = [dataset.batch(ids) for dataset in self.datasets]
-        return teacher_batch_outputs(self.teachers, self.task, batches, self.layers, self.device, "fp32")
+        return ensemble_outputs(self.teachers, self.prepared, batch.sentence_ids.numpy(), self.layers, self.device,
+                                "fp32")
 
 
 class StudentModel(nn.Module):
@@ -104,10 +106,12 @@ class StudentModel(nn.Module):
         super().__init__()
         self.tagger = tagger
         config = tagger.config
-        own = {"task": 2 * config.task_hidden, "shared": 2 * config.shared_hidden}
+        # A transformer's `encoder` layer is matched by the student's task BiLSTM: both are the
+        # states the output layer reads.
+        own = {"task": 2 * config.task_hidden, "shared": 2 * config.shared_hidden, "encoder": 2 * config.task_hidden}
         self.projections = nn.ModuleDict({
             layer: nn.Linear(own[layer], teacher_widths[layer])
-            for layer in ("task", "shared") if layer in layers and own[layer] != teacher_widths[layer]})
+            for layer in own if layer in layers and own[layer] != teacher_widths[layer]})
 
     def project(self, layer: str, states: torch.Tensor) -> torch.Tensor:
         return self.projections[layer](states) if layer in self.projections else states
@@ -121,6 +125,7 @@ def distillation_loss(student: StudentModel, options: DistillOptions, source) ->
         output = student.tagger(batch, task)
         view = StudentView(output=output, crf=student.tagger.crf(task),
                            task_hidden=student.project("task", output.task_hidden),
-                           shared_hidden=student.project("shared", output.shared_hidden))
+                           shared_hidden=student.project("shared", output.shared_hidden),
+                           encoder_hidden=student.project("encoder", output.task_hidden))
         return registered.function(view, source(batch), batch.tags, weights)
     return loss

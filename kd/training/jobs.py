@@ -75,6 +75,18 @@ def load_task(corpus: str, data_dir: Path | None, splits: Sequence[str], optiona
                     splits={split: load_split(directory, split) for split in wanted})
 
 
+def load_tasks(corpora: Sequence[str], data_dir: Path | None, splits: Sequence[str],
+               optional: Sequence[str] = ()) -> dict[str, TaskData]:
+    """`load_task` of each corpus, by corpus name; a corpus given twice is an error."""
+    tasks: dict[str, TaskData] = {}
+    for corpus in corpora:
+        data = load_task(corpus, data_dir, splits, optional)
+        if data.name in tasks:
+            raise KdError(f"corpus {data.name} given twice")
+        tasks[data.name] = data
+    return tasks
+
+
 def build_tagger(options: ModelOptions, vocabularies: Vocabularies, seed: int) -> tuple[Tagger, dict[str, Any]]:
     """A freshly initialised tagger (deterministic for the seed) and facts worth logging."""
     torch.manual_seed(seed)

@@ -29,13 +29,14 @@ from kd.models.tagger import Tagger
 from kd.tracking.models import log_tagger_model
 from kd.tracking.runs import TrackedRun, git_commit
 from kd.training.device import resolve_device
-from kd.training.distillation import (CachedTargetSource, DistillOptions, LiveTargetSource, StudentModel,
-                                      distillation_loss)
+from kd.training.distillation import DistillOptions, StudentModel, distillation_loss
 from kd.training.evaluate import EntityScores, evaluate
-from kd.training.jobs import (ModelOptions, TaskData, build_tagger, checkpoint_file, load_task, options_params,
+from kd.training.jobs import (ModelOptions, build_tagger, checkpoint_file, load_tasks, options_params,
                               resume_state, run_status)
+from kd.training.knowledge import TeacherKnowledge
 from kd.training.loop import EpochCallback, TrainingOptions, TrainingState, train
 from kd.training.student_diagnostics import log_student_diagnostics
+from kd.training.weighing import weigh_student
 
 SAMPLINGS = ("uniform", "proportional")
 # How the MTM's per-task optimizers treat the shared layers: "per-task" gives each task's Adam its
@@ -43,12 +44,19 @@ SAMPLINGS = ("uniform", "proportional")
 OPTIMIZER_STATES = ("shared", "per-task")
 
 
-@dataclass
-class TaggerJob:
-    corpora: list[str]
-    data_dir: str | None = None
-    model: ModelOptions = field(default_factory=ModelOptions)
-    training: TrainingOptions = field(default_factory=TrainingOptions)
+def check_schedule(sampling: str, optimizer_state: str) -> None:
+    """The MTM's schedule options, shared by the BiLSTM and transformer jobs."""
+    if sampling not in SAMPLINGS:
+        raise KdError(f"--sampling {sampling}: use one of {', '.join(SAMPLINGS)}")
+    if optimizer_state not in OPTIMIZER_STATES:
+        raise KdError(f"optimizer_state {optimizer_state!r}: use one of {', '.join(OPTIMIZER_STATES)}")
+
+
+@dataclass(kw_only=True)
+class RunPlan:
+    """Which splits a run trains on and scores, how a multi-task schedule draws, where it runs and
+    is tracked: shared by the BiLSTM and transformer jobs."""
+
     train_splits: list[str] = field(default_factory=lambda: ["train", "devel"])
     eval_split: str = "test"
     sampling: str = "uniform"
@@ -56,15 +64,20 @@ class TaggerJob:
     device: str = "auto"
     experiment: str = "kd"
     run_name: str | None = None
+
+
+@dataclass
+class TaggerJob(RunPlan):
+    corpora: list[str]
+    data_dir: str | None = None
+    model: ModelOptions = field(default_factory=ModelOptions)
+    training: TrainingOptions = field(default_factory=TrainingOptions)
     distill: DistillOptions | None = None  # set for a student
 
     def __post_init__(self) -> None:
         if not self.corpora:
             raise KdError("no corpus given")
-        if self.sampling not in SAMPLINGS:
-            raise KdError(f"--sampling {self.sampling}: use one of {', '.join(SAMPLINGS)}")
-        if self.optimizer_state not in OPTIMIZER_STATES:
-            raise KdError(f"optimizer_state {self.optimizer_state!r}: use one of {', '.join(OPTIMIZER_STATES)}")
+        check_schedule(self.sampling, self.optimizer_state)
         if self.distill is not None and len(self.corpora) != 1:
             raise KdError("a student learns one corpus")
 
@@ -144,7 +157,7 @@ def supervised_loss(model: Tagger):
     return loss
 
 
-def task_optimizers(model: Tagger, learning_rate: float, state: str = "shared") -> dict[str, torch.optim.Optimizer]:
+def task_optimizers(model: Any, learning_rate: float, state: str = "shared") -> dict[str, torch.optim.Optimizer]:
     """The optimizer that steps for each task's batches: it updates the shared layers and that task's
     head (a head outside the step's graph has no gradient and is left alone).
 
@@ -152,14 +165,15 @@ def task_optimizers(model: Tagger, learning_rate: float, state: str = "shared") 
     describes. "shared": one Adam whose moments for the shared layers gather every task's gradients.
     With one task the two are the same. With six corpora the shared moments gave a better teacher at
     equal epochs (bench/README.md, "Distillation science"): per-task moments let every step take a
-    full Adam-sized step along one task's gradient alone, so the shared layers zigzag between tasks."""
+    full Adam-sized step along one task's gradient alone, so the shared layers zigzag between tasks.
+    `model`: a Tagger or kd.models.transformer.TransformerTagger."""
     if state not in OPTIMIZER_STATES:
         raise KdError(f"optimizer_state {state!r}: use one of {', '.join(OPTIMIZER_STATES)}")
     if state == "shared":
         adam = _adam(list(model.parameters()), learning_rate)
         return {task: adam for task in model.task_names}
-    shared = [p for module in (model.word_embedding, model.char_embedding, model.char_lstm, model.shared_lstm)
-              for p in module.parameters()]
+    # Any multi-task tagger: `shared_parameters()`, `head(task)` and `task_names` (the BiLSTM, the transformer).
+    shared = model.shared_parameters()
     return {task: _adam(shared + list(model.head(task).parameters()), learning_rate) for task in model.task_names}
 
 
@@ -199,14 +213,15 @@ class Evaluator:
         return scores, predictions
 
 
-def log_final_artifacts(run: TrackedRun, model: Tagger, vocabularies: Vocabularies, job_dict: dict[str, Any],
-                        evaluators: dict[str, Evaluator],
+def log_final_artifacts(run: TrackedRun, log_model: Callable[[Path], None], job_dict: dict[str, Any],
+                        evaluators: dict[str, Any],
                         results: dict[str, tuple[dict[str, EntityScores], dict[str, list[list[str]]]]]) -> None:
-    """The model (pyfunc), its config, predictions per split (and corpus) as CoNLL, per-type reports."""
+    """The model (`log_model` saves and logs it from a staging folder), its config, predictions per
+    split (and corpus) as CoNLL, per-type reports. `evaluators[split].datasets[task].sentences`."""
     reports: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as staging:
         staging = Path(staging)
-        log_tagger_model(run, save_model(model, vocabularies, staging / "tagger"))
+        log_model(staging)
         for split, (scores, predictions) in results.items():
             single = len(predictions) == 1
             for task, predicted in predictions.items():
@@ -219,6 +234,28 @@ def log_final_artifacts(run: TrackedRun, model: Tagger, vocabularies: Vocabulari
                                      "per_type": s.per_type} for task, s in scores.items()}
     run.log_json(job_dict, "config.json")
     run.log_json(reports, "report.json")
+
+
+def log_student_report(run: TrackedRun, client, job: TaggerJob, teacher: TeacherKnowledge,
+                       history: list[dict[str, float]], final: dict[str, float], model: Tagger,
+                       vocabularies: Vocabularies, evaluator: Evaluator, device: torch.device,
+                       warn: Callable[[str], None], weigh: bool) -> dict[str, float]:
+    """The teacher-quality check and, with `weigh`, the student weighed against its teacher
+    (kd.training.weighing); returns the weighing's metrics. Tuning trials skip the weighing: timing
+    the teacher costs a pass over the scored split."""
+    log_student_diagnostics(run, client, job.distill, teacher.task, teacher.teacher_runs, history, final, warn)
+    if not weigh:
+        return {}
+    try:
+        weighed = weigh_student(client, model, vocabularies, teacher.teacher_runs, teacher.teachers, teacher.task,
+                                evaluator.datasets[teacher.task].sentences, job.eval_split,
+                                final[f"{job.eval_split}_f1"], device, job.training.precision)
+    except KdError as error:
+        # A cache can outlive its teacher runs; a trained student is not failed for a comparison.
+        warn(f"warning: the student was not weighed against its teacher: {error}")
+        return {}
+    run.log_metrics(weighed, step=len(history))
+    return weighed
 
 
 def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
@@ -241,13 +278,8 @@ def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
     assert job is not None
     device = resolve_device(job.device)
     held_out_devel = "devel" not in job.train_splits
-    tasks: dict[str, TaskData] = {}
-    for corpus in job.corpora:
-        data = load_task(corpus, _path(job.data_dir), [*job.train_splits, job.eval_split],
-                         optional=["devel"] if held_out_devel else [])
-        if data.name in tasks:
-            raise KdError(f"corpus {data.name} given twice")
-        tasks[data.name] = data
+    tasks = load_tasks(job.corpora, _path(job.data_dir), [*job.train_splits, job.eval_split],
+                       optional=["devel"] if held_out_devel else [])
     held_out_devel = held_out_devel and all("devel" in data.splits for data in tasks.values())
     vocabularies = build_vocabularies({name: data.sentences(job.train_splits) for name, data in tasks.items()})
     teacher = TeacherKnowledge.gather(job, client, next(iter(tasks.values())), device) if job.distill else None
@@ -319,74 +351,17 @@ def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
         final["epochs_trained"] = float(result.state.epoch)
         run.log_metrics(final, step=result.state.epoch)
         if teacher is not None:
-            log_student_diagnostics(run, client, job.distill, teacher.task, teacher.teacher_runs, result.state.history,
-                                    final, warn)
+            final.update(log_student_report(run, client, job, teacher, result.state.history, final, model,
+                                            vocabularies, evaluators[job.eval_split], device, warn, weigh=log_model))
         if log_model:
-            log_final_artifacts(run, model, vocabularies, job.to_dict(), evaluators, results)
+            log_final_artifacts(run, lambda staging: log_tagger_model(run, save_model(model, vocabularies,
+                                                                                      staging / "tagger")),
+                                job.to_dict(), evaluators, results)
         else:
             run.log_json(job.to_dict(), "config.json")
     checkpoint.unlink(missing_ok=True)
     client.delete_tag(run.run_id, "checkpoint")
     return RunSummary(run_id=run.run_id, metrics=final)
-
-
-@dataclass
-class TeacherKnowledge:
-    """What a student learns from, whether it comes from a cache run or from live teachers."""
-
-    task: str
-    tags: list[str]
-    widths: dict[str, int]
-    ensemble: str
-    teacher_runs: list[str]
-    cache_run: str | None
-    parameters: int
-    reader: Any = None
-    teachers: Any = None
-
-    @classmethod
-    def gather(cls, job: TaggerJob, client, data: TaskData, device: torch.device) -> "TeacherKnowledge":
-        options = job.distill
-        task = data.name
-        if options.cache_run:
-            from kd.cache.build import open_cache_run
-
-            reader, _ = open_cache_run(options.cache_run, client, client.tracking_uri)
-            manifest = reader.manifest
-            if task not in manifest.tasks:
-                raise KdError(f"--cache {options.cache_run}: the cache has no corpus {task!r}; it has "
-                              f"{', '.join(manifest.tasks)}")
-            absent = [layer for layer in options.layers if layer not in manifest.layers]
-            if absent:
-                raise KdError(f"--cache {options.cache_run}: --loss {options.loss} needs the {', '.join(absent)} "
-                              f"layer(s), the cache has {', '.join(manifest.layers)} "
-                              f"(re-run kd cache-logits --layers {','.join(options.layers)})")
-            missing = [s for s in job.train_splits if s not in manifest.splits[task]]
-            if missing:
-                raise KdError(f"--cache {options.cache_run}: {task} has no cached {', '.join(missing)} split "
-                              f"(cached: {', '.join(manifest.splits[task])})")
-            return cls(task=task, tags=manifest.tasks[task], widths=manifest.widths[task], ensemble=manifest.ensemble,
-                       teacher_runs=manifest.teacher_runs, cache_run=options.cache_run,
-                       parameters=manifest.teacher_parameters.get(task, 0), reader=reader)
-        from kd.cache.teachers import check_ensemble, ensemble_kind, layer_widths, load_teacher
-
-        teachers = [load_teacher(run_id, client, client.tracking_uri, device) for run_id in options.teacher_runs]
-        check_ensemble(teachers)
-        if task not in teachers[0].model.task_names:
-            raise KdError(f"--teacher: the teacher has no corpus {task!r}; it has "
-                          f"{', '.join(teachers[0].model.task_names)}")
-        return cls(task=task, tags=list(teachers[0].vocabularies.tags[task]), widths=layer_widths(teachers[0], task),
-                   ensemble=ensemble_kind(teachers), teacher_runs=list(options.teacher_runs), cache_run=None,
-                   parameters=max(t.model.num_parameters(task) for t in teachers), teachers=teachers)
-
-    def source(self, sentences, splits, layers, device):
-        if self.reader is not None:
-            return CachedTargetSource(self.reader, self.task, splits, sentences, layers, device)
-        return LiveTargetSource(self.teachers, self.task, sentences, layers, device)
-
-    def run_tags(self) -> dict[str, str]:
-        return {"cache_run": self.cache_run or "", "teacher_runs": ",".join(self.teacher_runs),
-                "ensemble": self.ensemble}
 
 
 def _path(value: str | None) -> Path | None:

@@ -1,0 +1,49 @@
+"""A fine-tuned Hugging Face encoder (`kd train-teacher --kind transformer`) as a teacher. It offers
+the logits and marginals every tagger has, and `encoder`: the encoder's last hidden state at each
+word's first sub-word, which students match through their projection (`--loss encoder`)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from kd.cache.protocol import LOGIT_LAYERS, Layer, ModuleTeacher, layer_table, run_corpora
+from kd.data.types import Sentence
+from kd.errors import KdError
+from kd.tracking.models import fetched_model
+
+
+@dataclass
+class TransformerTeacher(ModuleTeacher):
+    run_id: str
+    model: Any  # kd.models.transformer.TransformerTagger
+    tag_lists: dict[str, list[str]]
+    corpora: list[str]
+    data_dir: str | None
+
+    kind: ClassVar[str] = "transformer"
+    layers: ClassVar[dict[str, Layer]] = layer_table(
+        *LOGIT_LAYERS,
+        Layer("encoder", lambda t, task: t.model.config.hidden_size, lambda t, task, out: out.encoder_hidden.float()))
+
+    @classmethod
+    def load(cls, run_id: str, run: Any, tracking_uri: str, device: torch.device) -> "TransformerTeacher":
+        from kd.models.transformer import CONFIG_FILE, load_transformer
+
+        with fetched_model(run_id, tracking_uri) as (directory, shown_as):
+            found = sorted(p.parent for p in Path(directory).rglob(CONFIG_FILE))
+            if not found:
+                raise KdError(f"--teacher {run_id}: the run's model has no {CONFIG_FILE}")
+            model, tags = load_transformer(found[0], device, shown_as=shown_as)
+        corpora, data_dir = run_corpora(run)
+        return cls(run_id=run_id, model=model, tag_lists=tags, corpora=corpora, data_dir=data_dir)
+
+    def tags(self, task: str) -> list[str]:
+        return list(self.tag_lists[task])
+
+    def prepare(self, task: str, sentences: Sequence[Sentence], device: torch.device, precision: str) -> Any:
+        self.model.eval()
+        return task, self.model.encode(list(sentences))
