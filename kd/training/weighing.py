@@ -12,6 +12,7 @@ import torch
 from kd.cache.protocol import TeacherModel
 from kd.cache.teachers import BiLSTMTeacher, load_teacher, teacher_outputs_for_sentences
 from kd.data.types import Sentence
+from kd.training.student_diagnostics import corpus_f1
 
 # Sentences of the untimed first pass: the first call of a model pays for allocations and, for a
 # transformer, lazy kernel set-up (the first pass of MiniLM-L6 over 64 sentences took 3x a later one).
@@ -38,13 +39,9 @@ def tokens_per_second(teachers: Sequence[TeacherModel], task: str, sentences: Se
 
 
 def teacher_f1(client, teacher_runs: Sequence[str], task: str, split: str) -> float | None:
-    """The best F1 of the teacher runs on `task`'s `split` (per-corpus metric, else the plain one)."""
-    found = []
-    for run_id in teacher_runs:
-        metrics = client.get_run(run_id).data.metrics
-        value = metrics.get(f"{split}_f1/{task}", metrics.get(f"{split}_f1"))
-        if value is not None:
-            found.append(value)
+    """The best F1 of the teacher runs on `task`'s `split`, read as the teacher check reads it."""
+    runs = [client.get_run(run_id) for run_id in teacher_runs]
+    found = [f for f in (corpus_f1(r.data.metrics, r.data.tags, task, split) for r in runs) if f is not None]
     return max(found) if found else None
 
 
