@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from seqeval.metrics import classification_report
@@ -65,18 +66,27 @@ def predict_tags(model: Tagger, dataset: EncodedDataset, vocabularies: Vocabular
                  batch_tokens: int = PREDICT_BATCH_TOKENS) -> list[list[str]]:
     """Tag strings for every sentence of the dataset, in dataset order, in batches of at most
     `batch_tokens` padded tokens (a longer sentence goes alone)."""
+    form_table = dataset_form_table(model, dataset, device, precision)
+    return decode_in_batches(model, dataset, vocabularies.tags[task], task, device, precision, batch_tokens,
+                             extra=(form_table,))
+
+
+@torch.no_grad()
+def decode_in_batches(model: torch.nn.Module, dataset: Any, tag_names: Sequence[str], task: str,
+                      device: torch.device, precision: str, batch_tokens: int, extra: tuple = ()) -> list[list[str]]:
+    """The best tag sequence of every sentence of any kd dataset (`lengths`, `batch(ids)` longest
+    first with `sentence_ids`) under any tagger (`model(batch, task, *extra)`, `decode`), in dataset
+    order, in batches of at most `batch_tokens` padded words; the model's train/eval mode is kept."""
     was_training = model.training
     model.eval()
-    tag_names = vocabularies.tags[task]
-    predictions: list[list[str]] = [[] for _ in range(len(dataset))]
-    form_table = dataset_form_table(model, dataset, device, precision)
+    predictions: list[list[str]] = [[] for _ in range(len(dataset.lengths))]
     for sentence_ids in token_budget_batches(dataset.lengths, batch_tokens):
         batch = dataset.batch(sentence_ids).to(device)
         with autocast(device, precision):
-            output = model(batch, task, form_table)
+            output = model(batch, task, *extra)
         best = model.decode(output, task).cpu().tolist()
         for row, sentence_id in enumerate(batch.sentence_ids.tolist()):
-            predictions[sentence_id] = [tag_names[t] for t in best[row][: len(dataset.sentences[sentence_id])]]
+            predictions[sentence_id] = [tag_names[t] for t in best[row][: int(dataset.lengths[sentence_id])]]
     model.train(was_training)
     return predictions
 

@@ -12,13 +12,12 @@ from typing import Any
 
 import torch
 
-from kd.data.batching import token_budget_batches
 from kd.data.vocab import tag_list
 from kd.errors import KdError
 from kd.models.transformer import WORD_OUTPUT, SubwordDataset, TransformerTagger, build_transformer, save_transformer
 from kd.tracking.runs import TrackedRun, git_commit
-from kd.training.device import autocast, resolve_device
-from kd.training.evaluate import PREDICT_BATCH_TOKENS, EntityScores, entity_scores
+from kd.training.device import resolve_device
+from kd.training.evaluate import PREDICT_BATCH_TOKENS, EntityScores, decode_in_batches, entity_scores
 from kd.training.jobs import load_tasks, run_status
 from kd.training.loop import EpochCallback, TrainingOptions, train
 from kd.training.tagger_job import (RunPlan, RunSummary, alternating_plan, check_schedule, log_final_artifacts, metric_names,
@@ -60,22 +59,11 @@ class TransformerJob(RunPlan):
                 "device": self.device, "word_output": WORD_OUTPUT, **asdict(self.training)}
 
 
-@torch.no_grad()
 def predict_transformer_tags(model: TransformerTagger, dataset: SubwordDataset, tags: Sequence[str], task: str,
                              device: torch.device, precision: str = "fp32",
                              batch_tokens: int = PREDICT_BATCH_TOKENS) -> list[list[str]]:
     """Tag strings for every sentence, in dataset order, in batches of at most `batch_tokens` padded words."""
-    was_training = model.training
-    model.eval()
-    predictions: list[list[str]] = [[] for _ in range(len(dataset))]
-    for sentence_ids in token_budget_batches(dataset.lengths, batch_tokens):
-        batch = dataset.batch(sentence_ids).to(device)
-        with autocast(device, precision):
-            best = model.decode(model(batch, task), task).cpu().tolist()
-        for row, sentence_id in enumerate(batch.sentence_ids.tolist()):
-            predictions[sentence_id] = [tags[t] for t in best[row][: int(dataset.lengths[sentence_id])]]
-    model.train(was_training)
-    return predictions
+    return decode_in_batches(model, dataset, tags, task, device, precision, batch_tokens)
 
 
 class TransformerEvaluator:
