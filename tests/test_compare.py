@@ -199,3 +199,22 @@ def test_default_model_names_and_teacher_expansion():
     comparison = compare_runs(records)
     assert list(comparison.table.mean.columns) == ["mtm/crf", "stm/crf", "student/crf/logits(alpha=0.5 beta=0.5)/single"]
     assert comparison.table.mean.loc["B", "mtm/crf"] == pytest.approx(0.83)
+
+
+def test_students_of_every_registered_loss_are_named_by_the_weights_it_registers():
+    """The name comes from the loss registry: `encoder` students differing only in gamma are two models
+    (a list kept beside the registry had missed it), and fields a loss ignores stay out of its name."""
+    from kd.statistics.compare import default_model_name
+
+    def student(loss: str, **params: float) -> str:
+        record = RunRecord("r", {"model_kind": "student", "output": "softmax", "loss": loss, "ensemble": "single"},
+                           {k: str(v) for k, v in params.items()}, {})
+        return default_model_name(record)
+
+    weights = dict(alpha=0.5, beta=0.5, gamma=0.25, kappa=0.5, tau=2)
+    assert student("encoder", **weights) == "student/softmax/encoder(alpha=0.5 beta=0.5 gamma=0.25)/single"
+    assert student("encoder", **{**weights, "gamma": 1}) != student("encoder", **weights)
+    assert student("kl", **weights) == "student/softmax/kl(alpha=0.5 beta=0.5 tau=2)/single"
+    assert student("logits", **weights) == "student/softmax/logits(alpha=0.5 beta=0.5)/single"
+    assert student("intermediate", **weights) == \
+        "student/softmax/intermediate(alpha=0.5 beta=0.5 gamma=0.25 kappa=0.5)/single"

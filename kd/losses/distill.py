@@ -6,7 +6,7 @@ hard-label term, so the weights mean what they say. Padding never contributes. A
 weight is zero is still computed for logging but kept out of the graph, so alpha=1 with every
 other weight 0 trains exactly as the single-task model does.
 
-Adding a loss is one function decorated with `@register(name, layers)`.
+Adding a loss is one function decorated with `@register(name, layers, weights, options)`.
 """
 from __future__ import annotations
 
@@ -51,20 +51,27 @@ class RegisteredLoss:
     function: LossFunction
     layers: tuple[str, ...]  # the teacher layers it needs
     weights: tuple[tuple[str, str], ...] = ()  # (term, the DistillWeights field that weighs it)
+    options: tuple[str, ...] = ()  # other DistillWeights fields the loss reads (tau)
 
     def term_weights(self, weights: DistillWeights) -> dict[str, float]:
         """{term: its weight in the total}, for plots and reports of what the loss is made of."""
         return {term: float(getattr(weights, field)) for term, field in self.weights}
 
+    def defining_fields(self) -> tuple[str, ...]:
+        """The DistillWeights fields that change what this loss trains: its weights, then its
+        options; the others are ignored by it and do not tell two students apart."""
+        return tuple(dict.fromkeys([field for _, field in self.weights] + list(self.options)))
+
 
 LOSSES: dict[str, RegisteredLoss] = {}
 
 
-def register(name: str, layers: Sequence[str],
-             weights: Mapping[str, str] | None = None) -> Callable[[LossFunction], LossFunction]:
-    """`weights` declares which DistillWeights field weighs each term of the loss."""
+def register(name: str, layers: Sequence[str], weights: Mapping[str, str] | None = None,
+             options: Sequence[str] = ()) -> Callable[[LossFunction], LossFunction]:
+    """`weights` declares which DistillWeights field weighs each term of the loss, `options` the
+    other fields it reads."""
     def add(function: LossFunction) -> LossFunction:
-        LOSSES[name] = RegisteredLoss(function, tuple(layers), tuple((weights or {}).items()))
+        LOSSES[name] = RegisteredLoss(function, tuple(layers), tuple((weights or {}).items()), tuple(options))
         return function
     return add
 
@@ -147,7 +154,7 @@ def encoder_loss(student: StudentView, teacher: Mapping[str, torch.Tensor], tags
     return weighted_total(terms, {"hard": w.alpha, "logits_mse": w.beta, "encoder_mse": w.gamma})
 
 
-@register("soft", layers=("logits",), weights={"hard": "alpha", "soft_ce": "beta"})
+@register("soft", layers=("logits",), weights={"hard": "alpha", "soft_ce": "beta"}, options=("tau",))
 def soft_loss(student: StudentView, teacher: Mapping[str, torch.Tensor], tags: torch.Tensor,
               w: DistillWeights) -> dict[str, torch.Tensor]:
     """Eq. 5: alpha * CE(y, student) + beta * CE(softmax(teacher / tau), softmax(student / tau))."""
@@ -158,7 +165,7 @@ def soft_loss(student: StudentView, teacher: Mapping[str, torch.Tensor], tags: t
     return weighted_total(terms, {"hard": w.alpha, "soft_ce": w.beta})
 
 
-@register("kl", layers=("logits",), weights={"hard": "alpha", "kl": "beta"})
+@register("kl", layers=("logits",), weights={"hard": "alpha", "kl": "beta"}, options=("tau",))
 def kl_loss(student: StudentView, teacher: Mapping[str, torch.Tensor], tags: torch.Tensor,
             w: DistillWeights) -> dict[str, torch.Tensor]:
     """alpha * CE(y, student) + beta * tau^2 * KL(teacher / tau || student / tau) (Hinton et al.):

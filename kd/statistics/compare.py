@@ -22,9 +22,6 @@ from kd.statistics.seeds import seed_tests
 from kd.statistics.tests import FriedmanResult, friedman
 
 PAGE_SIZE = 1000
-# The weights that define a student, per loss: the rest keep their defaults and would only add noise.
-LOSS_WEIGHTS = {"logits": ("alpha", "beta"), "intermediate": ("alpha", "beta", "gamma", "kappa"),
-                "soft": ("alpha", "beta", "tau"), "kl": ("alpha", "beta", "tau"), "marginals": ("alpha", "beta")}
 
 
 @dataclass
@@ -116,12 +113,20 @@ def default_model_name(record: RunRecord) -> str:
         # Tuned weights differ per corpus by design: the search space names the model.
         return "/".join(p for p in (*parts, loss, tags.get("ensemble"), tags.get("search_space")) if p)
     if loss:
-        weights = " ".join(f"{name}={_number(params.get(name))}" for name in LOSS_WEIGHTS.get(loss, ())
+        weights = " ".join(f"{name}={_number(params.get(name))}" for name in loss_fields(loss)
                            if params.get(name) is not None)
         parts.append(f"{loss}({weights})" if weights else loss)
     if tags.get("ensemble") and tags.get("model_kind") == "student":
         parts.append(tags["ensemble"])
     return "/".join(p for p in parts if p)
+
+
+def loss_fields(loss: str) -> tuple[str, ...]:
+    """The weights that define a student of this loss, as the loss registers them (the rest keep
+    their defaults and would only add noise); none for a loss this kd does not know."""
+    from kd.losses.distill import LOSSES  # here: the losses import torch, which reading runs does not need
+
+    return LOSSES[loss].defining_fields() if loss in LOSSES else ()
 
 
 def _number(value: str | None) -> str:
