@@ -56,10 +56,11 @@ from kd.data.conll import write_conll
 from kd.data.corpora import corpus_name, load_split, resolve_corpus_dir
 from kd.data.vocab import build_vocabularies
 from kd.tracking.store import open_client
-from kd.training.device import resolve_device
+from kd.models.device import resolve_device
 from kd.training.jobs import ModelOptions, build_tagger
 from kd.training.loop import TrainingOptions, train
-from kd.training.tagger_job import TaggerJob, alternating_plan, run_tagger_job, supervised_loss, task_optimizers
+from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
+from kd.training.tagger_job import TaggerJob, run_tagger_job
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "datasets"

@@ -30,14 +30,14 @@ from pathlib import Path
 
 import torch
 
+from kd.cache.knowledge import TeacherKnowledge
 from kd.cache.store import CacheReader, CacheWriter, Manifest
 from kd.cache.teachers import Teacher, layer_widths, teacher_outputs_for_sentences
-from kd.data.batching import EncodedDataset
 from kd.data.vocab import build_vocabularies
-from kd.training.distillation import CachedTargetSource, DistillOptions, LiveTargetSource, StudentModel, distillation_loss
-from kd.training.jobs import ModelOptions, build_tagger, load_task
-from kd.training.loop import TrainingOptions, train
-from kd.training.tagger_job import alternating_plan, supervised_loss, task_optimizers
+from kd.training.assemble import assemble
+from kd.training.distillation import DistillOptions
+from kd.training.jobs import ModelOptions, TaggerJob, build_tagger, load_task
+from kd.training.loop import TrainingOptions
 
 SPLITS = ["train", "devel"]
 
@@ -76,33 +76,29 @@ def live_teacher_count(kind: str) -> int:
 
 
 def epoch_seconds(kind: str, data_dir: Path, corpus: str, cache_dir: Path, threads: int, seed: int) -> float:
-    """One epoch of one kind of student, in a fresh process (oneDNN builds kernels per input shape,
-    and a model measured after another in the same process would reuse them)."""
+    """One epoch of one kind of student, assembled as `kd distill` assembles it, in a fresh process
+    (oneDNN builds kernels per input shape, and a model measured after another in the same process
+    would reuse them)."""
     torch.set_num_threads(threads)
     data = load_task(corpus, data_dir, SPLITS)
     task = data.name
-    sentences = data.sentences(SPLITS)
-    vocabularies = build_vocabularies({task: sentences})
-    options = TrainingOptions(epochs=1, seed=seed)
-    model, _ = build_tagger(ModelOptions(), vocabularies, seed)
-    dataset = EncodedDataset(sentences, vocabularies, task)
-    trained, loss = model, supervised_loss(model)
+    distill, teacher = None, None
     if kind != "stm":
         live = kind.startswith("live_")
-        teachers = make_teachers(vocabularies, task, live_teacher_count(kind) if live else 1)
-        distill = DistillOptions(loss="intermediate" if kind == "cache_hidden" else "logits", alpha=0.5,
-                                 gamma=0.5 if kind == "cache_hidden" else 0.0,
-                                 kappa=0.5 if kind == "cache_hidden" else 0.0,
-                                 **({"teacher_runs": [t.run_id for t in teachers]} if live else {"cache_run": "bench"}))
-        trained = StudentModel(model, layer_widths(teachers[0], task), distill.layers)
-        source = (LiveTargetSource(teachers, task, sentences, distill.layers, torch.device("cpu")) if live
-                  else CachedTargetSource(CacheReader(cache_dir), task, SPLITS, sentences, distill.layers,
-                                          torch.device("cpu")))
-        loss = distillation_loss(trained, distill, source)
-    optimizers = task_optimizers(model, options.learning_rate)
+        hidden = kind == "cache_hidden"
+        if live:
+            vocabularies = build_vocabularies({task: data.sentences(SPLITS)})
+            teacher = TeacherKnowledge.from_teachers(make_teachers(vocabularies, task, live_teacher_count(kind)), task)
+        else:
+            teacher = TeacherKnowledge.from_cache(CacheReader(cache_dir), task, "bench")
+        distill = DistillOptions(loss="intermediate" if hidden else "logits", alpha=0.5, gamma=0.5 if hidden else 0.0,
+                                 kappa=0.5 if hidden else 0.0,
+                                 **({"teacher_runs": teacher.teacher_runs} if live else {"cache_run": "bench"}))
+    job = TaggerJob(corpora=[corpus], data_dir=str(data_dir), train_splits=SPLITS, device="cpu",
+                    training=TrainingOptions(epochs=1, seed=seed), distill=distill)
+    assembly = assemble(job, teacher)
     started = time.perf_counter()
-    train(trained, optimizers, alternating_plan({task: dataset}, options.batch_size, "uniform"), loss, options,
-          torch.device("cpu"))
+    assembly.train()
     return time.perf_counter() - started
 
 

@@ -26,10 +26,11 @@ from seqeval.metrics import f1_score
 
 from kd.data.batching import EncodedDataset
 from kd.data.vocab import build_vocabularies
-from kd.training.evaluate import entity_scores, predict_tags
+from kd.models.predict import predict_tags
+from kd.training.evaluate import entity_scores
 from kd.training.jobs import ModelOptions, build_tagger, load_task
 from kd.training.loop import TrainingOptions, train
-from kd.training.tagger_job import alternating_plan, supervised_loss, task_optimizers
+from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
 
 
 # Runs the yardstick with its fixed seeds shifted by (seed - 1), without copying or editing it.

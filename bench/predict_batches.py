@@ -20,7 +20,7 @@ import torch
 
 from kd.data.batching import EncodedDataset, token_budget_batches
 from kd.data.vocab import build_vocabularies
-from kd.training.evaluate import PREDICT_BATCH_TOKENS, predict_tags
+from kd.models.predict import PREDICT_BATCH_TOKENS, predict_tags
 from kd.training.jobs import ModelOptions, build_tagger, load_task
 
 

@@ -41,11 +41,13 @@ from kd.data.batching import EncodedDataset
 from kd.data.corpora import load_split, resolve_corpus_dir
 from kd.data.vocab import Vocabularies, build_vocabularies
 from kd.models.io import load_model, save_model
-from kd.training.distillation import CachedTargetSource, DistillOptions, StudentModel, distillation_loss
-from kd.training.evaluate import entity_scores, predict_tags
+from kd.cache.knowledge import CachedTargetSource
+from kd.training.distillation import DistillOptions, StudentModel, distillation_loss
+from kd.models.predict import predict_tags
+from kd.training.evaluate import entity_scores
 from kd.training.jobs import ModelOptions, build_tagger
 from kd.training.loop import TrainingOptions, train
-from kd.training.tagger_job import OPTIMIZER_STATES, alternating_plan, supervised_loss, task_optimizers
+from kd.training.schedule import OPTIMIZER_STATES, alternating_plan, supervised_loss, task_optimizers
 
 CPU = torch.device("cpu")
 DEFAULT_CORPORA = "NCBI-disease,BC5CDR,AnatEM,BC2GM,BioNLP09,BioNLP13PC"

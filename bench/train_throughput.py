@@ -17,10 +17,9 @@ of the same shape) trains and predicts on the same corpus with the same epochs a
 softmax and CRF; the script prints both side by side with the kd/yardstick ratios, and a final JSON
 line with every number (`--json-out` writes it to a file as well).
 
-With `--profile`, it instead trains one epoch per selected model with timers around each stage
-(batch construction, character/shared/task BiLSTM forward and backward, output layers, CRF forward
-algorithm, loss, optimizer step, ...) and times prediction and scoring likewise; the stages are
-timed from outside kd (wrappers and gradient hooks on the model instance), kd itself is unchanged.
+With `--profile`, it instead runs the stage profiler (bench/stage_profile.py) on one epoch per
+selected model: kd's own training loop, its steps' stages timed through the loop's stage hook.
+The machine-load harness (quiet waits, busy share, retries) is bench/throughput_harness.py.
 
 Every kd model trains in a fresh worker process (as `kd train` does; oneDNN's kernels built for
 one model's shapes would otherwise speed up the next). The numbers are wall-clock throughput, so
@@ -34,18 +33,12 @@ processes took meanwhile (the `busy %` column) and is repeated when that was mor
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
 import functools
 import json
-import os
-import platform
-import resource
 import subprocess
 import sys
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,141 +47,24 @@ import numpy as np
 import torch
 from seqeval.metrics import f1_score as conlleval_f1
 
-import kd
-from kd.data.batching import EncodedDataset
-from kd.data.vocab import Vocabularies, build_vocabularies
 from kd.errors import KdError
-from kd.losses.supervised import hard_label_loss
-from kd.models.tagger import OUTPUTS, Tagger
-from kd.training.device import PRECISIONS, autocast
-from kd.training.evaluate import entity_scores, predict_tags
-from kd.training.jobs import ModelOptions, build_tagger, load_task
+from kd.models.device import PRECISIONS
+from kd.models.predict import predict_tags
+from kd.models.tagger import OUTPUTS
+from kd.training.evaluate import entity_scores
 from kd.training.loop import TrainingOptions, train
+from kd.training.schedule import supervised_loss
+from stage_profile import profile_one
+from throughput_harness import (BATCH_SIZE, CLIP_NORM, DEFAULT_DATA_DIR, LEARNING_RATE, REPO, SEED, Corpus,
+                                busy_share, busy_text, cpu_monitor, environment, finish, fmt_or_dash, load_corpus,
+                                measure_quietly, new_model, single_task_plan)
 
-from kd.training.tagger_job import alternating_plan, supervised_loss, task_optimizers
-
-
-def single_task_plan(task: str, data: EncodedDataset, batch_size: int):
-    """With one corpus the multi-corpus plan is exactly the single-task one."""
-    return alternating_plan({task: data}, batch_size, "uniform")
-
-
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA_DIR = REPO.parent / "shared" / "datasets"
 DEFAULT_YARDSTICK = REPO.parent / "shared" / "bench" / "yardstick_tagger.py"
-
-# The options `kd train` uses by default.
-BATCH_SIZE = 32
-LEARNING_RATE = 1e-3
-CLIP_NORM = 5.0
-SEED = 1
 
 # What kd should reach relative to the yardstick (printed as a check, not enforced).
 TARGET_SPEEDUP = 2.0  # kd tokens/s over yardstick tokens/s, training and prediction
 TARGET_F1_GAP = 0.01  # kd F1 at most this far below the yardstick's after equal epochs
 TARGET_CRF_RATIO = 1.15  # CRF epoch time over softmax epoch time
-
-
-# ----------------------------------------------------------------------------- machine load
-
-
-def _cpu_jiffies() -> tuple[int, int] | None:
-    """(busy, steal) jiffies of the whole machine since boot, from /proc/stat; None elsewhere."""
-    try:
-        fields_ = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
-        return None
-    user, nice, system, idle, iowait, irq, softirq, steal = (fields_ + [0] * 8)[:8]
-    return user + nice + system + irq + softirq, steal
-
-
-def _own_cpu_s() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-@contextlib.contextmanager
-def cpu_monitor(into: dict[str, float]) -> Iterator[None]:
-    """Records how busy the machine was with work other than this process (and its children)
-    while the block ran: `foreign_cpu_share` is that CPU time over wall time x cores (0 = the
-    measurement had the machine to itself), `steal_share` the time the hypervisor gave to others,
-    `own_cpu_s` the CPU time of this process and its children (less sensitive to other load than
-    wall time, though idle threads that spin count in it)."""
-    jiffy = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    before, own_before, start = _cpu_jiffies(), _own_cpu_s(), time.perf_counter()
-    try:
-        yield
-    finally:
-        after, own_after, wall = _cpu_jiffies(), _own_cpu_s(), time.perf_counter() - start
-        if before is not None and after is not None and wall > 0:
-            capacity = wall * (os.cpu_count() or 1)
-            busy = (after[0] - before[0]) / jiffy
-            into["foreign_cpu_share"] = max(0.0, busy - (own_after - own_before)) / capacity
-            into["steal_share"] = (after[1] - before[1]) / jiffy / capacity
-        into["own_cpu_s"] = own_after - own_before
-        into["wall_s"] = wall
-
-
-def busy_share(load: dict[str, float]) -> float | None:
-    """The share of the machine others used during a measurement (see `cpu_monitor`)."""
-    if "foreign_cpu_share" not in load:
-        return None
-    return load["foreign_cpu_share"] + load.get("steal_share", 0.0)
-
-
-def wait_for_quiet(max_wait_s: float, quiet_s: float = 10.0, threshold: float = 0.05) -> float:
-    """Waits (at most `max_wait_s`) until the machine has been used less than `threshold` of its
-    cores for `quiet_s` seconds in a row; returns the seconds waited."""
-    jiffy = os.sysconf("SC_CLK_TCK")
-    cores = os.cpu_count() or 1
-    start = quiet_since = time.perf_counter()
-    previous = _cpu_jiffies()
-    while previous is not None and time.perf_counter() - start < max_wait_s:
-        time.sleep(1.0)
-        now, current = time.perf_counter(), _cpu_jiffies()
-        if current is None:
-            break
-        busy = (current[0] - previous[0] + current[1] - previous[1]) / jiffy / cores  # over about 1 s
-        previous = current
-        if busy > threshold:
-            quiet_since = now
-        elif now - quiet_since >= quiet_s:
-            break
-    return time.perf_counter() - start
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass
-class Corpus:
-    """One corpus, encoded once and shared by every measured model."""
-
-    name: str
-    directory: Path
-    vocabularies: Vocabularies
-    train: EncodedDataset
-    test: EncodedDataset
-
-    @property
-    def gold_test_tags(self) -> list[list[str]]:
-        return [list(s.tags) for s in self.test.sentences]
-
-
-def load_corpus(corpus: str, data_dir: Path) -> Corpus:
-    """Reads train and test, builds the vocabularies from train (as `kd train` does) and encodes both."""
-    data = load_task(corpus, data_dir, ["train", "test"])
-    vocabularies = build_vocabularies({data.name: data.splits["train"]})
-    return Corpus(name=data.name, directory=data.directory, vocabularies=vocabularies,
-                  train=EncodedDataset(data.splits["train"], vocabularies, data.name),
-                  test=EncodedDataset(data.splits["test"], vocabularies, data.name))
-
-
-def new_model(corpus: Corpus, output: str) -> tuple[Tagger, torch.optim.Optimizer]:
-    """The default-size tagger and the optimizer `kd train` gives it."""
-    model, _ = build_tagger(ModelOptions(output=output), corpus.vocabularies, SEED)
-    return model, task_optimizers(model, LEARNING_RATE)[corpus.name]
 
 
 # ----------------------------------------------------------------------------- kd measurement
@@ -326,14 +202,6 @@ def compare(kd: Sequence[KdResult], yardstick: dict[str, dict[str, Any]]) -> dic
     return {"ratios": rows, "crf_softmax_epoch_ratio": crf_ratios, "targets_met": targets}
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _busy(load: dict[str, float]) -> str:
-    return _fmt(None if (share := busy_share(load)) is None else 100 * share, ".1f")
-
-
 def print_table(kd: Sequence[KdResult], yardstick: dict[str, dict[str, Any]], comparison: dict[str, Any]) -> None:
     header = (f"{'model':<16}{'train tok/s':>12}{'pred tok/s':>12}{'epoch s':>9}{'F1 strict':>10}"
               f"{'F1 conll':>10}{'train x':>9}{'pred x':>8}{'dF1 pt':>8}{'busy %':>8}")
@@ -344,15 +212,15 @@ def print_table(kd: Sequence[KdResult], yardstick: dict[str, dict[str, Any]], co
         row = ratios[(r.output, r.precision)]
         print(f"{'kd ' + r.output + ' ' + r.precision:<16}{r.train_tok_s:>12.0f}{r.predict_tok_s:>12.0f}"
               f"{r.mean_epoch_s:>9.1f}{100 * r.test_f1:>10.2f}{100 * r.test_f1_conlleval:>10.2f}"
-              f"{_fmt(row['train_tok_s_ratio'], '.2f'):>9}{_fmt(row['predict_tok_s_ratio'], '.2f'):>8}"
-              f"{_fmt(row['f1_diff_points'], '+.2f'):>8}{_busy(r.load):>8}")
+              f"{fmt_or_dash(row['train_tok_s_ratio'], '.2f'):>9}{fmt_or_dash(row['predict_tok_s_ratio'], '.2f'):>8}"
+              f"{fmt_or_dash(row['f1_diff_points'], '+.2f'):>8}{busy_text(r.load):>8}")
     for output, y in yardstick.items():
         name = f"yardstick {output}"
         if "error" in y:
             print(f"{name:<16}  failed: {y['error']}")
             continue
         print(f"{name:<16}{y['train_tok_s']:>12.0f}{y['predict_tok_s']:>12.0f}{y['epoch_s']:>9.1f}"
-              f"{'-':>10}{100 * y['test_f1']:>10.2f}{'':>25}{_busy(y.get('load', {})):>8}")
+              f"{'-':>10}{100 * y['test_f1']:>10.2f}{'':>25}{busy_text(y.get('load', {})):>8}")
     print()
     print("train x / pred x: kd tokens/s over the yardstick's (same output layer; the yardstick is fp32);")
     print("dF1 pt: kd minus yardstick F1 in points, both in seqeval's default mode (F1 conll).")
@@ -360,226 +228,12 @@ def print_table(kd: Sequence[KdResult], yardstick: dict[str, dict[str, Any]], co
           "cores; above a few % the timings are not trustworthy.")
     crf = comparison["crf_softmax_epoch_ratio"]
     if crf:
-        print("CRF/softmax epoch time: " + ", ".join(f"{k} {_fmt(v, '.2f')}" for k, v in crf.items()))
+        print("CRF/softmax epoch time: " + ", ".join(f"{k} {fmt_or_dash(v, '.2f')}" for k, v in crf.items()))
     print(f"targets: train and pred x >= {TARGET_SPEEDUP:g}, dF1 >= {-100 * TARGET_F1_GAP:g}, "
           f"kd CRF/softmax <= {TARGET_CRF_RATIO:g}")
     for name, checks in comparison["targets_met"].items():
         verdicts = ", ".join(f"{check} {'-' if ok is None else 'met' if ok else 'MISSED'}" for check, ok in checks.items())
         print(f"  {name}: {verdicts}")
-
-
-# ----------------------------------------------------------------------------- profile
-
-
-class StageTimer:
-    """Accumulates wall-clock seconds per named stage. Nested stages count in both."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.marks: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] += time.perf_counter() - start
-
-    def wrap(self, name: str, function: Callable) -> Callable:
-        @functools.wraps(function)
-        def timed(*args, **kwargs):
-            with self.stage(name):
-                return function(*args, **kwargs)
-        return timed
-
-    def mark(self, name: str, first: bool = False) -> Callable[[torch.Tensor], None]:
-        """A gradient hook that records when the gradient of a tensor is complete. A part called
-        several times per step (the character BiLSTM, once per group of forms) hooks several
-        tensors: its backward starts at the first gradient reaching an output (`first`) and ends
-        at the last one reaching an input."""
-        def hook(grad: torch.Tensor) -> None:
-            if not (first and name in self.marks):
-                self.marks[name] = time.perf_counter()
-        return hook
-
-
-def instrument(model: Tagger, timer: StageTimer) -> None:
-    """Wraps the model instance's parts in timers and hooks their inputs and outputs, so that the
-    forward time of each part and (from gradient arrival times) its backward time can be read.
-    Only this instance changes; kd's classes do not."""
-
-    def boundary(name: str, function: Callable) -> Callable:
-        def timed(x: torch.Tensor, *args, **kwargs):
-            with timer.stage(f"forward: {name}"):
-                y = function(x, *args, **kwargs)
-            if torch.is_grad_enabled():
-                if x.requires_grad:
-                    x.register_hook(timer.mark(f"{name} input"))
-                y.register_hook(timer.mark(f"{name} output", first=True))
-            return y
-        return timed
-
-    model.char_lstm.final_states = boundary("char BiLSTM", model.char_lstm.final_states)
-    model.shared_lstm.forward = boundary("shared BiLSTM", model.shared_lstm.forward)
-    for head in model.heads:
-        head.lstm.forward = boundary("task BiLSTM", head.lstm.forward)
-        if head.crf is not None:
-            head.crf.log_partition = timer.wrap("forward: CRF forward algorithm (log Z)", head.crf.log_partition)
-            head.crf.score = timer.wrap("forward: CRF gold path score", head.crf.score)
-    run_head = model.run_head
-
-    def timed_run_head(*args, **kwargs):
-        with timer.stage("forward: task head (BiLSTM + linear layers)"):
-            output = run_head(*args, **kwargs)
-        if torch.is_grad_enabled():
-            output.logits.register_hook(timer.mark("head output"))
-        return output
-
-    model.run_head = timed_run_head
-    model.decode = timer.wrap("decode (argmax or Viterbi)", model.decode)
-
-
-BACKWARD_SEGMENTS = (
-    # (stage, gradient that starts it, gradient that ends it); None = start/end of backward()
-    ("backward: loss / CRF", None, "head output"),
-    ("backward: output linear layers", "head output", "task BiLSTM output"),
-    ("backward: task BiLSTM", "task BiLSTM output", "task BiLSTM input"),
-    ("backward: shared BiLSTM", "task BiLSTM input", "shared BiLSTM input"),
-    ("backward: concat, dropout, word embedding", "shared BiLSTM input", "char BiLSTM output"),
-    ("backward: char BiLSTM", "char BiLSTM output", "char BiLSTM input"),
-    ("backward: char embedding", "char BiLSTM input", None),
-)
-
-
-def profile_training_epoch(corpus: Corpus, model: Tagger, optimizer: torch.optim.Optimizer, precision: str,
-                           timer: StageTimer) -> float:
-    """One training epoch of an instrumented model, step for step what `kd.training.loop.train`
-    does, with stage timers. Returns the epoch's wall time."""
-    device = torch.device("cpu")
-    corpus.train.batch = timer.wrap("batch construction", corpus.train.batch)
-    crf = model.crf(corpus.name)
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    generator = np.random.default_rng(SEED)
-    torch.manual_seed(SEED)
-    model.train()
-    start = time.perf_counter()
-    try:
-        for task, batch in single_task_plan(corpus.name, corpus.train, BATCH_SIZE)(generator):
-            batch = batch.to(device)
-            with timer.stage("zero_grad"):
-                optimizer.zero_grad(set_to_none=True)
-            with timer.stage("forward (all)"), autocast(device, precision):
-                tagger_output = model(batch, task)
-                with timer.stage("forward: loss (CRF NLL or cross-entropy)"):
-                    loss = hard_label_loss(tagger_output, batch.tags, crf)  # as `supervised_loss` does
-            timer.marks.clear()
-            with timer.stage("backward (all)"):
-                began = time.perf_counter()
-                loss.backward()
-                ended = time.perf_counter()
-            marks = timer.marks
-            for name, first, last in BACKWARD_SEGMENTS:
-                t0 = began if first is None else marks.get(first)
-                t1 = ended if last is None else marks.get(last)
-                if t0 is not None and t1 is not None:
-                    timer.seconds[name] += t1 - t0
-            with timer.stage("gradient clipping"):
-                torch.nn.utils.clip_grad_norm_(parameters, CLIP_NORM)
-            with timer.stage("optimizer step (Adam)"):
-                optimizer.step()
-            float(loss.detach())
-    finally:
-        del corpus.train.batch  # back to the class's method
-    return time.perf_counter() - start
-
-
-def profile_prediction(corpus: Corpus, model: Tagger, precision: str, timer: StageTimer) -> tuple[float, float]:
-    """Prediction on the test split by an instrumented model, with stage timers. Returns the wall
-    time of `predict_tags` and of scoring its output."""
-    device = torch.device("cpu")
-    corpus.test.batch = timer.wrap("batch construction", corpus.test.batch)
-    try:
-        start = time.perf_counter()
-        predicted = predict_tags(model, corpus.test, corpus.vocabularies, corpus.name, device, precision)
-        predict_s = time.perf_counter() - start
-    finally:
-        del corpus.test.batch
-    start = time.perf_counter()
-    entity_scores(corpus.gold_test_tags, predicted)
-    score_s = time.perf_counter() - start
-    return predict_s, score_s
-
-
-# The forward stages nest: these are reported as parts of their parent.
-_FORWARD_PARTS = {
-    "forward: char BiLSTM", "forward: shared BiLSTM", "forward: task head (BiLSTM + linear layers)",
-    "forward: loss (CRF NLL or cross-entropy)",
-}
-
-
-def breakdown(seconds: dict[str, float], total: float, kind: str) -> list[tuple[str, float, float]]:
-    """Exclusive stages (they add up to the total with the 'other' line) as (name, seconds, percent)."""
-    s = defaultdict(float, seconds)  # a stage that never ran took no time
-    rows: list[tuple[str, float]] = [("batch construction", s["batch construction"])]
-    if kind == "train":
-        crf_forward = s["forward: CRF forward algorithm (log Z)"] + s["forward: CRF gold path score"]
-        rows += [
-            ("forward: char BiLSTM", s["forward: char BiLSTM"]),
-            ("forward: shared BiLSTM", s["forward: shared BiLSTM"]),
-            ("forward: task BiLSTM", s["forward: task BiLSTM"]),
-            ("forward: output linear layers + dropout",
-             s["forward: task head (BiLSTM + linear layers)"] - s["forward: task BiLSTM"]),
-            ("forward: CRF forward algorithm (log Z)", s["forward: CRF forward algorithm (log Z)"]),
-            ("forward: CRF gold path score", s["forward: CRF gold path score"]),
-            ("forward: loss, rest (cross-entropy / CRF casts)",
-             s["forward: loss (CRF NLL or cross-entropy)"] - crf_forward),
-            ("forward: rest (embedding, concat, dropout, reversal index)",
-             s["forward (all)"] - s["forward: char BiLSTM"] - s["forward: shared BiLSTM"]
-             - s["forward: task head (BiLSTM + linear layers)"] - s["forward: loss (CRF NLL or cross-entropy)"]),
-        ]
-        segments = [name for name, _, _ in BACKWARD_SEGMENTS]
-        rows += [(name, s[name]) for name in segments]
-        rows += [("backward: rest", s["backward (all)"] - sum(s[name] for name in segments)),
-                 ("gradient clipping", s["gradient clipping"]), ("optimizer step (Adam)", s["optimizer step (Adam)"]),
-                 ("zero_grad", s["zero_grad"])]
-    else:
-        rows += [
-            ("forward: char BiLSTM", s["forward: char BiLSTM"]),
-            ("forward: shared BiLSTM", s["forward: shared BiLSTM"]),
-            ("forward: task BiLSTM", s["forward: task BiLSTM"]),
-            ("forward: output linear layers",
-             s["forward: task head (BiLSTM + linear layers)"] - s["forward: task BiLSTM"]),
-            ("decode (argmax or Viterbi)", s["decode (argmax or Viterbi)"]),
-        ]
-    rows.append(("other (loop, tensor moves, tag strings, ...)", total - sum(v for _, v in rows)))
-    return [(name, value, 100 * value / total) for name, value in rows]
-
-
-def profile_one(corpus: Corpus, output: str, precision: str) -> dict[str, Any]:
-    """Stage breakdown of one training epoch and of prediction; prints it and returns it."""
-    key = f"{output} {precision}"
-    load: dict[str, float] = {}
-    model, optimizer = new_model(corpus, output)
-    timer = StageTimer()
-    instrument(model, timer)
-    with cpu_monitor(load):
-        epoch_s = profile_training_epoch(corpus, model, optimizer, precision, timer)
-        train_rows = breakdown(timer.seconds, epoch_s, "train")
-        timer.seconds.clear()
-        predict_s, score_s = profile_prediction(corpus, model, precision, timer)
-        predict_rows = breakdown(timer.seconds, predict_s, "predict")
-    print(f"== {key}: one training epoch, {epoch_s:.1f} s ({corpus.train.num_tokens / epoch_s:.0f} tok/s "
-          f"with timers); busy {_busy(load)} %")
-    for name, value, percent in train_rows:
-        print(f"  {name:<58}{value:>8.2f} s{percent:>7.1f} %")
-    print(f"== {key}: prediction on test, {predict_s:.2f} s ({corpus.test.num_tokens / predict_s:.0f} tok/s); "
-          f"scoring (entity_scores) {score_s:.2f} s = {100 * score_s / epoch_s:.1f} % of a training epoch")
-    for name, value, percent in predict_rows:
-        print(f"  {name:<58}{value:>8.2f} s{percent:>7.1f} %")
-    return {"output": output, "precision": precision, "epoch_s": epoch_s, "predict_s": predict_s,
-            "score_s": score_s, "load": load, "train": {n: [v, p] for n, v, p in train_rows},
-            "predict": {n: [v, p] for n, v, p in predict_rows}}
 
 
 # ----------------------------------------------------------------------------- worker processes
@@ -617,31 +271,6 @@ def in_worker(args: argparse.Namespace, output: str, precision: str) -> dict[str
         raise RuntimeError(f"kd {output} {precision} failed (exit status {completed.returncode}):\n"
                            + completed.stderr.strip())
     return result
-
-
-# ----------------------------------------------------------------------------- quiet measurements
-
-
-def measure_quietly(name: str, measure: Callable[[], dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    """Runs a measurement when the machine is quiet, and again (up to `--retries` times) when other
-    processes took more than `--max-busy` % of the machine meanwhile; keeps the quietest attempt."""
-    best: dict[str, Any] | None = None
-    for attempt in range(1, args.retries + 2):
-        waited = wait_for_quiet(args.wait_quiet) if args.wait_quiet > 0 else 0.0
-        print(f"{name}: measuring{f' (attempt {attempt})' if attempt > 1 else ''}"
-              f"{f' after waiting {waited:.0f} s for a quiet machine' if waited >= 1 else ''} ...", flush=True)
-        result = measure()
-        if "error" in result:
-            return result
-        busy = busy_share(result.get("load", {}))
-        result["attempts"] = attempt
-        if best is None or (busy or 0.0) < (busy_share(best.get("load", {})) or 0.0):
-            best = result
-        if busy is None or 100 * busy <= args.max_busy:
-            break
-        print(f"{name}: other processes used {100 * busy:.0f} % of the machine meanwhile", flush=True)
-    assert best is not None
-    return best
 
 
 def measure_all(args: argparse.Namespace, corpus_dir: Path
@@ -757,26 +386,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def environment(args: argparse.Namespace, corpus: Corpus) -> dict[str, Any]:
-    return {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"), "corpus": corpus.name,
-        "epochs": args.epochs, "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
-        "machine": platform.machine(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
-        "kd_path": str(Path(kd.__file__).resolve().parent),
-        "train_sentences": len(corpus.train), "train_tokens": corpus.train.num_tokens,
-        "test_sentences": len(corpus.test), "test_tokens": corpus.test.num_tokens,
-        "num_tags": len(corpus.vocabularies.tags[corpus.name]),
-    }
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -797,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 measure_quietly(f"profile {output} {precision}", functools.partial(in_worker, args, output, precision),
                                 args)
                 for output in args.outputs for precision in args.precision]
-            return _finish(summary, args.json_out, ok=True)
+            return finish(summary, args.json_out, ok=True)
         kd_samples, yardstick_samples = measure_all(args, corpus.directory)
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -811,16 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.repeat > 1:
         summary["samples"] = {"kd": [r.to_json() for samples in kd_samples.values() for r in samples],
                               "yardstick": [y for samples in yardstick_samples.values() for y in samples]}
-    return _finish(summary, args.json_out, ok=not any("error" in y for y in yardstick.values()))
+    return finish(summary, args.json_out, ok=not any("error" in y for y in yardstick.values()))
 
-
-def _finish(summary: dict[str, Any], json_out: Path | None, ok: bool) -> int:
-    line = json.dumps(summary)
-    print(line)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(line + "\n")
-    return 0 if ok else 1
 
 
 if __name__ == "__main__":

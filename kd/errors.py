@@ -14,6 +14,23 @@ class KdError(Exception):
     exit_code = 2
 
 
+class FieldError(KdError):
+    """A bad value of one option, named by its field (`output`, `cache_run`), not by how a caller
+    spells it: the CLI words it as `--output x: ...`, tuning as `space.yaml: params.output: ...`."""
+
+    def __init__(self, field: str, value: object, message: str) -> None:
+        self.field = field
+        self.value = value
+        self.message = message
+        shown = f" {value!r}" if isinstance(value, str) and value else ("" if value in (None, "") else f" {value}")
+        super().__init__(f"{field}{shown}: {message}")
+
+    def worded(self, name: str) -> str:
+        """The message with the field called `name` (`--output`, `space.yaml: params.output`)."""
+        shown = "" if self.value in (None, "") else f" {self.value}"
+        return f"{name}{shown}: {self.message}"
+
+
 class DataError(KdError):
     """Malformed input data; names the file and, where known, the line."""
 

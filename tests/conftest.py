@@ -5,7 +5,9 @@ import contextlib
 import json
 import os
 import random
+import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -156,3 +158,48 @@ def mlflow_run(entry_point: str, params: dict, experiment: str, cwd: Path, track
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# --- one teacher store for the whole session ----------------------------------------------------------
+
+# The options of the session's multi-task teacher (test_distill's students learn from it).
+TEACHER_TRAINING = ["--batch-size", "16", "--learning-rate", "0.02"]
+
+
+@dataclass
+class SharedTeachers:
+    """Teachers and caches trained once per session in their own MLflow store. A module starts its
+    own store as a copy of it (`open_copy`): the runs are there, their artifacts read from the
+    session's folder, and what the module logs stays in its copy."""
+
+    root: Path
+    data_dir: Path
+    stm: str  # single-task teacher on `tiny` (experiment `teachers`)
+    stm_cache: str  # its float32 logits (experiment `teachers`)
+    mtm: str  # multi-task teacher on `tiny` and `other` (experiment `kd`)
+    mtm_cache: str  # its float32 cache of every layer (experiment `kd`)
+
+    @contextlib.contextmanager
+    def open_copy(self, root: Path) -> Iterator[str]:
+        """`isolated_store(root)` holding a copy of the session's runs."""
+        shutil.copyfile(self.root / "mlflow.db", root / "mlflow.db")
+        with isolated_store(root) as uri:
+            yield uri
+
+
+@pytest.fixture(scope="session")
+def shared_teachers(tmp_path_factory) -> SharedTeachers:
+    """Trained once for test_distill, test_failures and test_bad_input, which each trained their own
+    (one epoch, SMALL_MODEL)."""
+    root = tmp_path_factory.mktemp("shared-teachers")
+    data_dir = make_corpora(root / "corpora")
+    with isolated_store(root):
+        stm = run_kd("train", "--task", "tiny", "--data-dir", data_dir, "--epochs", "1", *SMALL_MODEL,
+                     "--experiment", "teachers", "--json")["run_id"]
+        stm_cache = run_kd("cache-logits", "--teacher", stm, "--data-dir", data_dir, "--dtype", "float32",
+                           "--experiment", "teachers", "--json")["run_id"]
+        mtm = run_kd("train-teacher", "--tasks", "tiny,other", "--data-dir", data_dir, *SMALL_MODEL, "--epochs", "1",
+                     *TEACHER_TRAINING, "--json")["run_id"]
+        mtm_cache = run_kd("cache-logits", "--teacher", mtm, "--data-dir", data_dir,
+                           "--layers", "logits,task,shared,marginals", "--dtype", "float32", "--json")["run_id"]
+    return SharedTeachers(root=root, data_dir=data_dir, stm=stm, stm_cache=stm_cache, mtm=mtm, mtm_cache=mtm_cache)

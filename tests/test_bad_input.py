@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from kd.cli.main import cli
-from tests.conftest import SMALL_MODEL, isolated_store, make_corpora, run_kd, write_corpus
+from tests.conftest import SMALL_MODEL, make_corpora, write_corpus
 
 
 @dataclass
@@ -57,20 +57,18 @@ def make_bad_files(root: Path, data_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, shared_teachers):
     root = tmp_path_factory.mktemp("bad")
     data_dir = make_corpora(root / "corpora")
     make_bad_files(root, data_dir)
-    with isolated_store(root) as uri:
+    with shared_teachers.open_copy(root) as uri:
         yield World(root=root, data_dir=data_dir, uri=uri)
 
 
 @pytest.fixture(scope="module")
-def trained(world) -> World:
-    common = ["--data-dir", world.data_dir, "--epochs", "1", *SMALL_MODEL, "--json"]
-    world.model = run_kd("train", "--task", "tiny", *common)["run_id"]
-    world.cache = run_kd("cache-logits", "--teacher", world.model, "--data-dir", world.data_dir, "--dtype",
-                         "float32", "--json")["run_id"]
+def trained(world, shared_teachers) -> World:
+    """The session's STM of `tiny` and its float32 cache (tests that damage the cache restore it)."""
+    world.model, world.cache = shared_teachers.stm, shared_teachers.stm_cache
     return world
 
 
@@ -190,8 +188,9 @@ def test_a_manifest_layer_leading_outside_the_cache_is_refused(trained):
 def test_a_damaged_model_is_named_by_its_run_and_no_copy_is_left(trained, tmp_path, monkeypatch):
     import tempfile
 
-    weights = next(Path(trained.client.get_run(trained.model).info.artifact_uri.removeprefix("file://")).rglob(
-        "weights.pt"))
+    [output] = trained.client.get_run(trained.model).outputs.model_outputs  # the logged model
+    location = trained.client.get_logged_model(output.model_id).artifact_location
+    weights = next(Path(location.removeprefix("file://")).rglob("weights.pt"))
     saved = weights.read_bytes()
     weights.write_bytes(saved[:100])
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))

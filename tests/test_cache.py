@@ -23,7 +23,7 @@ from kd.cli.main import cli
 from kd.data.batching import EncodedDataset
 from kd.data.corpora import load_split
 from kd.errors import KdError
-from tests.conftest import SMALL_MODEL, mlflow_run, isolated_store, make_corpora, one_line_error, run_kd
+from tests.conftest import SMALL_MODEL, isolated_store, make_corpora, one_line_error, run_kd
 
 CPU = torch.device("cpu")
 ALL_LAYERS = "logits,task,shared,marginals"
@@ -201,7 +201,7 @@ def test_an_incomplete_folder_is_not_a_cache(tmp_path):
     assert not writer.staging.exists() and not (tmp_path / "cache").exists()
     with pytest.raises(KdError, match="not a complete kd cache"):
         CacheReader(tmp_path / "cache")
-    with pytest.raises(KdError, match="--dtype"):
+    with pytest.raises(KdError, match="^dtype 'float64'"):
         CacheWriter(tmp_path / "other", "float64")
 
 
@@ -225,6 +225,7 @@ def live_outputs(teacher, task: str, tokens) -> dict[str, np.ndarray]:
             "shared": output.shared_hidden[0].numpy(), "marginals": marginals[0].numpy()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["soft1", "crf", "mtm"])
 def test_cached_outputs_equal_the_live_teacher(store, full, name):
     summary = full[name]
@@ -269,6 +270,7 @@ def test_cached_outputs_equal_the_live_teacher(store, full, name):
             assert not torch.allclose(marginals[mask], torch.softmax(cached["logits"], dim=2)[mask], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_cache_run_records_what_it_holds(store, full):
     summary = full["mtm"]
     run = store.client.get_run(summary["run_id"])
@@ -296,6 +298,7 @@ def test_cache_run_records_what_it_holds(store, full):
     assert summary["tokens_per_second"] > 0 and summary["ensemble"] == "single"
 
 
+@pytest.mark.slow
 def test_bytes_per_token(store, full, half):
     tokens = sum(len(s) for s in store.sentences("tiny"))
     # float16 logits: 2 bytes x 5 tags per token, plus one .npy header per split file.
@@ -312,6 +315,7 @@ def test_bytes_per_token(store, full, half):
         assert 4 * width < metrics[f"bytes_per_token/{layer}"] <= 4 * width + 2 * 256 / tokens, layer
 
 
+@pytest.mark.slow
 def test_float16_cache_is_the_float32_cache_rounded(store, full, half):
     rounded, exact = reader_of(store, half["run_id"]), reader_of(store, full["soft1"]["run_id"])
     for split in SPLITS:
@@ -323,6 +327,7 @@ def test_float16_cache_is_the_float32_cache_rounded(store, full, half):
 # ------------------------------------------------------------------------------ ensembles
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("members, kind", [("soft1,soft2", "seeds"), ("soft1,crf", "mixed")])
 def test_an_ensemble_caches_the_mean_of_its_members(store, full, members, kind):
     layers = ["logits", "marginals"]
@@ -348,6 +353,7 @@ def test_an_ensemble_caches_the_mean_of_its_members(store, full, members, kind):
             assert not np.allclose(parts[0].layers[layer], parts[1].layers[layer], atol=1e-3), "members differ"
 
 
+@pytest.mark.slow
 def test_teachers_of_different_corpora_do_not_ensemble(store):
     ids = f"{store.teachers['mtm']},{store.teachers['soft1']}"
     result = CliRunner().invoke(cli, ["cache-logits", "--teacher", ids, "--data-dir", str(store.data_dir),
@@ -360,6 +366,7 @@ def test_teachers_of_different_corpora_do_not_ensemble(store):
                              data_dir=str(store.data_dir), experiment="cache-mismatch"), store.client, store.uri)
 
 
+@pytest.mark.slow
 def test_cache_finds_the_corpus_the_teacher_was_trained_on(store):
     """Without --data-dir (and no $KD_DATA_DIR), the corpus is looked up where the teacher found it."""
     summary = run_kd("cache-logits", "--teacher", store.teachers["soft1"], "--experiment", "cache-no-data-dir",
@@ -370,6 +377,7 @@ def test_cache_finds_the_corpus_the_teacher_was_trained_on(store):
 # ------------------------------------------------------------------------------- refusals
 
 
+@pytest.mark.slow
 def test_the_cache_refuses_other_data(store, half):
     reader = reader_of(store, half["run_id"])
     sentences = store.sentences("tiny")
@@ -406,6 +414,7 @@ def test_the_cache_refuses_other_data(store, half):
     ("--tasks", "other", "--tasks"),
     ("--teacher", "0" * 32, "0" * 32),
 ])
+@pytest.mark.slow
 def test_bad_cache_options_are_one_line_errors(store, option, value, needle):
     args = ["cache-logits", "--teacher", store.teachers["soft1"], "--data-dir", str(store.data_dir),
             "--experiment", "cache-bad", option, value]
@@ -423,6 +432,7 @@ def artifact_paths(client, run_id: str, path: str | None = None) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("error, status", [(RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED")])
 def test_a_failed_caching_leaves_no_cache(store, monkeypatch, error, status):
     import kd.cache.build as build
@@ -461,6 +471,7 @@ def test_a_failed_caching_leaves_no_cache(store, monkeypatch, error, status):
     assert not (writers[0].directory / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_open_cache_run_refuses_runs_that_are_not_caches(store, half):
     with pytest.raises(KdError, match="not a cache run"):
         open_cache_run(store.teachers["soft1"], store.client, store.uri)
@@ -473,17 +484,3 @@ def test_open_cache_run_refuses_runs_that_are_not_caches(store, half):
 # ------------------------------------------------------------------------- MLflow project
 
 
-def test_mlflow_run_cache_logits_entry_point(store):
-    """Without a data_dir parameter (mlflow passes `--data-dir ''`), $KD_DATA_DIR is used, as README says."""
-    teacher = store.teachers["mtm"]
-    summary = mlflow_run("cache_logits", {"teacher": teacher, "layers": "logits,marginals", "device": "cpu"},
-                         "project-cache", store.root, store.uri, env={"KD_DATA_DIR": str(store.data_dir)})
-    runs = store.runs("project-cache")
-    assert [r.info.run_id for r in runs] == [summary["run_id"]], "one run: kd logs into the project's run"
-    run = runs[0]
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["model_kind"] == "cache" and run.data.tags["teacher_runs"] == teacher
-    reader, _ = open_cache_run(run.info.run_id, store.client, store.uri)
-    assert reader.manifest.layers == ["logits", "marginals"] and reader.manifest.dtype == "float16"
-    assert list(reader.manifest.tasks) == ["tiny", "other"]
-    assert run.data.metrics["cached_tokens"] == summary["cached_tokens"]

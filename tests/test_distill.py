@@ -15,7 +15,10 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from kd.cli.main import cli
-from tests.conftest import SMALL_MODEL, SMALL_MODEL_PARAMS, mlflow_run, die_after_epoch, isolated_store, make_corpora, one_line_error, run_kd, write_corpus
+from tests.conftest import SMALL_MODEL, die_after_epoch, make_corpora, one_line_error, run_kd, write_corpus
+
+# Every test here trains students through the CLI.
+pytestmark = pytest.mark.slow
 
 TRAINING = ["--batch-size", "16", "--learning-rate", "0.02"]
 TEACHER_HIDDEN = 16  # SMALL_MODEL's --task-hidden and --shared-hidden
@@ -50,19 +53,16 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, shared_teachers):
+    """The session's multi-task teacher (tiny, other; trained with TRAINING) and its cache of every layer."""
     root = tmp_path_factory.mktemp("distill")
     data_dir = make_corpora(root / "corpora")
-    with isolated_store(root) as uri:
-        teacher = run_kd("train-teacher", "--tasks", "tiny,other", "--data-dir", data_dir, *SMALL_MODEL,
-                         "--epochs", "1", *TRAINING, "--json")
-        cache = run_kd("cache-logits", "--teacher", teacher["run_id"], "--data-dir", data_dir,
-                       "--layers", "logits,task,shared,marginals", "--dtype", "float32", "--json")
+    with shared_teachers.open_copy(root) as uri:
         from kd.cache.teachers import load_teacher
 
-        loaded = load_teacher(teacher["run_id"], MlflowClient(uri), uri, torch.device("cpu"))
+        loaded = load_teacher(shared_teachers.mtm, MlflowClient(uri), uri, torch.device("cpu"))
         assert loaded.model.task_names == ["tiny", "other"]
-        yield World(root=root, data_dir=data_dir, uri=uri, teacher=teacher["run_id"], cache=cache["run_id"],
+        yield World(root=root, data_dir=data_dir, uri=uri, teacher=shared_teachers.mtm, cache=shared_teachers.mtm_cache,
                     teacher_parameters=loaded.model.num_parameters("tiny"))
 
 
@@ -97,6 +97,8 @@ def check_student_run(world: World, summary: dict, loss: str, terms: list[str], 
     assert tags["output"] == output
     assert tags["cache_run"] == (world.cache if cache is None else cache)
     assert tags["teacher_runs"] == world.teacher and tags["ensemble"] == "single"
+    assert tags["model_name"].startswith(f"student-{loss}-") and len(tags["model_id"]) == 12
+    assert '"teacher_output":"softmax"' in tags["model_definition"]
     params = run.data.params
     for name, expected in zip(("alpha", "beta", "gamma", "kappa", "tau"), weights):
         if name in weight_params:
@@ -120,10 +122,11 @@ def check_student_run(world: World, summary: dict, loss: str, terms: list[str], 
     assert metrics["num_parameters"] > 0
     assert metrics["teacher_parameters"] == world.teacher_parameters
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"model", "config.json", "report.json", "predictions", "loss_terms.png"} <= artifacts
+    assert {"config.json", "report.json", "predictions", "loss_terms.png"} <= artifacts
+    assert [o.model_id for o in client.get_run(run.info.run_id).outputs.model_outputs], "a logged model"
     # The teacher-quality check: the teacher's test F1 on tiny against the STMs of tiny in the
     # experiment (earlier tests of this module train some), or against this student without them.
-    teacher_f1 = client.get_run(world.teacher).data.metrics["test_f1/tiny"]
+    teacher_f1 = client.get_run(world.teacher).data.metrics["tiny/test_f1"]
     stms = [r.data.metrics["test_f1"] for r in client.search_runs([run.info.experiment_id])
             if r.data.tags.get("model_kind") == "stm" and r.info.status == "FINISHED"]
     reference = sum(stms) / len(stms) if stms else metrics["test_f1"]
@@ -152,7 +155,7 @@ def test_a_teacher_below_the_single_task_models_is_warned_about(world):
     run_id = [r for r in client.search_runs([experiment]) if r.data.tags.get("model_kind") == "student"][0].info.run_id
     tags = client.get_run(run_id).data.tags
     assert tags["loss"] == "kl", "without --loss a student learns with kl (issue 11)"
-    teacher_f1 = client.get_run(world.teacher).data.metrics["test_f1/tiny"]
+    teacher_f1 = client.get_run(world.teacher).data.metrics["tiny/test_f1"]
     assert tags["teacher_weaker"] == "true"
     assert tags["teacher_warning"] == (f"warning: the teacher's test F1 on tiny is {100 * teacher_f1:.2f}, below "
                                        f"the single-task models' mean in this experiment (100.00): "
@@ -183,27 +186,25 @@ def test_alpha_one_beta_zero_is_exactly_single_task_training(world):
 
 
 def test_cache_and_live_teacher_give_the_same_targets_and_losses(world):
-    """Library level: the same student, the same first batch, targets from the cache and from
-    the live teacher: equal targets and equal loss terms for every loss."""
+    """Library level: the same student (built by the assembler), the same batches, targets from the
+    cache and from the live teacher: equal targets and equal loss terms for every loss."""
+    from kd.cache.knowledge import TeacherKnowledge
     from kd.cli.options import tracking_client
-    from kd.data.batching import EncodedDataset, bucketed_batches
-    from kd.data.vocab import build_vocabularies
-    from kd.training.distillation import DistillOptions, StudentModel, distillation_loss
-    from kd.training.jobs import ModelOptions, build_tagger, load_task
-    from kd.training.tagger_job import TaggerJob, TeacherKnowledge
+    from kd.data.batching import bucketed_batches
+    from kd.training.assemble import assemble
+    from kd.training.distillation import DistillOptions
+    from kd.training.jobs import ModelOptions, TaggerJob, load_task
 
     client = tracking_client()
     device = torch.device("cpu")
     splits = ["train", "devel"]
-    data = load_task("tiny", world.data_dir, [*splits, "test"])
-    sentences = data.sentences(splits)
+    sentences = load_task("tiny", world.data_dir, splits).sentences(splits)
     all_layers = ["logits", "task", "shared", "marginals"]
+    runs = {"cache": {"cache_run": world.cache}, "live": {"teacher_runs": [world.teacher]}}
 
-    knowledge, sources = {}, {}
-    for kind, source in (("cache", {"cache_run": world.cache}), ("live", {"teacher_runs": [world.teacher]})):
-        job = TaggerJob(corpora=["tiny"], data_dir=str(world.data_dir), distill=DistillOptions(**source))
-        knowledge[kind] = TeacherKnowledge.gather(job, client, data, device)
-        sources[kind] = knowledge[kind].source(sentences, splits, all_layers, device)
+    knowledge = {kind: TeacherKnowledge.gather(DistillOptions(**run), splits, client, "tiny", device)
+                 for kind, run in runs.items()}
+    sources = {kind: known.source(sentences, splits, all_layers, device) for kind, known in knowledge.items()}
     cached, live = knowledge["cache"], knowledge["live"]
     assert cached.tags == live.tags and cached.parameters == live.parameters == world.teacher_parameters
     assert cached.widths == live.widths == {"logits": len(live.tags), "task": 2 * TEACHER_HIDDEN,
@@ -211,20 +212,26 @@ def test_cache_and_live_teacher_give_the_same_targets_and_losses(world):
     assert (cached.cache_run, live.cache_run) == (world.cache, None)
     assert cached.teacher_runs == live.teacher_runs == [world.teacher]
     assert cached.ensemble == live.ensemble == "single"
+    assert cached.teacher_outputs == live.teacher_outputs == ["softmax"]
 
-    vocabularies = build_vocabularies({"tiny": sentences})
-    vocabularies.tags = {"tiny": cached.tags}
     # A smaller student, so the projections are in play too.
-    options = ModelOptions(word_dim=16, char_dim=8, char_hidden=8, shared_hidden=6, task_hidden=5, hidden_dim=16,
-                           dropout=0.1)
-    tagger, _ = build_tagger(options, vocabularies, seed=1)
-    student = StudentModel(tagger, cached.widths, all_layers)
-    assert set(student.projections) == {"task", "shared"}
-    student.eval()
-    dataset = EncodedDataset(sentences, vocabularies, "tiny")
+    model = ModelOptions(word_dim=16, char_dim=8, char_hidden=8, shared_hidden=6, task_hidden=5, hidden_dim=16,
+                         dropout=0.1)
+
+    def student(kind: str, loss: str, weights=(0.5, 0.5, 0.0, 0.0, 1.0)):
+        alpha, beta, gamma, kappa, tau = weights
+        distill = DistillOptions(loss=loss, alpha=alpha, beta=beta, gamma=gamma, kappa=kappa, tau=tau, **runs[kind])
+        assembly = assemble(TaggerJob(corpora=["tiny"], data_dir=str(world.data_dir), model=model, distill=distill,
+                                      device="cpu"), knowledge[kind])
+        assembly.trained.eval()
+        return assembly
+
+    reference = student("cache", "intermediate", LOSS_CASES["intermediate"][2])
+    assert set(reference.trained.projections) == {"task", "shared"}
+    dataset = reference.train_data["tiny"]
     first_batches = bucketed_batches(dataset.lengths, 16, np.random.default_rng(1))
-    for ids in (first_batches[0], first_batches[-1]):
-        batch = dataset.batch(ids)
+    batches = [dataset.batch(ids) for ids in (first_batches[0], first_batches[-1])]
+    for batch in batches:
         targets = {kind: source(batch) for kind, source in sources.items()}
         for layer in all_layers:
             assert targets["cache"][layer].shape == targets["live"][layer].shape
@@ -235,15 +242,11 @@ def test_cache_and_live_teacher_give_the_same_targets_and_losses(world):
                                        rtol=1e-5, atol=1e-6)
             assert torch.all(targets["cache"][layer][~batch.mask] == 0)
 
-        for loss, (_, names, weights) in LOSS_CASES.items():
-            alpha, beta, gamma, kappa, tau = weights
-            results = {}
-            for kind, source in sources.items():
-                distill = DistillOptions(loss=loss, alpha=alpha, beta=beta, gamma=gamma, kappa=kappa, tau=tau,
-                                         **({"cache_run": world.cache} if kind == "cache" else
-                                            {"teacher_runs": [world.teacher]}))
-                with torch.no_grad():
-                    results[kind] = distillation_loss(student, distill, source)("tiny", batch)
+    for loss, (_, names, weights) in LOSS_CASES.items():
+        students = {kind: student(kind, loss, weights) for kind in runs}
+        for batch in batches:
+            with torch.no_grad():
+                results = {kind: assembly.loss("tiny", batch) for kind, assembly in students.items()}
             assert set(results["cache"]) == set(results["live"]) == {"loss", *names}
             for name in results["cache"]:
                 torch.testing.assert_close(results["cache"][name], results["live"][name], rtol=1e-5, atol=1e-6)
@@ -420,22 +423,3 @@ def test_neither_cache_nor_teacher_is_refused(world):
 # --------------------------------------------------------------------------- MLflow project
 
 
-def test_mlflow_run_distill_entry_point(world):
-    """Without a data_dir parameter (mlflow passes `--data-dir ''`), $KD_DATA_DIR is used, as README says."""
-    params = {"task": "tiny", "cache": world.cache, "epochs": "1", "loss": "soft", "tau": "2", "batch_size": "16",
-              **SMALL_MODEL_PARAMS}
-    summary = mlflow_run("distill", params, "project", world.root, world.uri, env={"KD_DATA_DIR": str(world.data_dir)})
-
-    client = world.client
-    runs = client.search_runs([client.get_experiment_by_name("project").experiment_id])
-    assert [r.info.run_id for r in runs] == [summary["run_id"]], "one run: kd logs into the project's run"
-    run = runs[0]
-    weights = (0.5, 0.5, 0.0, 0.0, 2.0)
-    check_student_run(world, summary, "soft", ["hard", "soft_ce"], weights, epochs=1,
-                      weight_params=("alpha", "gamma", "kappa", "tau"))
-    assert run.data.params["cache_run"] == world.cache and run.data.params["teacher_runs"] == ""
-    assert run.data.metrics["test_f1"] == summary["test_f1"]
-    # The run must record the beta it trained with (1 - alpha), not the entry point's "-1 means
-    # default" sentinel, which `mlflow run` logs before kd can log the effective value.
-    assert float(run.data.params["beta"]) == pytest.approx(0.5), (
-        f"project run records beta={run.data.params['beta']}, but trained with beta=0.5")

@@ -9,7 +9,8 @@ from kd.data.batching import EncodedDataset
 from kd.data.types import Sentence
 from kd.data.vocab import build_vocabularies
 from kd.models.tagger import Tagger, TaggerConfig
-from kd.training.evaluate import as_sentences, entity_scores, evaluate, predict_tags
+from kd.models.predict import as_sentences, predict_tags
+from kd.training.evaluate import entity_scores, evaluate
 
 # Hand count (strict IOB2: an entity is B-X followed by I-X's; type and both ends must match).
 GOLD = [

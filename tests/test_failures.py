@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from kd.cli.main import cli
-from tests.conftest import REPO, SMALL_MODEL, isolated_store, make_corpora, run_kd, subprocess_env
+from tests.conftest import REPO, SMALL_MODEL, make_corpora, run_kd, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -46,13 +46,11 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, shared_teachers):
     root = tmp_path_factory.mktemp("failures")
     data_dir = make_corpora(root / "corpora")
-    with isolated_store(root) as uri:
-        teacher = run_kd("train", "--task", "tiny", "--data-dir", data_dir, "--epochs", "1", *SMALL_MODEL,
-                         "--experiment", "teachers", "--json")["run_id"]
-        yield World(root=root, data_dir=data_dir, client=MlflowClient(uri), teacher=teacher)
+    with shared_teachers.open_copy(root) as uri:
+        yield World(root=root, data_dir=data_dir, client=MlflowClient(uri), teacher=shared_teachers.stm)
 
 
 def one_line(result, *needles: str) -> str:
@@ -99,8 +97,10 @@ def test_full_artifact_store(world, monkeypatch):
     monkeypatch.setattr(shutil, "copyfile", full)
     result = CliRunner().invoke(cli, world.train_args("full-store"))
     run = only_run(world, "full-store")
-    one_line(result, f"artifact store {run.info.artifact_uri}/model: no space left on device")
-    assert run.info.status == "FAILED"
+    [model] = [m for m in world.client.search_logged_models([run.info.experiment_id])
+               if m.source_run_id == run.info.run_id]  # the run's logged model, whose files did not fit
+    one_line(result, f"artifact store {model.artifact_location}: no space left on device")
+    assert run.info.status == "FAILED" and model.status.name == "FAILED"
 
 
 def test_full_predict_output(world, tmp_path, monkeypatch):
@@ -168,7 +168,7 @@ def test_a_killed_caching_is_marked_failed_by_the_next_command(world):
 
 
 def test_a_train_run_killed_before_its_first_checkpoint_resumes_from_scratch(world):
-    run_id = killed(world, "kd.training.tagger_job.train", *world.train_args("killed-train"))
+    run_id = killed(world, "kd.training.assemble.train", *world.train_args("killed-train"))
     # A teacher that never finished: refused, and recognised as dead.
     result = CliRunner().invoke(cli, ["cache-logits", "--teacher", run_id, "--data-dir", str(world.data_dir)])
     one_line(result, f"--teacher {run_id}", "status FAILED")

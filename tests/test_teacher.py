@@ -25,8 +25,8 @@ from kd.errors import KdError
 from kd.tracking.models import load_logged_model
 from kd.training.evaluate import entity_scores
 from kd.training.jobs import ModelOptions, build_tagger
-from kd.training.tagger_job import alternating_plan, supervised_loss, task_optimizers
-from tests.conftest import SMALL_MODEL, SMALL_MODEL_PARAMS, mlflow_run, die_after_epoch, isolated_store, make_corpora, one_line_error, run_kd
+from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
+from tests.conftest import SMALL_MODEL, die_after_epoch, isolated_store, make_corpora, one_line_error, run_kd
 
 TASKS = ("tiny", "other")
 
@@ -76,6 +76,7 @@ def teacher_args(store: Store, experiment: str, *extra: str, tasks: str = "tiny,
 # ---------------------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_train_teacher_logs_per_corpus_metrics_and_a_two_head_model(store, tmp_path):
     summary = run_kd(*teacher_args(store, "mtm-e2e", "--sampling", "proportional"))
     client = store.client
@@ -85,11 +86,11 @@ def test_train_teacher_logs_per_corpus_metrics_and_a_two_head_model(store, tmp_p
     assert tags["model_kind"] == "mtm" and tags["task"] == "tiny,other" and tags["output"] == "softmax"
     assert params["sampling"] == "proportional" and params["corpora"] == "tiny,other"
     for name in ("precision", "recall", "f1"):
-        per_corpus = [metrics[f"test_{name}/{corpus}"] for corpus in TASKS]
+        per_corpus = [metrics[f"{corpus}/test_{name}"] for corpus in TASKS]
         assert metrics[f"test_{name}"] == pytest.approx(np.mean(per_corpus), abs=1e-12), name
         for corpus in TASKS:
-            assert summary[f"test_{name}/{corpus}"] == pytest.approx(metrics[f"test_{name}/{corpus}"])
-    assert metrics["test_f1/tiny"] > 0.3 and metrics["test_f1/other"] > 0.3, "both heads learn in three epochs"
+            assert summary[f"{corpus}/test_{name}"] == pytest.approx(metrics[f"{corpus}/test_{name}"])
+    assert metrics["tiny/test_f1"] > 0.3 and metrics["other/test_f1"] > 0.3, "both heads learn in three epochs"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == [1, 2, 3]
 
     # The logged model: one shared encoder and two heads, each with its own tag set.
@@ -111,7 +112,7 @@ def test_train_teacher_logs_per_corpus_metrics_and_a_two_head_model(store, tmp_p
     assert [tuple(token for token, _ in s) for s in tagged] == [s.tokens for s in gold]
     predicted_tags = [[tag for _, tag in s] for s in tagged]
     assert not any("Chemical" in tag for s in predicted_tags for tag in s)
-    assert entity_scores([s.tags for s in gold], predicted_tags).f1 == pytest.approx(metrics["test_f1/other"],
+    assert entity_scores([s.tags for s in gold], predicted_tags).f1 == pytest.approx(metrics["other/test_f1"],
                                                                                         abs=1e-12)
     # ... and without --task a multi-task model says which to choose, in one line.
     result = CliRunner().invoke(cli, ["predict", "--model", summary["run_id"], "--input", str(test_file)])
@@ -122,6 +123,7 @@ def test_train_teacher_logs_per_corpus_metrics_and_a_two_head_model(store, tmp_p
     assert "nope" in one_line_error(result)
 
 
+@pytest.mark.slow
 def test_train_teacher_on_all_corpora_of_the_data_dir(store):
     summary = run_kd(*teacher_args(store, "mtm-all", tasks="all", epochs=1))
     run = store.client.get_run(summary["run_id"])
@@ -129,7 +131,7 @@ def test_train_teacher_on_all_corpora_of_the_data_dir(store):
     assert run.data.tags["model_kind"] == "mtm" and run.data.tags["task"] == "other,tiny", "sorted by name"
     assert run.data.params["sampling"] == "uniform"
     for name in ("precision", "recall", "f1"):
-        per_corpus = [run.data.metrics[f"test_{name}/{corpus}"] for corpus in ("other", "tiny")]
+        per_corpus = [run.data.metrics[f"{corpus}/test_{name}"] for corpus in ("other", "tiny")]
         assert run.data.metrics[f"test_{name}"] == pytest.approx(np.mean(per_corpus), abs=1e-12)
     assert load_logged_model(summary["run_id"], store.uri).model.task_names == ["other", "tiny"]
 
@@ -344,28 +346,10 @@ def test_same_seed_same_plan(store, sampling):
 # ------------------------------------------------------------------------- MLflow project
 
 
-def test_mlflow_run_train_teacher_entry_point(store):
-    """Without a data_dir parameter (mlflow passes `--data-dir ''`), $KD_DATA_DIR is used, as README says."""
-    params = {"tasks": "tiny,other", "epochs": "2", "sampling": "proportional", **SMALL_MODEL_PARAMS}
-    summary = mlflow_run("train_teacher", params, "project-teacher", store.root, store.uri,
-                         env={"KD_DATA_DIR": str(store.data_dir)})
-
-    runs = store.runs("project-teacher")
-    assert [r.info.run_id for r in runs] == [summary["run_id"]], "one run: kd logs into the project's run"
-    run = runs[0]
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["model_kind"] == "mtm" and run.data.tags["task"] == "tiny,other"
-    assert run.data.params["sampling"] == "proportional"
-    for name in ("test_f1", "test_f1/tiny", "test_f1/other", "test_precision/other", "test_recall/tiny"):
-        assert run.data.metrics[name] == summary[name]
-    assert len(store.client.get_metric_history(run.info.run_id, "train_loss")) == 2
-    assert "MLmodel" in {Path(a.path).name for a in store.client.list_artifacts(run.info.run_id, "model")}
-
-
 # ----------------------------------------------------------------- determinism and resume
 
 
-PER_CORPUS = [f"test_{name}/{corpus}" for name in ("precision", "recall", "f1") for corpus in TASKS]
+PER_CORPUS = [f"{corpus}/test_{name}" for name in ("precision", "recall", "f1") for corpus in TASKS]
 
 
 @pytest.fixture(scope="module")
@@ -373,6 +357,7 @@ def straight(store) -> dict:
     return run_kd(*teacher_args(store, "mtm-straight", "--output", "crf", "--sampling", "proportional"))
 
 
+@pytest.mark.slow
 def test_same_seed_same_teacher_bit_for_bit(store, straight):
     again = run_kd(*teacher_args(store, "mtm-again", "--output", "crf", "--sampling", "proportional"))
     assert {k: again[k] for k in PER_CORPUS} == {k: straight[k] for k in PER_CORPUS}
@@ -383,6 +368,7 @@ def test_same_seed_same_teacher_bit_for_bit(store, straight):
     assert store.losses(other_seed["run_id"]) != store.losses(straight["run_id"])
 
 
+@pytest.mark.slow
 def test_interrupted_teacher_resumes_to_the_same_result(store, straight, monkeypatch):
     die_after_epoch(monkeypatch, 2)
     result = CliRunner().invoke(cli, teacher_args(store, "mtm-resume", "--output", "crf", "--sampling",

@@ -1,13 +1,10 @@
-"""Tracking store creation under concurrency, and the MLflow project entry point."""
+"""Tracking store creation under concurrency (the MLflow project entry points: tests/test_cli_experience.py)."""
 from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 from mlflow import MlflowClient
-
-from tests.conftest import SMALL_MODEL_PARAMS, mlflow_run
 
 START_RUN = """
 import sys
@@ -31,17 +28,3 @@ def test_processes_starting_at_once_on_a_fresh_store_do_not_race(tmp_path):
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
 
 
-def test_mlflow_run_train_entry_point(data_dir, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'project.db'}"
-    params = {"task": "tiny", "data_dir": str(data_dir), "epochs": "2", "output": "crf", **SMALL_MODEL_PARAMS}
-    summary = mlflow_run("train", params, "project", tmp_path, uri)
-
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("project").experiment_id])
-    assert [r.info.run_id for r in runs] == [summary["run_id"]], "one run: kd logs into the project's run"
-    run = runs[0]
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["model_kind"] == "stm" and run.data.tags["output"] == "crf"
-    assert run.data.metrics["test_f1"] == summary["test_f1"]
-    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
-    assert "MLmodel" in {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "model")}

@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from kd.cli.main import cli
 from kd.data.conll import read_conll
+from kd.tracking.models import logged_model_location
 from kd.training.evaluate import entity_scores
 from tests.conftest import SMALL_MODEL, die_after_epoch, run_kd
 
@@ -23,6 +24,7 @@ def train_args(data_dir: Path, *extra: str) -> list[str]:
             *SMALL_MODEL, "--json", *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output", ["softmax", "crf"])
 def test_train_logs_everything_and_predict_reproduces_f1(data_dir, tracking, tmp_path, output):
     summary = run_kd(*train_args(data_dir, "--output", output))
@@ -32,6 +34,8 @@ def test_train_logs_everything_and_predict_reproduces_f1(data_dir, tracking, tmp
     tags = run.data.tags
     assert tags["task"] == "tiny" and tags["model_kind"] == "stm" and tags["output"] == output
     assert tags["seed"] == "1" and tags["git_commit"]
+    assert tags["model_name"] == f"stm-{output}" and len(tags["model_id"]) == 12
+    assert tags["mlflow.runName"] == f"stm-{output}-tiny-s1", "without --run-name: <model_name>-<corpus>-s<seed>"
     for option in ("output", "seed", "epochs", "batch_size", "learning_rate", "word_dim", "char_hidden",
                    "shared_hidden", "task_hidden", "hidden_dim", "dropout", "train_splits", "eval_split"):
         assert option in run.data.params
@@ -42,7 +46,8 @@ def test_train_logs_everything_and_predict_reproduces_f1(data_dir, tracking, tmp
         assert run.data.metrics[metric] == pytest.approx(summary[metric])
     assert summary["test_f1"] > 0.3, "the tiny corpus is learnable in three epochs"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"model", "config.json", "report.json", "predictions"} <= artifacts
+    assert {"config.json", "report.json", "predictions"} <= artifacts
+    assert (Path(logged_model_location(tracking, run.info.run_id)) / "MLmodel").is_file(), "a logged model"
     assert "predictions/test.conll" in {a.path for a in client.list_artifacts(run.info.run_id, "predictions")}
 
     # A fresh process reloads the logged model and tags the test file with the same F1.
@@ -58,6 +63,7 @@ def test_train_logs_everything_and_predict_reproduces_f1(data_dir, tracking, tmp
     assert f1 == pytest.approx(summary["test_f1"], abs=1e-12)
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_bit_for_bit(data_dir, tracking):
     first = run_kd(*train_args(data_dir, "--output", "crf"))
     second = run_kd(*train_args(data_dir, "--output", "crf"))
@@ -69,6 +75,7 @@ def test_same_seed_same_result_bit_for_bit(data_dir, tracking):
     assert [m.value for m in client.get_metric_history(third["run_id"], "train_loss")] != history[0]
 
 
+@pytest.mark.slow
 def test_held_out_devel_is_scored_each_epoch_and_best_epoch_kept(data_dir, tracking):
     summary = run_kd(*train_args(data_dir, "--train-splits", "train"))
     client = MlflowClient(tracking)
@@ -83,6 +90,7 @@ def test_held_out_devel_is_scored_each_epoch_and_best_epoch_kept(data_dir, track
     assert {"devel_precision", "devel_recall", "test_f1"} <= set(summary)
 
 
+@pytest.mark.slow
 def test_predict_plain_text_to_stdout(data_dir, tracking, tmp_path):
     summary = run_kd(*train_args(data_dir))
     text = tmp_path / "sentences.txt"
@@ -101,6 +109,7 @@ def test_predict_plain_text_to_stdout(data_dir, tracking, tmp_path):
     assert result.exit_code == 2 and "--precision" in result.output
 
 
+@pytest.mark.slow
 def test_pyfunc_model_tags_tokens(data_dir, tracking):
     import mlflow.pyfunc
     import pandas as pd
@@ -112,6 +121,7 @@ def test_pyfunc_model_tags_tokens(data_dir, tracking):
     assert all(tag == "O" or tag[:2] in ("B-", "I-") for sentence in tags for tag in sentence)
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_reaches_the_same_result(data_dir, tracking, monkeypatch):
     """A run killed after epoch 2 of 4 and resumed ends exactly where an uninterrupted run ends."""
     straight = run_kd(*train_args(data_dir, "--epochs", "4", "--output", "crf"))

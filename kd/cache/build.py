@@ -11,10 +11,10 @@ from kd.cache.store import DTYPES, LAYERS, CacheWriter, Manifest
 from kd.cache.teachers import (check_ensemble, ensemble_kind, layer_widths, load_teacher, teacher_corpus,
                                teacher_outputs_for_sentences)
 from kd.data.corpora import load_split
-from kd.errors import KdError
+from kd.errors import FieldError, KdError
 from kd.tracking.runs import TrackedRun, fail_if_abandoned, git_commit
-from kd.training.device import resolve_device
-from kd.training.jobs import run_status
+from kd.tracking.status import run_status
+from kd.models.device import resolve_device
 
 CACHE_ARTIFACT = "cache"
 
@@ -35,12 +35,12 @@ class CacheJob:
 
     def __post_init__(self) -> None:
         if not self.teacher_runs:
-            raise KdError("--teacher: give at least one teacher run id")
+            raise FieldError("teacher_runs", None, "give at least one teacher run id")
         unknown = [layer for layer in self.layers if layer not in LAYERS]
         if unknown or not self.layers:
-            raise KdError(f"--layers {','.join(self.layers)}: use a comma-separated subset of {', '.join(LAYERS)}")
+            raise FieldError("layers", ','.join(self.layers), f"use a comma-separated subset of {', '.join(LAYERS)}")
         if self.dtype not in DTYPES:
-            raise KdError(f"--dtype {self.dtype}: use one of {', '.join(DTYPES)}")
+            raise FieldError("dtype", self.dtype, f"use one of {', '.join(DTYPES)}")
 
 
 @dataclass
@@ -58,7 +58,7 @@ def build_cache(job: CacheJob, client, tracking_uri: str, attach_to: str | None 
     tasks = job.tasks or all_tasks
     missing = [t for t in tasks if t not in all_tasks]
     if missing:
-        raise KdError(f"--tasks: the teacher has no {', '.join(missing)}; it has {', '.join(all_tasks)}")
+        raise FieldError("tasks", None, f"the teacher has no {', '.join(missing)}; it has {', '.join(all_tasks)}")
     data_dir = Path(job.data_dir) if job.data_dir else None
     sentences = {task: {split: load_split(teacher_corpus(task, teachers, data_dir), split) for split in job.splits}
                  for task in tasks}

@@ -16,7 +16,7 @@ import torch
 
 from kd.data.types import Sentence
 from kd.errors import KdError
-from kd.training.device import autocast
+from kd.models.device import autocast
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import torch
 
 from kd.cache.integrity import check_manifest_data, check_offsets, check_split_files
 from kd.data.types import SPLITS
-from kd.errors import KdError, disk_full_names
+from kd.errors import FieldError, KdError, disk_full_names
 from kd.utils.atomic import atomic_directory
 
 FORMAT_VERSION = 1
@@ -82,7 +82,7 @@ class CacheWriter:
 
     def __init__(self, directory: str | Path, dtype: str) -> None:
         if dtype not in DTYPES:
-            raise KdError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
+            raise FieldError("dtype", dtype, f"use one of {', '.join(DTYPES)}")
         self.directory = Path(directory)
         self.dtype = dtype
         self._context = atomic_directory(self.directory)

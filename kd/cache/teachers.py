@@ -20,10 +20,10 @@ from kd.data.batching import EncodedDataset, bucketed_batches
 from kd.data.types import Sentence
 from kd.data.vocab import Vocabularies
 from kd.errors import KdError
+from kd.models.predict import dataset_form_table
 from kd.models.tagger import Tagger
 from kd.tracking.models import load_logged_model
 from kd.tracking.runs import fail_if_abandoned
-from kd.training.evaluate import dataset_form_table
 
 ENSEMBLE_KINDS = ("single", "seeds", "mixed")
 

@@ -8,9 +8,23 @@ from typing import Any, TypeVar
 
 import click
 
-from kd.errors import KdError, is_disk_full
+from kd.errors import FieldError, KdError, is_disk_full
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+# Fields whose option is not `--` + the field's name with dashes.
+OPTION_OF_FIELD = {"cache_run": "--cache", "teacher_runs": "--teacher", "corpora": "--tasks", "rope": "--bayesian"}
+
+
+def option_name(field: str) -> str:
+    """The command-line option that sets a library field."""
+    return OPTION_OF_FIELD.get(field, "--" + field.replace("_", "-"))
+
+
+def user_message(error: KdError) -> str:
+    """A library error as the CLI words it: a field error names the option that sets the field."""
+    return error.worded(option_name(error.field)) if isinstance(error, FieldError) else str(error)
 
 
 def _fail(message: str, code: int) -> None:
@@ -32,7 +46,7 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except KdError as error:
-            _fail(str(error), getattr(error, "exit_code", 2))
+            _fail(user_message(error), getattr(error, "exit_code", 2))
         except OSError as error:
             if not is_disk_full(error):
                 raise

@@ -1,28 +1,39 @@
 """The `kd` command line: thin wrappers that parse options and call the library."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
 
 import click
+from rich.console import Console
 
 from kd import __version__
 from kd.cli.data_cmd import data
 from kd.cli.errors import OneLineErrors, handle_errors
+from kd.cli.plan_cmd import plan
 from kd.errors import KdError
-from kd.cli.options import (apply_threads, as_path, build_model_options, build_training_options, data_dir_option,
-                            echo_result, model_options, precision_option, project_run_id, split_options,
-                            tracking_client, tracking_uri, training_options)
+from kd.cli.options import (WHOLE_NUMBER, apply_threads, as_path, build_model_options, build_training_options,
+                            data_dir_option, directory_option, echo_result, model_options, option_given,
+                            point_project_run, precision_option, progress_option, project_run_id, project_target,
+                            split_options, threads_option, tracking_client, tracking_uri, training_options)
+from kd.cli.progress import TrainingDisplay, resume_hint, stop_cleanly, wants_live_display
+from kd.cli.tune_cmd import tune
 
 
-@click.group(cls=OneLineErrors)
+# `mlflow run` passes parameters it does not declare as `--name value`: `-P data_dir=DIR` arrives as
+# `--data_dir DIR`, which this spelling rule maps to `--data-dir` (command names too: cache_logits).
+@click.group(cls=OneLineErrors, context_settings={"token_normalize_func": lambda token: token.replace("_", "-")})
 @click.version_option(__version__, prog_name="kd")
+@directory_option
 def cli() -> None:
     """Knowledge distillation for biomedical named entity recognition."""
 
 
 cli.add_command(data)
+cli.add_command(plan)
+cli.add_command(tune)
 
 
 @cli.command()
@@ -103,12 +114,19 @@ def run_transformer_teacher(corpora: list[str], base: str | None, data_dir: str 
         if name not in given:
             kwargs[name] = value
     apply_threads(threads)
+    client = tracking_client()
+    experiment, attach_to = project_target(client, experiment, option_given("experiment"))
     job = TransformerJob(corpora=corpora, base=base or "", data_dir=data_dir or None, output=kwargs["output"],
                          dropout=kwargs["dropout"], training=build_training_options(kwargs),
                          train_splits=parse_splits(train_splits, "--train-splits"),
                          eval_split=parse_splits(eval_split, "--eval-split")[0], sampling=sampling,
                          optimizer_state=optimizer_state, device=device, experiment=experiment, run_name=run_name)
-    summary = run_transformer_job(job, tracking_client(), attach_to=project_run_id())
+    display = TrainingDisplay(client, tracking_uri(), wants_live_display(kwargs.pop("progress")))
+    # Transformer teachers are not resumable: a stopped one is started again.
+    with stop_cleanly(display, lambda run_id: f"run {run_id} is marked KILLED; start it again to train it"):
+        summary = run_transformer_job(job, client, attach_to=attach_to, on_start=display.on_start,
+                                      on_batch=display.on_batch, callbacks=[display.on_epoch])
+    point_project_run(client, experiment, summary.run_id)
     echo_result(as_json, {"run_id": summary.run_id, **summary.metrics})
 
 
@@ -121,27 +139,34 @@ def run_transformer_teacher(corpora: list[str], base: str | None, data_dir: str 
               help="Comma-separated: logits, marginals (token posteriors); a BiLSTM teacher's task and shared "
                    "BiLSTM states; a transformer teacher's encoder (last hidden state per word).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=WHOLE_NUMBER, default=256, show_default=True)
 @precision_option()
 @click.option("--device", default="auto", show_default=True)
-@click.option("--threads", type=int, default=None)
+@threads_option()
 @click.option("--experiment", default="kd", show_default=True)
 @click.option("--run-name", default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the run id and metrics last.")
+@progress_option()
 @handle_errors
 def cache_logits(teachers, tasks, data_dir, splits, layers, dtype, batch_size, precision, device, threads, experiment,
-                 run_name, as_json) -> None:
+                 run_name, as_json, progress) -> None:
     """Run teacher(s) over corpora and cache their per-token outputs as an MLflow run."""
     from kd.cache.build import CacheJob, build_cache
     from kd.training.jobs import parse_splits
 
     apply_threads(threads)
+    client = tracking_client()
+    experiment, attach_to = project_target(client, experiment, option_given("experiment"))
     job = CacheJob(teacher_runs=[t.strip() for t in teachers.split(",") if t.strip()],
                    tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
                    splits=parse_splits(splits, "--splits"), layers=[l.strip() for l in layers.split(",") if l.strip()],
                    dtype=dtype, data_dir=data_dir or None, device=device, precision=precision, batch_size=batch_size,
                    experiment=experiment, run_name=run_name)
-    summary = build_cache(job, tracking_client(), tracking_uri(), attach_to=project_run_id())
+    # The cache has no per-batch hook: a spinner with the elapsed time says it is alive.
+    display = TrainingDisplay(client, tracking_uri(), wants_live_display(progress))
+    with display.console.status("caching the teacher's outputs ...") if display.live else contextlib.nullcontext():
+        summary = build_cache(job, client, tracking_uri(), attach_to=attach_to)
+    point_project_run(client, experiment, summary.run_id)
     echo_result(as_json, {"run_id": summary.run_id, "ensemble": summary.manifest.ensemble, **summary.metrics})
 
 
@@ -196,15 +221,17 @@ def distill(task, cache_run, teachers, loss, alpha, beta, gamma, kappa, tau, dat
               help="ROPE in F1 points of the Bayesian signed-rank test per pair (0: off).")
 @click.option("--hierarchical", is_flag=True,
               help="Also baycomp's hierarchical test over corpora x seeds per pair (needs pystan; slow).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap and the Bayesian tests.")
+@click.option("--seed", type=WHOLE_NUMBER, default=0, show_default=True, help="Seed of the bootstrap and the Bayesian tests.")
 @click.option("--out", default=None, help="Output folder (default: comparison/<experiment>).")
 @click.option("--format", "formats", default="md,csv,tex,json", show_default=True)
 @click.option("--drop-incomplete", is_flag=True, help="Leave out models missing on some corpus instead of failing.")
 @click.option("--no-log", is_flag=True, help="Do not log a comparison run.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the statistics last.")
+@threads_option()
+@progress_option()
 @handle_errors
 def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, alpha, rope, hierarchical, seed, out,
-            formats, drop_incomplete, no_log, as_json) -> None:
+            formats, drop_incomplete, no_log, as_json, threads, progress) -> None:
     """Table, Friedman test, post-hoc tests and rank diagram of an experiment's runs."""
     import json as json_module
 
@@ -213,13 +240,18 @@ def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, a
 
     if not 0 <= rope < float("inf"):
         raise click.BadParameter(f"{rope:g}: must be 0 (off) or a positive ROPE in F1 points", param_hint="--bayesian")
-    results = run_comparison(
-        tracking_client(), experiment, Path(out or Path("comparison") / experiment), metric=metric,
-        model_keys=[k.strip() for k in model_key.split(",") if k.strip()] if model_key else None,
-        corpus_key=corpus_key, filter_string=filter_string, posthoc=posthoc, alpha=alpha,
-        formats=[f.strip() for f in formats.split(",") if f.strip()], drop_incomplete=drop_incomplete,
-        log=not no_log, attach_to=project_run_id(), bayesian=BayesianOptions(rope=rope, hierarchical=hierarchical),
-        seed=seed)
+    if threads:  # the statistics need no torch; loading it only for a thread count would slow the start
+        apply_threads(threads)
+    # No per-step hook: a spinner with the elapsed time says the statistics are being computed.
+    status = Console(stderr=True).status(f"comparing the runs of {experiment} ...")
+    with status if wants_live_display(progress) else contextlib.nullcontext():
+        results = run_comparison(
+            tracking_client(), experiment, Path(out or Path("comparison") / experiment), metric=metric,
+            model_keys=[k.strip() for k in model_key.split(",") if k.strip()] if model_key else None,
+            corpus_key=corpus_key, filter_string=filter_string, posthoc=posthoc, alpha=alpha,
+            formats=[f.strip() for f in formats.split(",") if f.strip()], drop_incomplete=drop_incomplete,
+            log=not no_log, attach_to=project_run_id(), bayesian=BayesianOptions(rope=rope, hierarchical=hierarchical),
+            seed=seed)
     if as_json:
         click.echo(json_module.dumps({key: results[key] for key in (
             "friedman_statistic", "friedman_p_value", "critical_difference", "average_ranks", "files",
@@ -227,44 +259,6 @@ def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, a
     else:
         click.echo(Path(results["files"]["md"]).read_text() if "md" in results["files"] else
                    f"Friedman chi2 = {results['friedman_statistic']:.4f}, p = {results['friedman_p_value']:.4g}")
-
-
-@cli.command()
-@click.option("--task", required=True, help="Corpus name (found under --data-dir) or folder.")
-@click.option("--cache", "cache_run", required=True, help="Cache run id of the teacher (kd cache-logits).")
-@click.option("--space", required=True, type=click.Path(dir_okay=False), help="Search space YAML (search_spaces/).")
-@click.option("--n-trials", type=int, default=20, show_default=True,
-              help="Finished trials the study should hold, across all workers.")
-@click.option("--timeout", type=float, default=None, help="Stop starting trials after this many seconds.")
-@click.option("--study", default=None, help="Study name (default: <corpus>-<space>).")
-@click.option("--storage", default=None,
-              help="Optuna storage: a journal file path (default ./kd-optuna.log) or a database URL (postgresql://...).")
-@click.option("--sampler", type=click.Choice(["tpe", "grid", "random"]), default="tpe", show_default=True)
-@click.option("--pruner", type=click.Choice(["median", "percentile", "hyperband", "none"]), default="median",
-              show_default=True, help="median prunes trials in the bottom half at an epoch, percentile the bottom third.")
-@click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--refit-seeds", type=int, default=0, show_default=True,
-              help="Afterwards, train the best configuration on train+devel with this many seeds and score test.")
-@data_dir_option
-@click.option("--device", default="auto", show_default=True)
-@click.option("--threads", type=int, default=None)
-@click.option("--experiment", default="kd", show_default=True)
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=".kd/checkpoints", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the study's results last.")
-@handle_errors
-def tune(task, cache_run, space, n_trials, timeout, study, storage, sampler, pruner, seed, refit_seeds, data_dir,
-         device, threads, experiment, checkpoint_dir, as_json) -> None:
-    """Tune the distillation of one corpus with an Optuna study (devel F1 of students trained on train)."""
-    from dataclasses import asdict
-
-    from kd.tuning.study import TuneJob, tune as run_tune
-
-    apply_threads(threads)
-    job = TuneJob(task=task, cache_run=cache_run, space=space, n_trials=n_trials, timeout=timeout, study=study,
-                  storage=storage, sampler=sampler, pruner=pruner, seed=seed, refit_seeds=refit_seeds,
-                  data_dir=data_dir or None, device=device, experiment=experiment)
-    result = run_tune(job, tracking_client(), Path(checkpoint_dir), log=lambda message: click.echo(message, err=True))
-    echo_result(as_json, asdict(result))
 
 
 def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_splits: str, eval_split: str,
@@ -284,8 +278,17 @@ def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_split
             eval_split=parse_splits(eval_split, "--eval-split")[0], sampling=sampling,
             optimizer_state=optimizer_state, device=device,
             experiment=experiment, run_name=run_name, distill=distill)
-    summary = run_tagger_job(job, tracking_client(), Path(checkpoint_dir), resume_run_id=resume_run_id,
-                             attach_to=project_run_id())
+    # The store is opened once the options are known to be valid: a refused command leaves no mlflow.db.
+    client = tracking_client()
+    experiment, attach_to = project_target(client, experiment, option_given("experiment"))
+    if job is not None:
+        job.experiment = experiment
+    display = TrainingDisplay(client, tracking_uri(), wants_live_display(kwargs.pop("progress")))
+    with stop_cleanly(display, resume_hint(click.get_current_context().info_name)):
+        summary = run_tagger_job(job, client, Path(checkpoint_dir), resume_run_id=resume_run_id, attach_to=attach_to,
+                                 on_start=display.on_start, on_batch=display.on_batch, callbacks=[display.on_epoch],
+                                 warn=display.message)
+    point_project_run(client, experiment, summary.run_id)
     echo_result(as_json, {"run_id": summary.run_id, **summary.metrics})
 
 
@@ -303,7 +306,7 @@ def predict(model_ref, input_path, out_path, task, device, precision) -> None:
     from kd.data.conll import read_sentences_for_tagging, write_conll
     from kd.models.inference import SavedTagger
     from kd.tracking.models import load_logged_model
-    from kd.training.device import resolve_device
+    from kd.models.device import resolve_device
 
     sentences = read_sentences_for_tagging(input_path)
     device = resolve_device(device)
@@ -315,6 +318,11 @@ def predict(model_ref, input_path, out_path, task, device, precision) -> None:
 def main() -> None:
     # Progress bars for copying local artifacts are noise in logs and CI.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # OpenMP threads that wait for work sleep instead of spinning: with one other busy process on
+    # 2 cores, spinning threads made a one-epoch run several times slower (bench/README.md,
+    # "Threads"). libgomp reads this once, when torch loads it, so it is set here, before any
+    # command imports torch; a value the user set wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     cli(prog_name="kd")
 
 

@@ -14,17 +14,38 @@ import click
 # start in a fraction of the time.
 
 
+class WholeNumber(click.ParamType):
+    """An integer option that also takes `3.0`: `mlflow run` passes MLproject numbers as floats
+    (MLproject has no integer type), and `-P epochs=1.0` is a user's natural spelling too."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a whole number", param, ctx)
+        if not number.is_integer():
+            self.fail(f"{value!r} is not a whole number", param, ctx)
+        return int(number)
+
+
+WHOLE_NUMBER = WholeNumber()
+
+
 def model_options(func: Callable) -> Callable:
     decorators = [
         click.option("--output", type=click.Choice(["softmax", "crf"]), default="softmax", show_default=True,
                      help="Softmax per token or a linear-chain CRF."),
-        click.option("--word-dim", type=int, default=100, show_default=True,
+        click.option("--word-dim", type=WHOLE_NUMBER, default=100, show_default=True,
                      help="Word embedding size (the vectors' size with --embeddings)."),
-        click.option("--char-dim", type=int, default=25, show_default=True),
-        click.option("--char-hidden", type=int, default=25, show_default=True, help="Character BiLSTM size per direction."),
-        click.option("--shared-hidden", type=int, default=200, show_default=True, help="Shared BiLSTM size per direction."),
-        click.option("--task-hidden", type=int, default=200, show_default=True, help="Task BiLSTM size per direction."),
-        click.option("--hidden-dim", type=int, default=200, show_default=True, help="Hidden layer before the logits."),
+        click.option("--char-dim", type=WHOLE_NUMBER, default=25, show_default=True),
+        click.option("--char-hidden", type=WHOLE_NUMBER, default=25, show_default=True, help="Character BiLSTM size per direction."),
+        click.option("--shared-hidden", type=WHOLE_NUMBER, default=200, show_default=True, help="Shared BiLSTM size per direction."),
+        click.option("--task-hidden", type=WHOLE_NUMBER, default=200, show_default=True, help="Task BiLSTM size per direction."),
+        click.option("--hidden-dim", type=WHOLE_NUMBER, default=200, show_default=True, help="Hidden layer before the logits."),
         click.option("--dropout", type=float, default=0.5, show_default=True),
         click.option("--embeddings", type=click.Path(dir_okay=False), default=None,
                      help="Pretrained word vectors (word2vec text/binary or GloVe text)."),
@@ -40,21 +61,34 @@ def precision_option() -> Callable:
 
 def training_options(func: Callable) -> Callable:
     decorators = [
-        click.option("--seed", type=int, default=1, show_default=True),
-        click.option("--epochs", type=int, default=20, show_default=True),
-        click.option("--batch-size", type=int, default=32, show_default=True, help="Sentences per batch."),
+        click.option("--seed", type=WHOLE_NUMBER, default=1, show_default=True),
+        click.option("--epochs", type=WHOLE_NUMBER, default=20, show_default=True),
+        click.option("--batch-size", type=WHOLE_NUMBER, default=32, show_default=True, help="Sentences per batch."),
         click.option("--learning-rate", type=float, default=1e-3, show_default=True, help="Adam learning rate."),
         click.option("--clip-norm", type=float, default=5.0, show_default=True, help="Gradient norm clip (0: off)."),
         precision_option(),
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]."),
-        click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)."),
+        threads_option(),
         click.option("--experiment", default="kd", show_default=True, help="MLflow experiment."),
         click.option("--run-name", default=None, help="MLflow run name."),
         click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=".kd/checkpoints",
                      show_default=True, help="Where per-epoch checkpoints are kept until the run finishes."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the run id and metrics last."),
+        progress_option(),
     ]
     return functools.reduce(lambda f, d: d(f), reversed(decorators), func)
+
+
+def threads_option() -> Callable:
+    return click.option("--threads", type=WHOLE_NUMBER, default=0, show_default=True,
+                        help="CPU threads for torch; 0: half the cores (1 on 2 cores), or $OMP_NUM_THREADS if "
+                             "set. Threads wait passively, so a busy machine does not stall them "
+                             "(bench/README.md, \"Threads\").")
+
+
+def progress_option() -> Callable:
+    return click.option("--progress/--no-progress", "progress", default=None,
+                        help="Live progress on stderr (default: only when stderr is a terminal).")
 
 
 def split_options(func: Callable) -> Callable:
@@ -96,10 +130,23 @@ def build_training_options(kwargs: dict[str, Any]):
                                                          "clip_norm", "precision")})
 
 
+def default_threads() -> int | None:
+    """kd's thread count when `--threads` is 0: half the cores, leaving the rest to another process.
+    On 2 cores with one other busy process, torch's default (2 threads, spinning) took 57-92 s for an
+    epoch that 1 thread ran in 13 s; 2 passively waiting threads took 14 s then, but 17 s on a quiet
+    machine, where 1 thread took 12.6 s and torch's default 10.4-11.3 s (bench/README.md, "Threads").
+    A user's OMP_NUM_THREADS is torch's choice and stays (None)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
 def apply_threads(threads: int | None) -> None:
-    if threads is not None:
-        if threads < 1:
-            raise click.BadParameter("must be at least 1", param_hint="--threads")
+    """`--threads`: a count, or 0 (None) for `default_threads()`."""
+    if threads is not None and threads < 0:
+        raise click.BadParameter(f"{threads}: must be 0 (kd's default) or a positive count", param_hint="--threads")
+    threads = threads or default_threads()
+    if threads:
         import torch
 
         torch.set_num_threads(threads)
@@ -133,3 +180,64 @@ def echo_result(as_json: bool, payload: dict[str, Any]) -> None:
 
 def as_path(value: str | None) -> Path | None:
     return Path(value) if value else None
+
+
+def _change_directory(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        # Where kd was started (under `mlflow run`, the project folder): shipped files such as
+        # search_spaces/ are still found there.
+        ctx.meta["kd.started_in"] = Path.cwd()
+        os.chdir(value)
+
+
+def directory_option(func: Callable) -> Callable:
+    return click.option("-C", "--directory", type=click.Path(exists=True, file_okay=False), is_eager=True,
+                        expose_value=False, callback=_change_directory,
+                        help="Run as if kd was started in DIR: relative paths, ./mlflow.db, .kd/checkpoints, "
+                             "comparison/ and kd-optuna.log are taken there (the MLproject passes the folder "
+                             "`mlflow run` was started in).")(func)
+
+
+def started_in() -> Path:
+    """The folder kd was started in, before `-C` (the current one without it)."""
+    return click.get_current_context().find_root().meta.get("kd.started_in", Path.cwd())
+
+
+def option_given(name: str) -> bool:
+    """Whether the user gave option `name` (by its parameter name), rather than its default."""
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+
+def project_target(client, experiment: str, chosen: bool) -> tuple[str, str | None]:
+    """(experiment, run to log into) for a command that may run under `mlflow run`.
+
+    `mlflow run` creates the process's run before kd starts, in the experiment the user named
+    (`--experiment-name`) or else in `Default`. kd logs into that run (no empty twin) unless it is
+    in `Default` while `--experiment` was left to kd's default, or the user chose another
+    experiment with `-P experiment=NAME`: then kd's run goes to that experiment, like a CLI run,
+    so that `kd compare` sees it, and the project run is tagged `kd.run_id` (see `point_project_run`)."""
+    run_id = project_run_id()
+    if run_id is None:
+        return experiment, None
+    project_experiment = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    if chosen and project_experiment.name != experiment:
+        return experiment, None
+    if not chosen and project_experiment.experiment_id == DEFAULT_EXPERIMENT_ID:
+        return experiment, None
+    return project_experiment.name, run_id
+
+
+# MLflow's `Default` experiment, where `mlflow run` puts runs unless told otherwise.
+DEFAULT_EXPERIMENT_ID = "0"
+
+
+def point_project_run(client, experiment: str, run_id: str) -> None:
+    """Tags the `mlflow run` run of this process with the run kd logged elsewhere (project_target)."""
+    project_run = project_run_id()
+    if project_run and project_run != run_id:
+        client.set_tag(project_run, "kd.run_id", run_id)
+        client.set_tag(project_run, "mlflow.note.content",
+                       f"kd logged this project run's work as run {run_id} in experiment {experiment}.")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kd.errors import KdError
+from kd.errors import FieldError, KdError
 from kd.losses.supervised import hard_label_loss
 from kd.models.crf import CRF
 from kd.models.tagger import TaggerOutput
@@ -78,7 +78,7 @@ def register(name: str, layers: Sequence[str], weights: Mapping[str, str] | None
 
 def get_loss(name: str) -> RegisteredLoss:
     if name not in LOSSES:
-        raise KdError(f"--loss {name}: use one of {', '.join(LOSSES)}")
+        raise FieldError("loss", name, f"use one of {', '.join(LOSSES)}")
     return LOSSES[name]
 
 

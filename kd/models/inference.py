@@ -10,7 +10,7 @@ import torch
 from kd.data.batching import EncodedDataset
 from kd.errors import KdError
 from kd.models.io import SavedModel, load_model
-from kd.training.evaluate import PREDICT_BATCH_TOKENS, as_sentences, predict_tags
+from kd.models.predict import PREDICT_BATCH_TOKENS, as_sentences, predict_tags
 
 
 class SavedTagger:

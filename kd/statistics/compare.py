@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from kd.errors import KdError
+from kd.tracking.metrics import corpus_metric_value
 from kd.statistics.bayesian import BayesianResult, bayesian_pairs, hierarchical, signed_rank
 from kd.statistics.pairwise import WilcoxonHolm, bootstrap_differences, model_pairs, wilcoxon_holm
 from kd.statistics.seeds import seed_tests
@@ -72,6 +73,7 @@ class Comparison:
     bayesian: list[BayesianResult] = field(default_factory=list)
     bayesian_options: BayesianOptions = field(default_factory=BayesianOptions)
     warnings: list[str] = field(default_factory=list)  # duplicate seeds, unequal seed counts
+    legend: dict[str, str] = field(default_factory=dict)  # model label -> its full definition
 
 
 def fetch_runs(client, experiment: str, filter_string: str | None) -> list[RunRecord]:
@@ -137,47 +139,68 @@ def _number(value: str | None) -> str:
 
 
 Cells = dict[tuple[str, str], list[tuple[str | None, float]]]
+# The group key of a run tagged with its model's identity (kd.training.identity); runs logged before
+# those tags are grouped by `default_model_name`.
+ID_KEY = "model_id:"
 
 
 def model_of(record: RunRecord, model_keys: Sequence[str] | None) -> str | None:
-    """The model a run belongs to: kd's default name, or the values of `model_keys` (None when the
-    run lacks one of them)."""
+    """The model a run belongs to: its `model_id` tag (else kd's default name), or the values of
+    `model_keys` (None when the run lacks one of them)."""
     if not model_keys:
-        return default_model_name(record)
+        model_id = record.tags.get("model_id")
+        return ID_KEY + model_id if model_id else default_model_name(record)
     values = [lookup(record, key) for key in model_keys]
     if any(v is None for v in values):
         return None
     return values[0] if len(values) == 1 else ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(model_keys, values))
 
 
+def model_labels(records: dict[str, RunRecord]) -> tuple[dict[str, str], dict[str, str]]:
+    """({group key: label}, {label: full definition}) for the models of a comparison, from one run
+    of each (`records`). A model is labelled by its short `model_name`; models sharing a name are
+    told apart by the start of their id. A model without an id is labelled by its key."""
+    names = {key: record.tags.get("model_name") or key[len(ID_KEY):] if key.startswith(ID_KEY) else key
+             for key, record in records.items()}
+    clashing = {name for name in names.values() if list(names.values()).count(name) > 1}
+    labels = {key: f"{name} [{key[len(ID_KEY):][:6]}]" if name in clashing and key.startswith(ID_KEY) else name
+              for key, name in names.items()}
+    legend = {labels[key]: definition_text(record) if key.startswith(ID_KEY) else key
+              for key, record in records.items()}
+    return labels, legend
+
+
+def definition_text(record: RunRecord) -> str:
+    """A model's definition, as its run's `model_definition` tag gives it, in `key=value` words."""
+    import json
+
+    try:
+        definition = json.loads(record.tags.get("model_definition", ""))
+    except ValueError:
+        return f"model_id {record.tags.get('model_id')}"
+    return ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in definition.items())
+
+
 def collect_cells(records: Sequence[RunRecord], metric: str, model_keys: Sequence[str] | None,
-                  corpus_key: str, warnings: list[str] | None = None) -> tuple[Cells, int]:
+                  corpus_key: str, warnings: list[str] | None = None,
+                  legend: dict[str, str] | None = None) -> tuple[Cells, int]:
     """(model, corpus) -> (seed label, metric) of each run in that cell; the label is the run's
     `seed` tag or param, None without one. A run over several corpora (a teacher) gives one value
     per corpus from its `<metric>/<corpus>` metrics. One sample per (model, corpus, seed): of runs
-    repeating a seed the newest counts, and `warnings` says so (a repeated run is not a new seed)."""
+    repeating a seed the newest counts, and `warnings` says so (a repeated run is not a new seed).
+    Models are labelled as `model_labels` says, with `legend` filled (kd's default grouping)."""
     chosen: dict[tuple[str, str, str], tuple[int, str, float]] = {}
     repeated: dict[str, int] = {}
     cells: Cells = {}
+    examples: dict[str, RunRecord] = {}
     used = 0
     for record in records:
-        if record.tags.get("model_kind") == "comparison":
-            continue
-        model = model_of(record, model_keys)
-        if model is None:
-            continue
-        corpus_value = lookup(record, corpus_key)
-        if corpus_value is None:
-            continue
-        corpora = [c for c in corpus_value.split(",") if c]
-        if len(corpora) > 1:
-            per_corpus = {c: record.metrics.get(f"{metric}/{c}") for c in corpora}
-        else:
-            per_corpus = {corpus_value: record.metrics.get(metric)}
-        per_corpus = {c: v for c, v in per_corpus.items() if v is not None and math.isfinite(v)}
+        model = model_of(record, model_keys) if record.tags.get("model_kind") != "comparison" else None
+        per_corpus = corpus_values(record, metric, corpus_key) if model is not None else {}
         if not per_corpus:
             continue
         used += 1
+        examples.setdefault(model, record)
         seed = lookup(record, "seed")
         for corpus, value in per_corpus.items():
             if seed is None:
@@ -190,10 +213,26 @@ def collect_cells(records: Sequence[RunRecord], metric: str, model_keys: Sequenc
                 chosen[key] = (record.start_time, record.run_id, float(value))
     for (model, corpus, seed), (_, _, value) in chosen.items():
         cells.setdefault((model, corpus), []).append((seed, value))
+    labels, described = model_labels(examples) if not model_keys else ({m: m for m in examples}, {})
+    if legend is not None:
+        legend.update(described)
     if warnings is not None:
-        warnings += [f"{model}: {n} extra run(s) of a seed already present on a corpus; the newest of each "
-                     f"(corpus, seed) counts, the others are not new samples" for model, n in repeated.items()]
-    return cells, used
+        warnings += [f"{labels[model]}: {n} extra run(s) of a seed already present on a corpus; the newest of "
+                     f"each (corpus, seed) counts, the others are not new samples" for model, n in repeated.items()]
+    return {(labels[model], corpus): runs for (model, corpus), runs in cells.items()}, used
+
+
+def corpus_values(record: RunRecord, metric: str, corpus_key: str) -> dict[str, float]:
+    """{corpus: the run's finite `metric` on it}: `<metric>/<corpus>` for a run over several corpora."""
+    corpus_value = lookup(record, corpus_key)
+    if corpus_value is None:
+        return {}
+    corpora = [c for c in corpus_value.split(",") if c]
+    if len(corpora) > 1:
+        per_corpus = {c: corpus_metric_value(record.metrics, metric, c) for c in corpora}
+    else:
+        per_corpus = {corpus_value: record.metrics.get(metric)}
+    return {c: v for c, v in per_corpus.items() if v is not None and math.isfinite(v)}
 
 
 def seed_count_warning(count: pd.DataFrame) -> list[str]:
@@ -230,7 +269,8 @@ def compare_runs(records: Sequence[RunRecord], metric: str = "test_f1", model_ke
     if not records:
         raise KdError("no finished runs to compare (check --experiment and --filter)")
     warnings: list[str] = []
-    cells, used = collect_cells(records, metric, model_keys, corpus_key, warnings)
+    legend: dict[str, str] = {}
+    cells, used = collect_cells(records, metric, model_keys, corpus_key, warnings, legend)
     if not cells:
         raise KdError(f"none of the {len(records)} runs has the metric {metric!r} and the keys "
                       f"{', '.join(model_keys or ['(kd tags)'])} / {corpus_key}")
@@ -249,7 +289,8 @@ def compare_runs(records: Sequence[RunRecord], metric: str = "test_f1", model_ke
     result = friedman(table.mean, posthoc=posthoc, alpha=alpha)
     comparison = Comparison(metric=metric, table=table, result=result, runs_used=used, dropped_models=dropped,
                             scale=display_scale(table.mean), seed=seed, bayesian_options=bayesian or BayesianOptions(),
-                            warnings=warnings + seed_count_warning(table.count))
+                            warnings=warnings + seed_count_warning(table.count),
+                            legend={m: legend[m] for m in table.mean.columns if m in legend})
     add_pairwise_statistics(comparison, cells)
     return comparison
 

@@ -5,7 +5,7 @@ corpora, and per corpus, tests of whether two models differ beyond seed noise.""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,17 @@ def render_markdown(comparison: Comparison) -> str:
         lines.append(f"The Friedman test does not reject equal performance at alpha = {r.alpha:g}: "
                      "post-hoc differences are not evidence on their own.")
     lines += [f"Warning: {w}." for w in comparison.warnings]
+    lines += legend_markdown(comparison)
     if comparison.table.var.isna().any().any():
         lines.append("Average variance is over the cells with 2 or more seeds (n/a: none).")
     return "\n".join(lines + pairwise_markdown(comparison)) + "\n"
+
+
+def legend_markdown(comparison: Comparison) -> list[str]:
+    """What each model label stands for: its full definition (kd's default grouping)."""
+    if not comparison.legend:
+        return []
+    return ["", "Models:", ""] + [f"- **{label}**: {definition}" for label, definition in comparison.legend.items()]
 
 
 def _tex_escape(text: str) -> str:
@@ -90,9 +99,16 @@ def results_json(comparison: Comparison, files: Mapping[str, str], run_id: str |
         "cells": {corpus: {model: {"mean": float(t.mean.loc[corpus, model]), "std": finite_or_none(t.std.loc[corpus, model]),
                                    "var": finite_or_none(t.var.loc[corpus, model]), "n": int(t.count.loc[corpus, model])}
                            for model in t.mean.columns} for corpus in t.mean.index},
-        "models": list(t.mean.columns), "corpora": list(t.mean.index), "runs_used": comparison.runs_used,
+        "models": list(t.mean.columns), "legend": comparison.legend, "corpora": list(t.mean.index), "runs_used": comparison.runs_used,
         "dropped_models": comparison.dropped_models, "warnings": comparison.warnings, "files": dict(files), "comparison_run_id": run_id,
     }
+
+
+# Figure sizes per model, so labels never overlap whatever the number of models: a label row of
+# the critical-difference diagram, and a row and column of the p-value matrix (8-point labels).
+CD_INCHES_PER_LABEL = 0.3
+MATRIX_INCHES_PER_MODEL = 0.22
+CHARACTER_INCHES = 0.075  # an 8-point character, for room beside the diagrams
 
 
 def write_figures(comparison: Comparison, out: Path) -> dict[str, str]:
@@ -103,20 +119,23 @@ def write_figures(comparison: Comparison, out: Path) -> dict[str, str]:
     import scikit_posthocs as sp
 
     r = comparison.result
+    models = len(r.average_ranks)
+    label_inches = CHARACTER_INCHES * max(len(str(m)) for m in r.average_ranks.index)
     written = {}
-    # Sizes grow with the number of models up to a cap: beyond it labels shrink rather than the
-    # image growing to tens of megapixels (which also made saving take seconds).
-    figure, axes = plt.subplots(figsize=(8, min(0.5 + 0.35 * len(r.average_ranks), 24)))
+    # The diagram puts half the labels on each side, one row each.
+    figure, axes = plt.subplots(figsize=(6 + 2 * label_inches, 1.2 + CD_INCHES_PER_LABEL * math.ceil(models / 2)))
     # Cliques come from the post-hoc p-values (Holm-adjusted Wilcoxon by default) at --alpha.
-    sp.critical_difference_diagram(r.average_ranks, r.p_values, alpha=r.alpha, ax=axes)
+    sp.critical_difference_diagram(r.average_ranks, r.p_values, alpha=r.alpha, ax=axes,
+                                   label_props={"fontsize": 8})
     axes.set_title(f"Average ranks ({comparison.metric}); bars join models not significantly different "
-                   f"({r.posthoc})")
+                   f"({r.posthoc})", fontsize=9)
     written["cd_diagram"] = _save(figure, out / "cd_diagram.png")
-    size = min(2 + 0.5 * len(r.average_ranks), 14)
-    figure, axes = plt.subplots(figsize=(size + 1, size))
+    side = max(3.0, MATRIX_INCHES_PER_MODEL * models)
+    figure, axes = plt.subplots(figsize=(side + label_inches + 1.5, side + label_inches))
     sp.sign_plot(r.p_values, ax=axes)
     axes.set_title("Post-hoc p-values")
-    axes.tick_params(axis="x", labelrotation=45)
+    axes.tick_params(axis="x", labelrotation=90, labelsize=8)
+    axes.tick_params(axis="y", labelsize=8)
     written["significance"] = _save(figure, out / "significance.png")
     return written
 
@@ -125,7 +144,7 @@ def _save(figure, path: Path) -> str:
     import matplotlib.pyplot as plt
 
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=120, bbox_inches="tight")
+        figure.savefig(temporary, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
     return str(path)
 
@@ -191,7 +210,7 @@ def run_comparison(client, experiment: str, out: Path, *, metric: str = "test_f1
     """Compares the experiment's runs, writes the outputs to `out` and (with `log`) logs them as a
     comparison run in the same experiment. Returns the contents of results.json."""
     from kd.tracking.runs import TrackedRun, git_commit
-    from kd.training.jobs import run_status
+    from kd.tracking.status import run_status
 
     check_formats(formats)
     records = [r for r in fetch_runs(client, experiment, filter_string) if r.run_id != attach_to]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import torch
 
 import kd
-from kd.errors import KdError
+from kd.errors import KdError, disk_full_names
 from kd.models.io import SavedModel, load_model
 from kd.tracking.runs import TrackedRun
 
@@ -24,31 +25,88 @@ def _requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("torch", "mlflow", "numpy", "seqeval", "pandas")]
 
 
-def log_tagger_model(run: TrackedRun, model_directory: Path) -> None:
-    """Logs the saved model folder as the pyfunc model `model` of the run. kd's own source goes
-    with it (code_paths), so the model also serves from an environment without kd installed."""
+# Shown on the logged model's page and checked when it is logged (MLflow runs the model on it).
+EXAMPLE_SENTENCE = ["Aspirin", "induced", "asthma", "in", "two", "patients", "."]
+
+
+def log_tagger_model(run: TrackedRun, model_directory: Path) -> str:
+    """Logs the saved model folder as the pyfunc logged model `model` of the run (listed under the
+    experiment's "Models" and the run's "Logged models"; `runs:/RUN_ID/model` still finds it), with a
+    signature and an input example. kd's own source goes with it (code_paths), so the model also
+    serves from an environment without kd installed. Returns the logged model's id.
+
+    The steps of `mlflow.pyfunc.log_model`, through the run's client: log_model itself puts the model
+    in the experiment and store of MLflow's global state (the `Default` experiment of the environment's
+    URI), and setting that state would change the process's environment."""
     import mlflow.pyfunc
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+    logged = run.get()
+    model = run.client.create_logged_model(
+        experiment_id=logged.info.experiment_id, name=MODEL_ARTIFACT, source_run_id=run.run_id,
+        params=dict(logged.data.params), model_type="tagger",
+        tags={key: logged.data.tags[key] for key in ("model_kind", "task", "output") if key in logged.data.tags})
+    try:
+        with tempfile.TemporaryDirectory() as staging:
+            target = Path(staging) / MODEL_ARTIFACT
+            _save_pyfunc(target, model_directory, mlflow.models.Model(
+                artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run.run_id,
+                model_id=model.model_id))
+            with disk_full_names(f"artifact store {model.artifact_location}"):
+                run.client.log_model_artifacts(model.model_id, str(target))
+    except BaseException:
+        run.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)  # not left PENDING
+        raise
+    run.client.log_outputs(run.run_id, [LoggedModelOutput(model.model_id, step=0)])
+    run.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    return model.model_id
+
+
+def _save_pyfunc(target: Path, model_directory: Path, mlflow_model) -> None:
+    """The MLflow model folder: this package's pyfunc_model.py as "model from code", the saved tagger
+    as its artifact, a signature and an input example (which MLflow checks by running the model, about
+    a second for a default-size tagger)."""
+    import logging
+    import warnings
+
+    import mlflow.pyfunc
+    import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
-
-    import warnings
 
     package = Path(kd.__file__).resolve().parent
     signature = ModelSignature(inputs=Schema([ColSpec(Array(DataType.string), "tokens")]),
                                outputs=Schema([ColSpec(Array(DataType.string))]))
-    with tempfile.TemporaryDirectory() as staging, warnings.catch_warnings():
-        # MLflow nags for an input example; the signature already documents the input.
-        warnings.filterwarnings("ignore", message=".*input example.*")
-        target = Path(staging) / MODEL_ARTIFACT
-        mlflow.pyfunc.save_model(
-            path=str(target),
-            python_model=str(package / "tracking" / "pyfunc_model.py"),
-            artifacts={"tagger": str(model_directory)},
-            code_paths=[str(package)],
-            signature=signature,
-            pip_requirements=_requirements(),
-        )
-        run.log_artifact(target, MODEL_ARTIFACT)
+    mlflow_logger = logging.getLogger("mlflow")
+    level = mlflow_logger.level
+    mlflow_logger.setLevel(logging.WARNING)  # the check logs a line per step at INFO
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mlflow.pyfunc.save_model(
+                path=str(target), python_model=str(package / "tracking" / "pyfunc_model.py"),
+                artifacts={"tagger": str(model_directory)}, code_paths=[str(package)], signature=signature,
+                input_example=pd.DataFrame({"tokens": [EXAMPLE_SENTENCE]}), pip_requirements=_requirements(),
+                mlflow_model=mlflow_model)
+    finally:
+        mlflow_logger.setLevel(level)
+    for cache in target.rglob("__pycache__"):  # compiled copies of kd's source are not part of the model
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def logged_model_location(tracking_uri: str, run_id: str) -> str | None:
+    """Where the logged model `model` of a run keeps its files, or None for a run that logged its
+    model as a plain artifact (before logged models). MLflow's own `runs:/` lookup of a logged model
+    reads the model through the global tracking URI, not the one given, so kd looks it up itself."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    outputs = client.get_run(run_id).outputs
+    for output in (outputs.model_outputs if outputs else []) or []:
+        logged = client.get_logged_model(output.model_id)
+        if logged.name == MODEL_ARTIFACT:
+            return logged.artifact_location
+    return None
 
 
 @contextlib.contextmanager
@@ -64,7 +122,8 @@ def fetched_model(model: str, tracking_uri: str) -> Iterator[tuple[Path, str]]:
     uri = f"runs:/{model}/{MODEL_ARTIFACT}" if RUN_ID.match(model) else model
     with tempfile.TemporaryDirectory(prefix="kd-model-") as staging:
         try:
-            path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=staging, tracking_uri=tracking_uri)
+            source = (logged_model_location(tracking_uri, model) if RUN_ID.match(model) else None) or uri
+            path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=staging, tracking_uri=tracking_uri)
         except Exception as error:
             raise KdError(f"{model}: cannot fetch the model ({str(error).splitlines()[0]})") from None
         yield Path(path), uri

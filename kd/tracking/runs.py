@@ -74,6 +74,32 @@ def git_commit(path: Path | None = None) -> str:
     return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
+# MLflow 3's UI opens an experiment by its kind: without this tag it guesses, and an experiment of
+# kd's runs opened on the GenAI "Traces" page; this kind opens it on its runs (the value is the
+# UI's name for a classic machine-learning experiment).
+EXPERIMENT_KIND_TAG, CLASSIC_ML = "mlflow.experimentKind", "custom_model_development"
+
+
+def mark_classic_ml(client, experiment_id: str) -> None:
+    """Tags an experiment as a classic ML one unless it already has a kind (a user's choice stays)."""
+    experiment = client.get_experiment(experiment_id)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_ML)
+
+
+def ensure_experiment(client, name: str) -> str:
+    """The id of the experiment `name`, created as a classic ML experiment if it does not exist."""
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        if EXPERIMENT_KIND_TAG not in existing.tags:
+            client.set_experiment_tag(existing.experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_ML)
+        return existing.experiment_id
+    try:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: CLASSIC_ML})
+    except Exception:  # another process created it first
+        return client.get_experiment_by_name(name).experiment_id
+
+
 class TrackedRun:
     def __init__(self, client, run_id: str) -> None:
         self.client = client
@@ -86,16 +112,10 @@ class TrackedRun:
         this process (its MLFLOW_RUN_ID), so a project run does not leave an empty twin."""
         if attach_to:
             run = cls(client, attach_to)
+            mark_classic_ml(client, run.get().info.experiment_id)
             run.set_tags({**tags, **owner_tags()})
             return run
-        existing = client.get_experiment_by_name(experiment)
-        if existing is None:
-            try:
-                experiment_id = client.create_experiment(experiment)
-            except Exception:  # another process created it first
-                experiment_id = client.get_experiment_by_name(experiment).experiment_id
-        else:
-            experiment_id = existing.experiment_id
+        experiment_id = ensure_experiment(client, experiment)
         all_tags = {**{key: str(value) for key, value in tags.items()}, **owner_tags()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id

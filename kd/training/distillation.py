@@ -1,6 +1,6 @@
-"""What a student needs beyond single-task training: the teacher's targets for each batch (from
-a cache, or from live teachers), projections when the student is smaller than its teacher, and
-the distillation loss."""
+"""What a student needs beyond single-task training: its distillation options, projections when
+the student is smaller than its teacher, and the distillation loss over the teacher's targets for
+each batch (kd.cache.knowledge: from a cache, or from live teachers)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 from kd.data.batching import Batch
-from kd.data.types import Sentence
-from kd.errors import KdError
+from kd.errors import FieldError, KdError
 from kd.losses.distill import LOSSES, DistillWeights, StudentView, get_loss
 from kd.models.tagger import Tagger
 
@@ -33,20 +32,20 @@ class DistillOptions:
         if (self.cache_run is None) == (not self.teacher_runs):
             raise KdError("give exactly one of --cache RUN_ID and --teacher RUN_ID[,RUN_ID...]")
         if self.tau <= 0:
-            raise KdError(f"--tau {self.tau}: must be positive")
+            raise FieldError("tau", self.tau, "must be positive")
         for name in ("alpha", "beta", "gamma", "kappa"):
             value = getattr(self, name)
             if value is not None and value < 0:
-                raise KdError(f"--{name} {value}: must not be negative")
+                raise FieldError(name, value, "must not be negative")
         if self.beta is None and self.alpha > 1:
             # Clipping the implied beta to 0 would silently train another objective than asked for.
-            raise KdError(f"alpha {self.alpha:g}: beta defaults to 1 - alpha, here {1 - self.alpha:g}, and a weight "
-                          "must not be negative; give beta, or an alpha of at most 1")
+            raise FieldError("alpha", self.alpha, f"beta defaults to 1 - alpha, here {1 - self.alpha:g}, and "
+                             "a weight must not be negative; give beta, or an alpha of at most 1")
         declared = {field for _, field in get_loss(self.loss).weights}
         for name in ("gamma", "kappa"):
             if getattr(self, name) and name not in declared:
                 users = [loss for loss, registered in LOSSES.items() if name in dict(registered.weights).values()]
-                raise KdError(f"--{name} applies to --loss {' or '.join(users)}, not {self.loss}")
+                raise FieldError(name, getattr(self, name), f"applies to loss {' or '.join(users)}, not {self.loss}")
         weights = self.weights()
         if not any((weights.alpha, weights.beta, weights.gamma, weights.kappa)):
             raise KdError("all loss weights are zero: nothing to learn from")
@@ -58,44 +57,6 @@ class DistillOptions:
     @property
     def layers(self) -> tuple[str, ...]:
         return get_loss(self.loss).layers
-
-
-class CachedTargetSource:
-    """Teacher targets read from a cache, checked to belong to the student's sentences."""
-
-    def __init__(self, reader, task: str, splits: Sequence[str], sentences: Sequence[Sentence],
-                 layers: Sequence[str], device: torch.device) -> None:
-        from kd.cache.store import CachedTargets
-
-        self.targets_of = CachedTargets(reader, task, splits, [s.tokens for s in sentences], layers,
-                                        tags={t for s in sentences for t in s.tags})
-        self.device = device
-
-    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
-        width = batch.words.shape[1]
-        return {k: v.to(self.device, non_blocking=True) for k, v in self.targets_of.gather(batch.sentence_ids, width).items()}
-
-
-class LiveTargetSource:
-    """Teacher targets computed on the fly by the teacher(s) (any kd.cache.protocol.TeacherModel),
-    for users without a cache."""
-
-    def __init__(self, teachers, task: str, sentences: Sequence[Sentence], layers: Sequence[str],
-                 device: torch.device) -> None:
-        known = set(teachers[0].tags(task))
-        unknown = sorted({t for s in sentences for t in s.tags} - known)
-        if unknown:
-            raise KdError(f"the teacher's tag set for {task} lacks {', '.join(unknown)}: it was trained on other data")
-        self.teachers = teachers
-        self.layers = list(layers)
-        self.device = device
-        self.prepared = [t.prepare(task, sentences, device, "fp32") for t in teachers]
-
-    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
-        from kd.cache.teachers import ensemble_outputs
-
-        return ensemble_outputs(self.teachers, self.prepared, batch.sentence_ids.numpy(), self.layers, self.device,
-                                "fp32")
 
 
 class StudentModel(nn.Module):

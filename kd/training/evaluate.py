@@ -1,25 +1,19 @@
-"""Tagging and entity-level scoring (seqeval, strict IOB2 matching)."""
+"""Entity-level scoring (seqeval, strict IOB2 matching) of a model's predictions (kd.models.predict)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
+import numpy as np
 import torch
 from seqeval.metrics import classification_report
 from seqeval.scheme import IOB2
 
-from kd.data.batching import EncodedDataset, token_budget_batches
-from kd.data.types import Sentence
+from kd.data.batching import EncodedDataset
 from kd.data.vocab import Vocabularies
+from kd.models.predict import predict_tags
 from kd.models.tagger import Tagger
-from kd.training.device import autocast
-
-
-# Larger budgets mean larger matrix products but more padding. bench/predict_batches.py on
-# NCBI-disease test, 2 CPU threads: 4,096 is within 3% of the best fp32 budget (2,048) and 7% of
-# the best bf16 one (8,192).
-PREDICT_BATCH_TOKENS = 4096
+from kd.tracking.metrics import corpus_metric
 
 
 @dataclass
@@ -46,52 +40,36 @@ def entity_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[st
                         f1=float(micro["f1-score"]), per_type=per_type)
 
 
-def as_sentences(token_lists: Sequence[Sequence[str]]) -> list[Sentence]:
-    """Wraps untagged token lists for encoding; the placeholder tags are never read."""
-    return [Sentence(tuple(tokens), ("O",) * len(tokens)) for tokens in token_lists]
-
-
-def dataset_form_table(model: Tagger, dataset: EncodedDataset, device: torch.device,
-                       precision: str = "fp32") -> torch.Tensor:
-    """The model's character BiLSTM vectors of every form of the dataset, by form id, for
-    inference over many batches of it (`Tagger.encode_form_table`)."""
-    with autocast(device, precision):
-        return model.encode_form_table(torch.from_numpy(dataset.form_chars).to(device),
-                                       torch.from_numpy(dataset.form_lengths))
-
-
-@torch.no_grad()
-def predict_tags(model: Tagger, dataset: EncodedDataset, vocabularies: Vocabularies, task: str,
-                 device: torch.device, precision: str = "fp32",
-                 batch_tokens: int = PREDICT_BATCH_TOKENS) -> list[list[str]]:
-    """Tag strings for every sentence of the dataset, in dataset order, in batches of at most
-    `batch_tokens` padded tokens (a longer sentence goes alone)."""
-    form_table = dataset_form_table(model, dataset, device, precision)
-    return decode_in_batches(model, dataset, vocabularies.tags[task], task, device, precision, batch_tokens,
-                             extra=(form_table,))
-
-
-@torch.no_grad()
-def decode_in_batches(model: torch.nn.Module, dataset: Any, tag_names: Sequence[str], task: str,
-                      device: torch.device, precision: str, batch_tokens: int, extra: tuple = ()) -> list[list[str]]:
-    """The best tag sequence of every sentence of any kd dataset (`lengths`, `batch(ids)` longest
-    first with `sentence_ids`) under any tagger (`model(batch, task, *extra)`, `decode`), in dataset
-    order, in batches of at most `batch_tokens` padded words; the model's train/eval mode is kept."""
-    was_training = model.training
-    model.eval()
-    predictions: list[list[str]] = [[] for _ in range(len(dataset.lengths))]
-    for sentence_ids in token_budget_batches(dataset.lengths, batch_tokens):
-        batch = dataset.batch(sentence_ids).to(device)
-        with autocast(device, precision):
-            output = model(batch, task, *extra)
-        best = model.decode(output, task).cpu().tolist()
-        for row, sentence_id in enumerate(batch.sentence_ids.tolist()):
-            predictions[sentence_id] = [tag_names[t] for t in best[row][: int(dataset.lengths[sentence_id])]]
-    model.train(was_training)
-    return predictions
-
-
 def evaluate(model: Tagger, dataset: EncodedDataset, vocabularies: Vocabularies, task: str,
              device: torch.device, precision: str = "fp32") -> tuple[EntityScores, list[list[str]]]:
     predicted = predict_tags(model, dataset, vocabularies, task, device, precision)
     return entity_scores([s.tags for s in dataset.sentences], predicted), predicted
+
+
+def metric_names(split: str, scores: dict[str, EntityScores]) -> dict[str, float]:
+    """`<split>_f1` etc.; with several corpora also `<corpus>/<split>_f1` (kd.tracking.metrics), the
+    plain names then being macro averages over corpora."""
+    if len(scores) == 1:
+        return next(iter(scores.values())).as_metrics(split)
+    metrics: dict[str, float] = {}
+    for task, task_scores in scores.items():
+        metrics.update({corpus_metric(name, task): value for name, value in task_scores.as_metrics(split).items()})
+    for name in ("precision", "recall", "f1"):
+        metrics[f"{split}_{name}"] = float(np.mean([getattr(s, name) for s in scores.values()]))
+    return metrics
+
+
+class Evaluator:
+    """Scores every task of one split and keeps the predictions for logging."""
+
+    def __init__(self, model: Tagger, vocabularies: Vocabularies, datasets: dict[str, EncodedDataset],
+                 device: torch.device, precision: str) -> None:
+        self.model, self.vocabularies, self.datasets = model, vocabularies, datasets
+        self.device, self.precision = device, precision
+
+    def run(self) -> tuple[dict[str, EntityScores], dict[str, list[list[str]]]]:
+        scores, predictions = {}, {}
+        for task, dataset in self.datasets.items():
+            scores[task], predictions[task] = evaluate(self.model, dataset, self.vocabularies, task, self.device,
+                                                       self.precision)
+        return scores, predictions

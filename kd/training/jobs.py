@@ -1,9 +1,9 @@
-"""Pieces every training job shares: corpus loading, model construction, run bookkeeping."""
+"""What a training job is and the pieces every job shares: its options (model, schedule, run), corpus
+loading, model construction and checkpoint bookkeeping."""
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,12 @@ from kd.data.corpora import available_splits, corpus_name, load_split, resolve_c
 from kd.data.embeddings import embedding_matrix, read_word_vectors
 from kd.data.types import SPLITS, Sentence
 from kd.data.vocab import Vocabularies
-from kd.errors import KdError
+from kd.errors import FieldError, KdError
 from kd.models.tagger import Tagger, TaggerConfig
 from kd.tracking.runs import TrackedRun
-from kd.training.loop import TrainingState
+from kd.training.distillation import DistillOptions
+from kd.training.loop import TrainingOptions, TrainingState
+from kd.training.schedule import check_schedule
 
 
 @dataclass
@@ -35,12 +37,78 @@ class ModelOptions:
 
     def __post_init__(self) -> None:
         if self.output not in ("softmax", "crf"):
-            raise KdError(f"--output {self.output}: use softmax or crf")
+            raise FieldError("output", self.output, "use softmax or crf")
         if not 0 <= self.dropout < 1:
-            raise KdError(f"--dropout {self.dropout}: must be in [0, 1)")
+            raise FieldError("dropout", self.dropout, "must be in [0, 1)")
         for name in ("word_dim", "char_dim", "char_hidden", "shared_hidden", "task_hidden", "hidden_dim"):
             if getattr(self, name) < 1:
-                raise KdError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+                raise FieldError(name, getattr(self, name), "must be at least 1")
+
+
+@dataclass(kw_only=True)
+class RunPlan:
+    """Which splits a run trains on and scores, how a multi-task schedule draws, where it runs and
+    is tracked: shared by the BiLSTM and transformer jobs."""
+
+    train_splits: list[str] = field(default_factory=lambda: ["train", "devel"])
+    eval_split: str = "test"
+    sampling: str = "uniform"
+    optimizer_state: str = "shared"
+    device: str = "auto"
+    experiment: str = "kd"
+    run_name: str | None = None
+
+
+@dataclass
+class TaggerJob(RunPlan):
+    corpora: list[str]
+    data_dir: str | None = None
+    model: ModelOptions = field(default_factory=ModelOptions)
+    training: TrainingOptions = field(default_factory=TrainingOptions)
+    distill: DistillOptions | None = None  # set for a student
+
+    def __post_init__(self) -> None:
+        if not self.corpora:
+            raise KdError("no corpus given")
+        check_schedule(self.sampling, self.optimizer_state)
+        if self.distill is not None and len(self.corpora) != 1:
+            raise KdError("a student learns one corpus")
+
+    @property
+    def model_kind(self) -> str:
+        if self.distill is not None:
+            return "student"
+        return "stm" if len(self.corpora) == 1 else "mtm"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TaggerJob":
+        data = dict(data)
+        # Jobs saved before the option existed trained with per-task moments; a resume keeps them.
+        data.setdefault("optimizer_state", "per-task")
+        data["model"] = ModelOptions(**data["model"])
+        data["training"] = TrainingOptions(**data["training"])
+        if data.get("distill") is not None:
+            data["distill"] = DistillOptions(**data["distill"])
+        return cls(**data)
+
+    def params(self) -> dict[str, Any]:
+        # The data folder, resolved, lets `kd cache-logits` find a teacher's corpora without --data-dir.
+        params = {"corpora": ",".join(self.corpora), "data_dir": str(Path(self.data_dir).resolve()) if self.data_dir else "",
+                  "train_splits": ",".join(self.train_splits),
+                  "eval_split": self.eval_split, "device": self.device, **options_params(self.model, self.training)}
+        if self.model_kind == "mtm":
+            params["sampling"] = self.sampling
+            params["optimizer_state"] = self.optimizer_state
+        if self.distill is not None:
+            weights = self.distill.weights()
+            params.update({"loss": self.distill.loss, "alpha": weights.alpha, "beta": weights.beta,
+                           "gamma": weights.gamma, "kappa": weights.kappa, "tau": weights.tau,
+                           "cache_run": self.distill.cache_run or "",
+                           "teacher_runs": ",".join(self.distill.teacher_runs or [])})
+        return params
 
 
 @dataclass
@@ -135,17 +203,3 @@ def resume_state(run: TrackedRun) -> tuple[TrainingState, Path]:
     if not path:
         raise KdError(f"--resume {run.run_id}: the run has no checkpoint tag")
     return TrainingState.load(path), Path(path)
-
-
-@contextlib.contextmanager
-def run_status(run: TrackedRun) -> Iterator[None]:
-    """Ends the run FINISHED, or FAILED/KILLED (resumable from its checkpoint) if the block raises."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        run.finish("KILLED")
-        raise
-    except BaseException:
-        run.finish("FAILED")
-        raise
-    run.finish("FINISHED")

@@ -7,6 +7,8 @@ checkpoint after every epoch from which a run resumes to the same result.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,12 +19,14 @@ import numpy as np
 import torch
 
 from kd.data.batching import Batch
-from kd.errors import KdError, disk_full_names
-from kd.training.device import autocast
+from kd.errors import FieldError, KdError, disk_full_names
+from kd.models.device import autocast
 from kd.utils.atomic import atomic_file
 
 # (epoch, metrics of that epoch) -> True to stop training after this epoch.
 EpochCallback = Callable[[int, dict[str, float]], bool]
+# (epoch, tokens in the batch, its loss terms): a progress display hears every batch.
+BatchCallback = Callable[[int, int, Mapping[str, float]], None]
 # The batches of one epoch, drawn with the loop's generator so a resumed run draws the same ones.
 EpochPlan = Callable[[np.random.Generator], Iterable[tuple[str, Batch]]]
 # (task, batch on device) -> named loss terms; "loss" is the one minimised.
@@ -40,11 +44,11 @@ class TrainingOptions:
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
-            raise KdError(f"--epochs {self.epochs}: must be at least 1")
+            raise FieldError("epochs", self.epochs, "must be at least 1")
         if self.batch_size < 1:
-            raise KdError(f"--batch-size {self.batch_size}: must be at least 1")
+            raise FieldError("batch_size", self.batch_size, "must be at least 1")
         if self.learning_rate <= 0:
-            raise KdError(f"--learning-rate {self.learning_rate}: must be positive")
+            raise FieldError("learning_rate", self.learning_rate, "must be positive")
 
 
 @dataclass
@@ -100,6 +104,82 @@ def distinct_optimizers(optimizers: Mapping[str, torch.optim.Optimizer]) -> dict
     return dict(first.values())
 
 
+# stage name -> a context manager around that stage of a training step; kd's own does nothing, a
+# profiler's times it (bench/stage_profile.py). Stages: zero_grad, forward (all), backward (all),
+# gradient clipping, optimizer step.
+StageHook = Callable[[str], contextlib.AbstractContextManager]
+
+
+def no_stage_timing(name: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_function: LossFunction,
+                  task: str, batch: Batch, options: TrainingOptions, device: torch.device,
+                  stage: StageHook = no_stage_timing) -> Mapping[str, torch.Tensor]:
+    """One optimizer step on one batch (already on `device`); returns the loss terms."""
+    with stage("zero_grad"):
+        optimizer.zero_grad(set_to_none=True)
+    with stage("forward (all)"), autocast(device, options.precision):
+        terms = loss_function(task, batch)
+    with stage("backward (all)"):
+        terms["loss"].backward()
+    if options.clip_norm > 0:
+        with stage("gradient clipping"):
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(parameters, options.clip_norm)
+    with stage("optimizer step"):
+        optimizer.step()
+    return terms
+
+
+def train_epoch(model: torch.nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
+                batches: Iterable[tuple[str, Batch]], loss_function: LossFunction, options: TrainingOptions,
+                device: torch.device, stage: StageHook = no_stage_timing,
+                on_batch: Callable[[int, Mapping[str, float]], None] | None = None) -> dict[str, float]:
+    """A step per batch; returns each loss term's mean over the epoch as `train_<term>`. `on_batch`
+    hears each batch's tokens and loss terms (a progress display)."""
+    model.train()
+    sums: dict[str, float] = {}
+    count = 0
+    for task, batch in batches:
+        terms = training_step(model, optimizers[task], loss_function, task, batch.to(device), options, device, stage)
+        values = {name: float(value.detach()) for name, value in terms.items()}
+        for name, value in values.items():
+            sums[name] = sums.get(name, 0.0) + value
+        count += 1
+        if on_batch is not None:
+            on_batch(batch.num_tokens, values)
+    return {f"train_{name}": total / max(count, 1) for name, total in sums.items()}
+
+
+def restore(model: torch.nn.Module, optimizers: Mapping[str, torch.optim.Optimizer], state: TrainingState,
+            generator: np.random.Generator, seed: int) -> None:
+    """Puts model, optimizers and random generators where a checkpointed `state` left them; a fresh
+    state only seeds torch."""
+    if state.model is None:
+        torch.manual_seed(seed)
+        return
+    try:
+        model.load_state_dict(state.model)
+    except RuntimeError as error:
+        raise KdError(f"the checkpoint does not fit this model (did the data change?): "
+                      f"{str(error).splitlines()[0]}") from None
+    for task, optimizer in distinct_optimizers(optimizers).items():
+        optimizer.load_state_dict(state.optimizers[task])
+    torch.set_rng_state(state.torch_rng)
+    generator.bit_generator.state = state.numpy_rng
+
+
+def save_checkpoint(state: TrainingState, model: torch.nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
+                    generator: np.random.Generator, path: Path) -> None:
+    state.model = clone_state(model)
+    state.optimizers = {task: optimizer.state_dict() for task, optimizer in distinct_optimizers(optimizers).items()}
+    state.torch_rng = torch.get_rng_state()
+    state.numpy_rng = generator.bit_generator.state
+    state.save(path)
+
+
 def train(
     model: torch.nn.Module,
     optimizers: Mapping[str, torch.optim.Optimizer],
@@ -114,50 +194,26 @@ def train(
     log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
     checkpoint_path: Path | None = None,
     state: TrainingState | None = None,
+    stage: StageHook = no_stage_timing,
+    on_batch: BatchCallback | None = None,
 ) -> TrainingResult:
     """Trains for `options.epochs` epochs (or until a callback stops it).
 
     `optimizers` maps each task to the optimizer that steps when a batch of that task is seen.
     With `selection_metric`, the weights of the epoch with the highest value of that metric are
     restored at the end; otherwise the last epoch's weights are kept. A `state` loaded from a
-    checkpoint (one with model weights) continues where it stopped.
+    checkpoint (one with model weights) continues where it stopped. `stage` wraps the stages of
+    every step (a profiler's timers); `on_batch` hears every batch (epoch, tokens, loss terms).
     """
     state = state or TrainingState()
     generator = np.random.default_rng(options.seed)
-    if state.model is not None:
-        try:
-            model.load_state_dict(state.model)
-        except RuntimeError as error:
-            raise KdError(f"the checkpoint does not fit this model (did the data change?): "
-                          f"{str(error).splitlines()[0]}") from None
-        for task, optimizer in distinct_optimizers(optimizers).items():
-            optimizer.load_state_dict(state.optimizers[task])
-        torch.set_rng_state(state.torch_rng)
-        generator.bit_generator.state = state.numpy_rng
-    else:
-        torch.manual_seed(options.seed)
-
+    restore(model, optimizers, state, generator, options.seed)
     stopped_early = False
     while state.epoch < options.epochs and not stopped_early:
         epoch = state.epoch + 1
-        model.train()
-        sums: dict[str, float] = {}
-        batches = 0
-        for task, batch in plan_epoch(generator):
-            batch = batch.to(device)
-            optimizer = optimizers[task]
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, options.precision):
-                terms = loss_function(task, batch)
-            terms["loss"].backward()
-            if options.clip_norm > 0:
-                parameters = [p for group in optimizer.param_groups for p in group["params"]]
-                torch.nn.utils.clip_grad_norm_(parameters, options.clip_norm)
-            optimizer.step()
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
-            batches += 1
-        metrics = {f"train_{name}": total / max(batches, 1) for name, total in sums.items()}
+        hear_batch = None if on_batch is None else functools.partial(on_batch, epoch)
+        metrics = train_epoch(model, optimizers, plan_epoch(generator), loss_function, options, device, stage,
+                              hear_batch)
         if evaluate_epoch is not None:
             metrics.update(evaluate_epoch(epoch))
         if selection_metric is not None:
@@ -170,13 +226,7 @@ def train(
         for callback in callbacks:
             stopped_early = bool(callback(epoch, metrics)) or stopped_early
         if checkpoint_path is not None:
-            state.model = clone_state(model)
-            state.optimizers = {task: optimizer.state_dict()
-                                for task, optimizer in distinct_optimizers(optimizers).items()}
-            state.torch_rng = torch.get_rng_state()
-            state.numpy_rng = generator.bit_generator.state
-            state.save(checkpoint_path)
-
+            save_checkpoint(state, model, optimizers, generator, checkpoint_path)
     if selection_metric is not None and state.best_model is not None:
         model.load_state_dict(state.best_model)
     return TrainingResult(state=state, stopped_early=stopped_early)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kd.losses.distill import get_loss
 from kd.tracking.runs import TrackedRun
+from kd.tracking.metrics import corpus_metric_value
 from kd.training.curves import plot_loss_terms
 from kd.training.distillation import DistillOptions
 
@@ -33,9 +34,10 @@ class TeacherCheck:
 
 
 def corpus_f1(metrics: Mapping[str, float], tags: Mapping[str, str], task: str, split: str) -> float | None:
-    """A run's F1 on one corpus: `<split>_f1/<task>` for a multi-task run, `<split>_f1` for a run of that corpus alone."""
-    if f"{split}_f1/{task}" in metrics:
-        return metrics[f"{split}_f1/{task}"]
+    """A run's F1 on one corpus: `<task>/<split>_f1` for a multi-task run, `<split>_f1` for a run of that corpus alone."""
+    per_corpus = corpus_metric_value(metrics, f"{split}_f1", task)
+    if per_corpus is not None:
+        return per_corpus
     if tags.get("task") == task:
         return metrics.get(f"{split}_f1")
     return None

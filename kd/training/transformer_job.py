@@ -5,7 +5,7 @@ logged like the MTM (`model_kind = mtm`, tag `teacher_kind = transformer`, per-c
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,15 +13,19 @@ from typing import Any
 import torch
 
 from kd.data.vocab import tag_list
-from kd.errors import KdError
+from kd.errors import FieldError
+from kd.models.device import resolve_device
+from kd.models.predict import PREDICT_BATCH_TOKENS, decode_in_batches
 from kd.models.transformer import WORD_OUTPUT, SubwordDataset, TransformerTagger, build_transformer, save_transformer
 from kd.tracking.runs import TrackedRun, git_commit
-from kd.training.device import resolve_device
-from kd.training.evaluate import PREDICT_BATCH_TOKENS, EntityScores, decode_in_batches, entity_scores
-from kd.training.jobs import load_tasks, run_status
-from kd.training.loop import EpochCallback, TrainingOptions, train
-from kd.training.tagger_job import (RunPlan, RunSummary, alternating_plan, check_schedule, log_final_artifacts, metric_names,
-                                    supervised_loss, task_optimizers)
+from kd.tracking.status import run_status
+from kd.tracking.metrics import corpus_metric
+from kd.training.evaluate import EntityScores, entity_scores, metric_names
+from kd.training.identity import default_run_name, identity_tags, transformer_definition
+from kd.training.jobs import RunPlan, load_tasks
+from kd.training.loop import BatchCallback, EpochCallback, TrainingOptions, train
+from kd.training.schedule import alternating_plan, check_schedule, supervised_loss, task_optimizers
+from kd.training.tagger_job import RunSummary, log_final_artifacts
 from kd.training.weighing import model_bytes
 
 # Fine-tuning defaults where the BiLSTM's (20 epochs at 1e-3) do not fit: Adam at 1e-3 wrecks a
@@ -42,13 +46,13 @@ class TransformerJob(RunPlan):
 
     def __post_init__(self) -> None:
         if not self.corpora:
-            raise KdError("--tasks: no corpus given")
+            raise FieldError("corpora", None, "no corpus given")
         if not self.base:
-            raise KdError("--base: give the encoder to fine-tune (a model folder or hub id)")
+            raise FieldError("base", None, "give the encoder to fine-tune (a model folder or hub id)")
         if self.output not in ("softmax", "crf"):
-            raise KdError(f"--output {self.output}: use softmax or crf")
+            raise FieldError("output", self.output, "use softmax or crf")
         if not 0 <= self.dropout < 1:
-            raise KdError(f"--dropout {self.dropout}: must be in [0, 1)")
+            raise FieldError("dropout", self.dropout, "must be in [0, 1)")
         check_schedule(self.sampling, self.optimizer_state)
 
     def params(self) -> dict[str, Any]:
@@ -83,17 +87,19 @@ class TransformerEvaluator:
 
 
 def per_corpus_metrics(split: str, scores: dict[str, EntityScores]) -> dict[str, float]:
-    """`metric_names`, with the per-corpus names (`test_f1/<corpus>`) even for one corpus."""
+    """`metric_names`, with the per-corpus names (`<corpus>/test_f1`) even for one corpus."""
     metrics = metric_names(split, scores)
     for task, task_scores in scores.items():
-        metrics.update({f"{name}/{task}": value for name, value in task_scores.as_metrics(split).items()})
+        metrics.update({corpus_metric(name, task): value for name, value in task_scores.as_metrics(split).items()})
     return metrics
 
 
 def run_transformer_job(job: TransformerJob, client, *, callbacks: Sequence[EpochCallback] = (),
-                        attach_to: str | None = None) -> RunSummary:
+                        attach_to: str | None = None, on_start: Callable[[str], None] | None = None,
+                        on_batch: BatchCallback | None = None) -> RunSummary:
     """Fine-tunes, evaluates and logs one transformer teacher; the model artifact `model/` is the
-    folder of kd.models.transformer.save_transformer (safetensors, JSON, tokenizer files)."""
+    folder of kd.models.transformer.save_transformer (safetensors, JSON, tokenizer files).
+    `on_start` hears the run id as soon as the run exists, `on_batch` every training batch."""
     device = resolve_device(job.device)
     held_out_devel = "devel" not in job.train_splits
     tasks = load_tasks(job.corpora, Path(job.data_dir) if job.data_dir else None,
@@ -107,23 +113,28 @@ def run_transformer_job(job: TransformerJob, client, *, callbacks: Sequence[Epoc
     evaluators = {split: TransformerEvaluator(model, tags, {name: model.encode(data.splits[split], tags[name])
                                                             for name, data in tasks.items()},
                                               device, job.training.precision) for split in splits}
-    run = TrackedRun.start(client, job.experiment, job.run_name, {
+    identity = identity_tags(transformer_definition(job))
+    run = TrackedRun.start(client, job.experiment, job.run_name or default_run_name(
+        identity["model_name"], list(tasks), job.training.seed), {
         "task": ",".join(tasks), "model_kind": "mtm", "teacher_kind": "transformer", "output": job.output,
-        "seed": job.training.seed, "word_output": WORD_OUTPUT, "git_commit": git_commit()}, attach_to=attach_to)
+        "seed": job.training.seed, "word_output": WORD_OUTPUT, "git_commit": git_commit(), **identity},
+        attach_to=attach_to)
     run.log_params(job.params())
+    if on_start is not None:
+        on_start(run.run_id)
     with run_status(run):
         run.log_metrics({"num_parameters": float(model.num_parameters()), "model_bytes": float(model_bytes(model)),
                          "train_tokens": float(sum(d.num_tokens for d in train_data.values()))})
 
         def evaluate_devel(epoch: int) -> dict[str, float]:
             scores, _ = evaluators["devel"].run()
-            return {k: v for k, v in metric_names("devel", scores).items() if k.startswith("devel_f1")}
+            return {k: v for k, v in metric_names("devel", scores).items() if k.split("/")[-1] == "devel_f1"}
 
         result = train(model, task_optimizers(model, job.training.learning_rate, job.optimizer_state),
                        alternating_plan(train_data, job.training.batch_size, job.sampling), supervised_loss(model),
                        job.training, device, evaluate_epoch=evaluate_devel if held_out_devel else None,
                        selection_metric="devel_f1" if held_out_devel else None, callbacks=callbacks,
-                       log_metrics=run.log_metrics)
+                       log_metrics=run.log_metrics, on_batch=on_batch)
         final: dict[str, float] = {}
         results = {}
         for split, evaluator in evaluators.items():

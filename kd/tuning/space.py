@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from kd.errors import KdError
+from kd.training.distillation import DistillOptions
+from kd.training.jobs import ModelOptions
+from kd.training.loop import TrainingOptions
 
-# Options a space may set or tune: distillation weights and the student's training and model options.
-DISTILL_KEYS = {"loss", "alpha", "beta", "gamma", "kappa", "tau"}
-TRAINING_KEYS = {"epochs", "batch_size", "learning_rate", "clip_norm", "precision"}
-MODEL_KEYS = {"output", "word_dim", "char_dim", "char_hidden", "shared_hidden", "task_hidden", "hidden_dim", "dropout"}
+# Options a space may set or tune: distillation weights and the student's training and model options,
+# the fields of their dataclasses (one definition each) except what a study decides itself: the seed
+# (--seed), the teacher (--cache) and pretrained vectors (a file, not a value to search).
+DISTILL_KEYS = {f.name for f in fields(DistillOptions)} - {"cache_run", "teacher_runs"}
+TRAINING_KEYS = {f.name for f in fields(TrainingOptions)} - {"seed"}
+MODEL_KEYS = {f.name for f in fields(ModelOptions)} - {"embeddings"}
 KNOWN_KEYS = DISTILL_KEYS | TRAINING_KEYS | MODEL_KEYS
 
 
@@ -199,3 +204,35 @@ def _check_implied_beta(path: Path, space: SearchSpace) -> None:
     if largest > 1:
         raise _error(path, key, f"alpha up to {largest:g} needs beta too: beta defaults to 1 - alpha, "
                                 "which must not be negative")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`epochs=3` -> ("epochs", 3): the value read as YAML, as a space file would have it."""
+    name, sep, value = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or not name:
+        raise KdError(f"--set {text}: expected NAME=VALUE, e.g. epochs=3")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return name, parsed
+
+
+def with_fixed(space: SearchSpace, overrides: dict[str, Any]) -> SearchSpace:
+    """The space with some options fixed to other values (`kd tune --set epochs=3`): any option a
+    space may fix, checked as in the file; an option the space tunes cannot be fixed this way."""
+    tuned = {p.name for p in space.params}
+    for name, value in overrides.items():
+        where = f"--set {name}={value}"
+        if name not in KNOWN_KEYS:
+            raise KdError(f"{where}: unknown option (a space may fix {', '.join(sorted(KNOWN_KEYS))})")
+        if name in tuned:
+            raise KdError(f"{where}: {space.path} tunes {name} (params.{name}); copy the space to fix it")
+        expected, accepts = _rules()[name]
+        if not accepts(value):
+            raise KdError(f"{where}: {name} takes {expected}")
+    fixed = {**space.fixed, **overrides}
+    changed = SearchSpace(name=space.name, path=space.path, params=space.params, fixed=fixed)
+    _check_implied_beta(Path(space.path), changed)
+    return changed

@@ -15,7 +15,6 @@ import math
 import os
 import random
 import socket
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -23,13 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kd.errors import KdError
+from kd.errors import FieldError, KdError
 from kd.tracking.runs import TrackedRun, git_commit, process_alive
+from kd.tracking.status import run_status
 from kd.training.distillation import DistillOptions
 from kd.training.jobs import ModelOptions
-from kd.training.loop import TrainingOptions
+from kd.training.loop import BatchCallback, EpochCallback, TrainingOptions
 from kd.training.tagger_job import TaggerJob, run_tagger_job
-from kd.tuning.space import DISTILL_KEYS, MODEL_KEYS, TRAINING_KEYS, SearchSpace, load_search_space
+from kd.tuning.record import record_study
+from kd.tuning.space import DISTILL_KEYS, MODEL_KEYS, TRAINING_KEYS, SearchSpace, load_search_space, with_fixed
 from kd.tuning.workers import pull_trials
 
 DEFAULT_JOURNAL = "kd-optuna.log"
@@ -53,6 +54,8 @@ class TuneJob:
     data_dir: str | None = None
     device: str = "auto"
     experiment: str = "kd"
+    # Options the space fixes (or leaves at kd's defaults) set to other values: `--set epochs=3`.
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -134,8 +137,26 @@ def make_pruner(name: str, epochs: int):
     return optuna.pruners.NopPruner()
 
 
-def default_study_name(task: str, space: SearchSpace) -> str:
-    return f"{Path(task).name}-{space.name}"
+# The study's objective, as Optuna's plots and dashboard name it.
+OBJECTIVE = "devel_f1"
+
+
+@dataclass
+class TrialHooks:
+    """What a progress display hears of a study: before each trial, (finished trials, n_trials, best
+    value so far); then the trial run's id, its batches and its epochs."""
+
+    on_trial: Callable[[int, int, float | None], None] = lambda finished, n_trials, best: None
+    on_start: Callable[[str], None] | None = None
+    on_batch: BatchCallback | None = None
+    on_epoch: EpochCallback | None = None
+
+
+def default_study_name(task: str, space: SearchSpace, overrides: dict[str, Any] | None = None) -> str:
+    """`<corpus>-<space>`; with `--set` values, those too (`NCBI-disease-logits-epochs3`): trials of
+    another fixed value are another study, not more samples of this one."""
+    suffix = "".join(f"-{name}{value}" for name, value in sorted((overrides or {}).items()))
+    return f"{Path(task).name}-{space.name}{suffix}"
 
 
 def finished_states():
@@ -203,11 +224,16 @@ def student_job(job: TuneJob, values: dict[str, Any], *, seed: int, train_splits
     distill = {k: v for k, v in values.items() if k in DISTILL_KEYS}
     model = {k: v for k, v in values.items() if k in MODEL_KEYS}
     training = {k: v for k, v in values.items() if k in TRAINING_KEYS}
-    return TaggerJob(
-        corpora=[job.task], data_dir=job.data_dir, model=ModelOptions(**model),
-        training=TrainingOptions(seed=seed, **training), train_splits=train_splits, eval_split=eval_split,
-        device=job.device, experiment=job.experiment,
-        distill=DistillOptions(cache_run=job.cache_run, **distill))
+    try:
+        return TaggerJob(
+            corpora=[job.task], data_dir=job.data_dir, model=ModelOptions(**model),
+            training=TrainingOptions(seed=seed, **training), train_splits=train_splits, eval_split=eval_split,
+            device=job.device, experiment=job.experiment,
+            distill=DistillOptions(cache_run=job.cache_run, **distill))
+    except FieldError as error:  # a value the space gave: named as the space names it
+        if error.field not in values:
+            raise
+        raise KdError(error.worded(f"{job.space}: params.{error.field}")) from None
 
 
 @dataclass
@@ -221,10 +247,13 @@ class TuneResult:
     refit: dict[str, Any] = field(default_factory=dict)
 
 
-def tune(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None] = lambda message: None) -> TuneResult:
-    optuna = _optuna()
-    space = load_search_space(job.space)
-    study_name = job.study or default_study_name(job.task, space)
+def tune(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None] = lambda message: None,
+         hooks: TrialHooks | None = None) -> TuneResult:
+    """Runs trials until the study holds `job.n_trials` finished ones; the study's parent run ends
+    FINISHED with it, or FAILED (KILLED when interrupted) if this worker fails."""
+    hooks = hooks or TrialHooks()
+    space = with_fixed(load_search_space(job.space), job.overrides)
+    study_name = job.study or default_study_name(job.task, space, job.overrides)
     storage_text = describe_storage(job.storage)
     epochs = int(space.fixed.get("epochs", TrainingOptions().epochs))
     study = _open_study(study_name, open_storage(job.storage), make_pruner(job.pruner, epochs))
@@ -233,12 +262,22 @@ def tune(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None] 
     sampler_seed = job.seed if not study.trials else job.seed + 7919 * len(study.trials) + os.getpid()
     study.sampler = make_sampler(job.sampler, space, sampler_seed)
     parent = find_or_create_parent(client, job.experiment, study_name, storage_text, space)
+    client.update_run(parent.run_id, status="RUNNING")  # a study continued by a larger budget runs again
+    with run_status(parent):
+        return _run_study(job, client, checkpoint_dir, log, hooks, space, study, study_name, storage_text, parent)
+
+
+def _run_study(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None], hooks: TrialHooks,
+               space: SearchSpace, study, study_name: str, storage_text: str, parent: TrackedRun) -> TuneResult:
+    optuna = _optuna()
     recovered = recover_abandoned_trials(study, client)
     if recovered:
         log(f"re-queued trials abandoned by dead workers: {', '.join(map(str, recovered))}")
     host_pid = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial) -> float:
+        best = _best_trial(study)
+        hooks.on_trial(count_finished(study), job.n_trials, best.value if best else None)
         trial.set_user_attr("worker", host_pid)
         values = {**space.fixed, **{p.name: p.suggest(trial) for p in space.params}}
         pruned = False
@@ -252,10 +291,16 @@ def tune(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None] 
             pruned = epoch < student.training.epochs and trial.should_prune()
             return pruned
 
+        def started(run_id: str) -> None:
+            trial.set_user_attr("mlflow_run_id", run_id)
+            if hooks.on_start is not None:
+                hooks.on_start(run_id)
+
         summary = run_tagger_job(
-            student, client, checkpoint_dir, callbacks=[report], parent_run_id=parent.run_id, log_model=False,
+            student, client, checkpoint_dir, callbacks=[*([hooks.on_epoch] if hooks.on_epoch else []), report],
+            parent_run_id=parent.run_id, log_model=False, on_start=started, on_batch=hooks.on_batch, warn=log,
             extra_tags={"study": study_name, "trial_number": trial.number, "search_space": space.name,
-                        "tuning": "trial"}, on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+                        "tuning": "trial"})
         client.set_tag(summary.run_id, "trial_state", "PRUNED" if pruned else "COMPLETE")
         log(f"trial {trial.number}: devel F1 {summary.metrics['devel_f1']:.4f}" + (" (pruned)" if pruned else "")
             + f" {json.dumps({p.name: values[p.name] for p in space.params})}")
@@ -270,6 +315,7 @@ def tune(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None] 
     waited = pull_trials(study, objective, job.n_trials, job.timeout, recover)
     finished = count_finished(study)
     best = _best_trial(study)
+    hooks.on_trial(finished, job.n_trials, best.value if best else None)
     record_study(parent, study, best, finished, job.n_trials)
     result = TuneResult(study=study_name, storage=storage_text, parent_run_id=parent.run_id, finished_trials=finished,
                         best_value=best.value if best else None, best_params=dict(best.params) if best else {})
@@ -285,8 +331,11 @@ def _open_study(study_name: str, storage, pruner):
     optuna = _optuna()
     for attempt in range(5):
         try:
-            return optuna.create_study(study_name=study_name, storage=storage, direction="maximize", pruner=pruner,
-                                       load_if_exists=True)
+            study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", pruner=pruner,
+                                        load_if_exists=True)
+            if study.metric_names != [OBJECTIVE]:
+                study.set_metric_names([OBJECTIVE])
+            return study
         except optuna.exceptions.DuplicatedStudyError:  # created by a worker between our check and insert
             time.sleep(0.2 * (attempt + 1))
     raise KdError(f"--study {study_name}: could not create or load the study")
@@ -296,43 +345,6 @@ def _best_trial(study):
     optuna = _optuna()
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
-
-
-def record_study(parent: TrackedRun, study, best, finished: int, n_trials: int) -> None:
-    """Best parameters, counts and Optuna's plots on the parent run (tags, being mutable, hold
-    what changes as workers finish)."""
-    optuna = _optuna()
-    states = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,)))
-              for state in optuna.trial.TrialState}
-    parent.log_metrics({f"trials_{name}": float(count) for name, count in states.items()}, step=finished)
-    tags = {"finished_trials": finished, "n_trials": n_trials}
-    if best is not None:
-        parent.log_metrics({"best_devel_f1": best.value}, step=finished)
-        tags.update({"best_trial": best.number, **{f"best.{k}": v for k, v in best.params.items()}})
-    parent.set_tags(tags)
-    parent.log_json({"best_trial": best.number if best else None, "best_value": best.value if best else None,
-                     "best_params": best.params if best else {}, "trials": states}, "best.json")
-    if best is None:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as plots
-
-    with tempfile.TemporaryDirectory() as staging:
-        for name, plot in (("optimization_history", plots.plot_optimization_history),
-                           ("param_importances", plots.plot_param_importances),
-                           ("intermediate_values", plots.plot_intermediate_values)):
-            try:
-                axes = plot(study)
-            except Exception:  # e.g. importances need two complete trials with varying parameters
-                continue
-            figure = (axes if not hasattr(axes, "figure") else axes.figure)
-            path = Path(staging) / f"{name}.png"
-            figure.savefig(path, dpi=110, bbox_inches="tight")
-            plt.close(figure)
-            parent.log_artifact(path, "plots")
 
 
 def refit(job: TuneJob, client, checkpoint_dir: Path, parent: TrackedRun, study_name: str, space: SearchSpace,

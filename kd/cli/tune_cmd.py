@@ -1,0 +1,70 @@
+"""`kd tune`: an Optuna study of one corpus's distillation, with trials done of N on stderr."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from kd.cli.errors import handle_errors
+from kd.cli.options import (WHOLE_NUMBER, apply_threads, data_dir_option, echo_result, progress_option, started_in,
+                            threads_option, tracking_client, tracking_uri)
+from kd.cli.progress import TuneDisplay, stop_cleanly, wants_live_display
+
+
+def find_space(space: str) -> str:
+    """The search space file: as given, or else relative to where kd was started, so that the spaces
+    kd ships (search_spaces/) are found under `mlflow run`, which starts kd in the project folder and
+    has it work in the user's (`-C`)."""
+    if Path(space).exists() or Path(space).is_absolute():
+        return space
+    shipped = started_in() / space
+    return str(shipped) if shipped.exists() else space
+
+
+@click.command()
+@click.option("--task", required=True, help="Corpus name (found under --data-dir) or folder.")
+@click.option("--cache", "cache_run", required=True, help="Cache run id of the teacher (kd cache-logits).")
+@click.option("--space", required=True, type=click.Path(dir_okay=False), help="Search space YAML (search_spaces/).")
+@click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
+              help="Fix an option for every trial instead of the space's value, e.g. --set epochs=3 (repeatable; "
+                   "not an option the space tunes). The default study name includes it.")
+@click.option("--n-trials", type=WHOLE_NUMBER, default=20, show_default=True,
+              help="Finished trials the study should hold, across all workers.")
+@click.option("--timeout", type=float, default=None, help="Stop starting trials after this many seconds.")
+@click.option("--study", default=None, help="Study name (default: <corpus>-<space>[-<set values>]).")
+@click.option("--storage", default=None,
+              help="Optuna storage: a journal file path (default ./kd-optuna.log) or a database URL (postgresql://...).")
+@click.option("--sampler", type=click.Choice(["tpe", "grid", "random"]), default="tpe", show_default=True)
+@click.option("--pruner", type=click.Choice(["median", "percentile", "hyperband", "none"]), default="median",
+              show_default=True, help="median prunes trials in the bottom half at an epoch, percentile the bottom third.")
+@click.option("--seed", type=WHOLE_NUMBER, default=1, show_default=True)
+@click.option("--refit-seeds", type=WHOLE_NUMBER, default=0, show_default=True,
+              help="Afterwards, train the best configuration on train+devel with this many seeds and score test.")
+@data_dir_option
+@click.option("--device", default="auto", show_default=True)
+@threads_option()
+@click.option("--experiment", default="kd", show_default=True)
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=".kd/checkpoints", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the study's results last.")
+@progress_option()
+@handle_errors
+def tune(task, cache_run, space, overrides, n_trials, timeout, study, storage, sampler, pruner, seed, refit_seeds,
+         data_dir, device, threads, experiment, checkpoint_dir, as_json, progress) -> None:
+    """Tune the distillation of one corpus with an Optuna study (devel F1 of students trained on train)."""
+    from kd.tuning.space import parse_override
+    from kd.tuning.study import TrialHooks, TuneJob, tune as run_tune
+
+    apply_threads(threads)
+    job = TuneJob(task=task, cache_run=cache_run, space=find_space(space), n_trials=n_trials, timeout=timeout,
+                  study=study, storage=storage, sampler=sampler, pruner=pruner, seed=seed, refit_seeds=refit_seeds,
+                  data_dir=data_dir or None, device=device, experiment=experiment,
+                  overrides=dict(parse_override(text) for text in overrides))
+    client = tracking_client()
+    display = TuneDisplay(client, tracking_uri(), wants_live_display(progress))
+    hooks = TrialHooks(on_trial=display.on_trial, on_start=display.on_start, on_batch=display.on_batch,
+                       on_epoch=display.on_epoch)
+    with stop_cleanly(display, lambda run_id: f"trial run {run_id} is marked KILLED and its trial failed; "
+                                               "the same kd tune command continues the study"):
+        result = run_tune(job, client, Path(checkpoint_dir), log=display.message, hooks=hooks)
+    echo_result(as_json, asdict(result))

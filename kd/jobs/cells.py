@@ -1,0 +1,181 @@
+"""A plan as a graph of cells: a teacher of a seed, a cache (of a seed, or of every seed for an
+ensemble), a model on a corpus and seed. A cell's identity is a hash of its resolved configuration
+(every option with kd's defaults filled in, and the digests of the corpora it reads) and of the
+identities of the cells it depends on: the same cell in two plans, or in one plan run twice, is the
+same cell, and changing anything it depends on makes it another."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kd.cache.store import LAYERS
+from kd.data.types import SPLITS
+from kd.errors import KdError
+from kd.jobs.plan import DISTILL_KEYS, MODEL_KEYS, SCHEDULE_KEYS, TRAINING_KEYS, ModelSpec, Plan
+from kd.losses.distill import get_loss
+from kd.training.distillation import DistillOptions
+from kd.training.jobs import ModelOptions
+from kd.training.loop import TrainingOptions
+from kd.training.jobs import TaggerJob
+
+
+@dataclass(frozen=True)
+class Cell:
+    cell_id: str
+    kind: str  # teacher, cache or model
+    name: str  # of the teacher, cache or model in the plan
+    corpus: str | None  # a model's corpus; a cache's when its teachers are single-corpus models
+    seed: int | None  # None: a cache over the teachers of every seed
+    config: dict[str, Any]  # the resolved job, without run ids, experiment or paths
+    depends_on: tuple[str, ...] = ()  # cell ids, in the order the job uses their runs
+
+    @property
+    def label(self) -> str:
+        parts = [self.kind, self.name, self.corpus, "seeds" if self.seed is None else f"seed{self.seed}"]
+        return "/".join(p for p in parts if p)
+
+
+def identity(config: dict[str, Any], depends_on: tuple[str, ...]) -> str:
+    text = json.dumps({"config": config, "depends_on": list(depends_on)}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def tagger_config(corpora: list[str], options: dict[str, Any], seed: int, digests: dict[str, str],
+                  distill: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A TaggerJob's options, every default filled in, as a cell stores them."""
+    model = dataclasses.asdict(ModelOptions(**{k: v for k, v in options.items() if k in MODEL_KEYS}))
+    training = dataclasses.asdict(TrainingOptions(seed=seed, **{k: v for k, v in options.items() if k in TRAINING_KEYS}))
+    schedule = {k: options[k] for k in SCHEDULE_KEYS if k in options}
+    config = {"job": "tagger", "corpora": list(corpora), "model": model, "training": training,
+              "train_splits": list(options.get("train_splits", ["train", "devel"])),
+              "eval_split": options.get("eval_split", "test"),
+              "sampling": schedule.get("sampling", "uniform"), "optimizer_state": schedule.get("optimizer_state", "shared"),
+              "distill": distill, "data": {c: digests[c] for c in corpora}}
+    tagger_job(config, data_dir=None, experiment="check", run_name=None, device="cpu", cache_run="check")
+    return config
+
+
+def tagger_job(config: dict[str, Any], *, data_dir: str | None, experiment: str, run_name: str | None, device: str,
+               cache_run: str | None) -> TaggerJob:
+    """The TaggerJob of a tagger cell, with its cache's run id for a student."""
+    distill = None
+    if config["distill"] is not None:
+        distill = DistillOptions(**config["distill"], cache_run=cache_run)
+    return TaggerJob(corpora=list(config["corpora"]), data_dir=data_dir, model=ModelOptions(**config["model"]),
+                     training=TrainingOptions(**config["training"]), train_splits=list(config["train_splits"]),
+                     eval_split=config["eval_split"], sampling=config["sampling"],
+                     optimizer_state=config["optimizer_state"], device=device, experiment=experiment,
+                     run_name=run_name, distill=distill)
+
+
+def distill_config(options: dict[str, Any]) -> dict[str, Any]:
+    weights = dataclasses.asdict(DistillOptions(cache_run="check", **{k: v for k, v in options.items()
+                                                                      if k in DISTILL_KEYS}))
+    return {k: v for k, v in weights.items() if k in DISTILL_KEYS}
+
+
+class CellGraph:
+    """Expands a plan into cells, each made once however many models or caches use it."""
+
+    def __init__(self, plan: Plan, digests: dict[str, str]) -> None:
+        self.plan, self.digests = plan, digests
+        self.cells: dict[str, Cell] = {}  # in dependency order: a cell after the cells it uses
+        self.made: dict[tuple, Cell] = {}
+        self.cache_users = self._cache_users()
+
+    def _add(self, key: tuple, kind: str, name: str, corpus: str | None, seed: int | None, config: dict[str, Any],
+             depends_on: tuple[Cell, ...] = ()) -> Cell:
+        ids = tuple(c.cell_id for c in depends_on)
+        cell = Cell(cell_id=identity(config, ids), kind=kind, name=name, corpus=corpus, seed=seed, config=config,
+                    depends_on=ids)
+        self.made[key] = self.cells.setdefault(cell.cell_id, cell)
+        return self.made[key]
+
+    def teacher_corpora(self, name: str) -> list[str]:
+        return list(self.plan.teachers[name].corpora or self.plan.corpora)
+
+    def teacher(self, name: str, seed: int) -> Cell:
+        key = ("teacher", name, seed)
+        if key not in self.made:
+            spec = self.plan.teachers[name]
+            corpora = self.teacher_corpora(name)
+            if len(corpora) < 2:
+                raise KdError(f"teachers.{name}: a multi-task teacher needs at least two corpora; the plan has "
+                              f"{', '.join(corpora)}")
+            self._add(key, "teacher", name, None, seed, tagger_config(corpora, spec.options, seed, self.digests))
+        return self.made[key]
+
+    def model(self, spec: ModelSpec, corpus: str, seed: int) -> Cell:
+        key = ("model", spec.name, corpus, seed)
+        if key in self.made:
+            return self.made[key]
+        if spec.kind == "stm":
+            return self._add(key, "model", spec.name, corpus, seed,
+                             tagger_config([corpus], spec.options, seed, self.digests))
+        cache = self.cache(spec.cache, corpus, seed, f"models.{spec.name}")
+        return self._add(key, "model", spec.name, corpus, seed, tagger_config(
+            [corpus], spec.options, seed, self.digests, distill_config(spec.options)), (cache,))
+
+    def cache(self, name: str, corpus: str, seed: int, user: str) -> Cell:
+        spec = self.plan.caches[name]
+        per_corpus = any(source in self.plan.models for source in spec.teachers)
+        cache_seed = seed if spec.ensemble == "seed" else None
+        key = ("cache", name, corpus if per_corpus else None, cache_seed)
+        if key in self.made:
+            return self.made[key]
+        seeds = [seed] if cache_seed is not None else list(self.plan.seeds)
+        if per_corpus:
+            sources = tuple(self.model(self.plan.models[s], corpus, sd) for sd in seeds for s in spec.teachers)
+            tasks = [corpus]
+        else:
+            tasks = self.teacher_corpora(spec.teachers[0])
+            if any(self.teacher_corpora(t) != tasks for t in spec.teachers):
+                raise KdError(f"caches.{name}: its teachers cover different corpora")
+            sources = tuple(self.teacher(t, sd) for sd in seeds for t in spec.teachers)
+        if corpus not in tasks:
+            raise KdError(f"{user}: corpus {corpus} is not among the corpora of cache {name} ({', '.join(tasks)})")
+        splits, layers = self.cache_users[name]
+        config = {"job": "cache", "tasks": tasks, "splits": splits, "layers": list(spec.layers) or layers,
+                  "dtype": spec.dtype, "data": {c: self.digests[c] for c in tasks}}
+        return self._add(key, "cache", name, corpus if per_corpus else None, cache_seed, config, sources)
+
+    def columns(self, table: str) -> dict[str, list[Cell]]:
+        """Model -> the cells whose runs make its column in `table` (a teacher column: its teacher's)."""
+        columns: dict[str, list[Cell]] = {}
+        for name in self.plan.tables[table].models:
+            spec = self.plan.models[name]
+            if spec.kind == "teacher":
+                columns[name] = [self.made[("teacher", spec.teacher, seed)] for seed in self.plan.seeds]
+            else:
+                columns[name] = [self.made[("model", name, corpus, seed)]
+                                 for corpus in self.plan.corpora for seed in self.plan.seeds]
+        return columns
+
+    def _cache_users(self) -> dict[str, tuple[list[str], list[str]]]:
+        """Per cache: the splits its students train on and the layers their losses read."""
+        found: dict[str, tuple[set[str], set[str]]] = {name: (set(), set()) for name in self.plan.caches}
+        for model in self.plan.models.values():
+            if model.cache:
+                splits, layers = found[model.cache]
+                splits.update(model.options.get("train_splits", ["train", "devel"]))
+                layers.update(get_loss(model.options.get("loss", DistillOptions.loss)).layers)
+        return {name: ([s for s in SPLITS if s in splits], [l for l in LAYERS if l in layers])
+                for name, (splits, layers) in found.items()}
+
+
+def expand(plan: Plan, digests: dict[str, str]) -> CellGraph:
+    """The cells every table of the plan needs (`graph.cells`, a cell after those it uses)."""
+    graph = CellGraph(plan, digests)
+    for table in plan.tables.values():
+        for seed in plan.seeds:
+            for name in table.models:
+                spec = plan.models[name]
+                if spec.kind == "teacher":
+                    graph.teacher(spec.teacher, seed)
+                    continue
+                for corpus in plan.corpora:
+                    graph.model(spec, corpus, seed)
+    return graph

@@ -1,0 +1,64 @@
+"""Tagging encoded sentences with a model in batches: shared by evaluation, inference with a saved
+model and teachers. Below training, so that teachers and inference need no training code."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from kd.data.batching import EncodedDataset, token_budget_batches
+from kd.data.types import Sentence
+from kd.data.vocab import Vocabularies
+from kd.models.device import autocast
+from kd.models.tagger import Tagger
+
+# Larger budgets mean larger matrix products but more padding. bench/predict_batches.py on
+# NCBI-disease test, 2 CPU threads: 4,096 is within 3% of the best fp32 budget (2,048) and 7% of
+# the best bf16 one (8,192).
+PREDICT_BATCH_TOKENS = 4096
+
+
+def as_sentences(token_lists: Sequence[Sequence[str]]) -> list[Sentence]:
+    """Wraps untagged token lists for encoding; the placeholder tags are never read."""
+    return [Sentence(tuple(tokens), ("O",) * len(tokens)) for tokens in token_lists]
+
+
+def dataset_form_table(model: Tagger, dataset: EncodedDataset, device: torch.device,
+                       precision: str = "fp32") -> torch.Tensor:
+    """The model's character BiLSTM vectors of every form of the dataset, by form id, for
+    inference over many batches of it (`Tagger.encode_form_table`)."""
+    with autocast(device, precision):
+        return model.encode_form_table(torch.from_numpy(dataset.form_chars).to(device),
+                                       torch.from_numpy(dataset.form_lengths))
+
+
+@torch.no_grad()
+def predict_tags(model: Tagger, dataset: EncodedDataset, vocabularies: Vocabularies, task: str,
+                 device: torch.device, precision: str = "fp32",
+                 batch_tokens: int = PREDICT_BATCH_TOKENS) -> list[list[str]]:
+    """Tag strings for every sentence of the dataset, in dataset order, in batches of at most
+    `batch_tokens` padded tokens (a longer sentence goes alone)."""
+    form_table = dataset_form_table(model, dataset, device, precision)
+    return decode_in_batches(model, dataset, vocabularies.tags[task], task, device, precision, batch_tokens,
+                             extra=(form_table,))
+
+
+@torch.no_grad()
+def decode_in_batches(model: torch.nn.Module, dataset: Any, tag_names: Sequence[str], task: str,
+                      device: torch.device, precision: str, batch_tokens: int, extra: tuple = ()) -> list[list[str]]:
+    """The best tag sequence of every sentence of any kd dataset (`lengths`, `batch(ids)` longest
+    first with `sentence_ids`) under any tagger (`model(batch, task, *extra)`, `decode`), in dataset
+    order, in batches of at most `batch_tokens` padded words; the model's train/eval mode is kept."""
+    was_training = model.training
+    model.eval()
+    predictions: list[list[str]] = [[] for _ in range(len(dataset.lengths))]
+    for sentence_ids in token_budget_batches(dataset.lengths, batch_tokens):
+        batch = dataset.batch(sentence_ids).to(device)
+        with autocast(device, precision):
+            output = model(batch, task, *extra)
+        best = model.decode(output, task).cpu().tolist()
+        for row, sentence_id in enumerate(batch.sentence_ids.tolist()):
+            predictions[sentence_id] = [tag_names[t] for t in best[row][: int(dataset.lengths[sentence_id])]]
+    model.train(was_training)
+    return predictions

@@ -1,0 +1,133 @@
+"""Everything one training of a TaggerJob needs, built from the job and, for a student, what its
+teacher knows: the data, vocabularies, model, the module that is trained, loss, epoch plan,
+optimizers and evaluators. No tracking store is involved: `kd.training.tagger_job` tracks an
+assembly, benchmarks and tests train one directly."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kd.cache.knowledge import TeacherKnowledge
+from kd.data.batching import EncodedDataset
+from kd.data.types import Sentence
+from kd.data.vocab import Vocabularies, build_vocabularies
+from kd.errors import KdError
+from kd.models.device import resolve_device
+from kd.models.tagger import Tagger
+from kd.training.distillation import StudentModel, distillation_loss
+from kd.training.evaluate import EntityScores, Evaluator, metric_names
+from kd.training.jobs import TaggerJob, TaskData, build_tagger, load_tasks
+from kd.training.loop import (BatchCallback, EpochCallback, EpochPlan, LossFunction, TrainingResult, TrainingState, train)
+from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
+
+# split -> (scores per corpus, predictions per corpus)
+SplitResults = dict[str, tuple[dict[str, EntityScores], dict[str, list[list[str]]]]]
+
+
+@dataclass
+class Assembly:
+    job: TaggerJob
+    device: torch.device
+    tasks: dict[str, TaskData]
+    vocabularies: Vocabularies
+    model: Tagger  # the tagger that is saved and scored
+    trained: torch.nn.Module  # what the optimizers step: the tagger, or it with a student's projections
+    facts: dict[str, Any]  # worth logging: pretrained words found, ...
+    loss: LossFunction
+    plan: EpochPlan
+    optimizers: dict[str, torch.optim.Optimizer]
+    train_data: dict[str, EncodedDataset]
+    evaluators: dict[str, Evaluator]  # the scored split, and devel when it is held out
+    selects_on_devel: bool  # devel is held out: the best devel epoch's weights are kept
+    teacher: TeacherKnowledge | None = None
+
+    def evaluate_devel(self, epoch: int) -> dict[str, float]:
+        scores, _ = self.evaluators["devel"].run()
+        return {k: v for k, v in metric_names("devel", scores).items() if k.split("/")[-1] == "devel_f1"}
+
+    def train(self, *, callbacks: Sequence[EpochCallback] = (),
+              log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
+              checkpoint_path: Path | None = None, state: TrainingState | None = None,
+              on_batch: BatchCallback | None = None) -> TrainingResult:
+        return train(self.trained, self.optimizers, self.plan, self.loss, self.job.training, self.device,
+                     on_batch=on_batch,
+                     evaluate_epoch=self.evaluate_devel if self.selects_on_devel else None,
+                     selection_metric="devel_f1" if self.selects_on_devel else None, callbacks=callbacks,
+                     log_metrics=log_metrics, checkpoint_path=checkpoint_path, state=state)
+
+    def score(self, result: TrainingResult) -> tuple[dict[str, float], SplitResults]:
+        """The final metrics of every evaluated split (with the best and last epoch) and the
+        scores and predictions behind them."""
+        final: dict[str, float] = {}
+        results: SplitResults = {}
+        for split, evaluator in self.evaluators.items():
+            results[split] = evaluator.run()
+            final.update(metric_names(split, results[split][0]))
+        if result.state.best_epoch is not None:
+            final["best_epoch"] = float(result.state.best_epoch)
+        final["epochs_trained"] = float(result.state.epoch)
+        return final, results
+
+    def size_metrics(self) -> dict[str, float]:
+        return {"num_parameters": float(self.model.num_parameters()),
+                "train_tokens": float(sum(d.num_tokens for d in self.train_data.values())),
+                **({"teacher_parameters": float(self.teacher.parameters)} if self.teacher else {}),
+                **{k: float(v) for k, v in self.facts.items()}}
+
+
+def load_job_tasks(job: TaggerJob) -> dict[str, TaskData]:
+    """The job's corpora with its training and scored splits, and devel where it is held out."""
+    held_out_devel = "devel" not in job.train_splits
+    return load_tasks(job.corpora, Path(job.data_dir) if job.data_dir else None, [*job.train_splits, job.eval_split],
+                      optional=["devel"] if held_out_devel else [])
+
+
+def assemble(job: TaggerJob, teacher: TeacherKnowledge | None = None, *,
+             tasks: dict[str, TaskData] | None = None) -> Assembly:
+    """The training of `job`: a student (`job.distill`) learns from `teacher`; `tasks` are the
+    job's corpora when already loaded (`load_job_tasks`)."""
+    if (job.distill is None) != (teacher is None):
+        raise KdError("a student needs its teacher's knowledge, and only a student has a teacher")
+    device = resolve_device(job.device)
+    tasks = load_job_tasks(job) if tasks is None else tasks
+    vocabularies = build_vocabularies({name: data.sentences(job.train_splits) for name, data in tasks.items()})
+    if teacher is not None:
+        # The student's logits must line up with the teacher's: it takes the teacher's tag order.
+        vocabularies.tags = {teacher.task: teacher.tags}
+    model, facts = build_tagger(job.model, vocabularies, job.training.seed)
+    model.to(device)
+    train_sentences = {name: data.sentences(job.train_splits) for name, data in tasks.items()}
+    trained, loss = _trained_module(job, model, teacher, train_sentences, device)
+    optimizers = task_optimizers(model, job.training.learning_rate, job.optimizer_state)
+    if trained is not model and len(trained.projections):
+        next(iter(optimizers.values())).add_param_group({"params": list(trained.projections.parameters())})
+    train_data = _encode(train_sentences, vocabularies)
+    selects_on_devel = "devel" not in job.train_splits and all("devel" in d.splits for d in tasks.values())
+    splits = [job.eval_split] + (["devel"] if selects_on_devel and job.eval_split != "devel" else [])
+    evaluators = {split: Evaluator(model, vocabularies, _encode({name: data.splits[split] for name, data in tasks.items()},
+                                                                vocabularies), device, job.training.precision)
+                  for split in splits}
+    return Assembly(job=job, device=device, tasks=tasks, vocabularies=vocabularies, model=model, trained=trained,
+                    facts=facts, loss=loss, plan=alternating_plan(train_data, job.training.batch_size, job.sampling),
+                    optimizers=optimizers, train_data=train_data, evaluators=evaluators,
+                    selects_on_devel=selects_on_devel, teacher=teacher)
+
+
+def _trained_module(job: TaggerJob, model: Tagger, teacher: TeacherKnowledge | None,
+                    train_sentences: dict[str, list[Sentence]],
+                    device: torch.device) -> tuple[torch.nn.Module, LossFunction]:
+    """The tagger and its supervised loss, or for a student the tagger with its projections to the
+    teacher's layers and the distillation loss over the teacher's targets."""
+    if teacher is None:
+        return model, supervised_loss(model)
+    student = StudentModel(model, teacher.widths, job.distill.layers).to(device)
+    source = teacher.source(train_sentences[teacher.task], job.train_splits, job.distill.layers, device)
+    return student, distillation_loss(student, job.distill, source)
+
+
+def _encode(sentences: dict[str, list[Sentence]], vocabularies: Vocabularies) -> dict[str, EncodedDataset]:
+    return {name: EncodedDataset(split, vocabularies, name) for name, split in sentences.items()}
