@@ -206,3 +206,31 @@ def check_entry_point_runs(client, uri: str, stm: dict, teacher: dict, cache: di
     # The run records the beta it trained with (1 - alpha), not the entry point's "-1 means default"
     # sentinel, which `mlflow run` logs before kd can log the effective value.
     assert float(run.data.params["beta"]) == pytest.approx(0.5) and float(run.data.params["tau"]) == 2.0
+
+
+def test_the_plan_entry_point_runs_from_a_users_folder_with_only_kd_data_dir(tmp_path):
+    """`mlflow run . -e plan` with a plan file of the user's that names no data folder: the corpora
+    come from KD_DATA_DIR, the cells and the plan run land in experiment `kd` of the user's store."""
+    user = tmp_path / "work"
+    user.mkdir()
+    data_dir = make_corpora(tmp_path / "corpora")
+    uri = f"sqlite:///{user / 'mlflow.db'}"
+    (user / "plan.yaml").write_text(
+        "name: entry\ncorpora: [tiny, other]\nseeds: [1]\nsubsample: {train: 40}\n"
+        "defaults: {epochs: 1, train_splits: [train], word_dim: 16, char_dim: 8, char_hidden: 8, shared_hidden: 16,"
+        " task_hidden: 16, hidden_dim: 16}\nteachers: {mtm: {epochs: 1}}\n"
+        "models: {STM: {kind: stm}, STM_crf: {kind: stm, output: crf}, MTM: {kind: teacher, teacher: mtm}}\n"
+        "tables: {table1: {title: Entry, models: [STM, STM_crf, MTM], bayesian: 0}}\n")
+    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "plan", "--env-manager", "local",
+               "-P", "plan=plan.yaml", "-P", "workers=1.0", "-P", "threads=1"]
+    result = subprocess.run(command, cwd=user, env={**subprocess_env(uri), "KD_DATA_DIR": str(data_dir)},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("kd").experiment_id])
+    cells = [r for r in runs if r.data.tags.get("cell")]
+    assert sorted(r.data.tags["model_kind"] for r in cells) == ["mtm", "stm", "stm", "stm", "stm"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert [r.data.tags.get("model_kind") for r in runs].count("plan") == 1

@@ -301,9 +301,10 @@ def test_bad_transformer_options_are_one_line_errors(world, extra, needle):
 
 @pytest.mark.slow
 def test_mlflow_run_train_transformer_entry_point(world, tmp_path):
-    result = mlflow_run("train_transformer", {"tasks": "tiny,other", "base": BASE, "data_dir": world.data_dir,
-                                              "epochs": 1, "batch_size": 16},
-                        "transformer-entry", tmp_path, world.uri, env={"HF_HUB_OFFLINE": "1"})
+    # No data_dir parameter: KD_DATA_DIR, as for every entry point (tests/test_cli_experience.py).
+    result = mlflow_run("train_transformer", {"tasks": "tiny,other", "base": BASE, "epochs": 1, "batch_size": 16},
+                        "transformer-entry", tmp_path, world.uri,
+                        env={"HF_HUB_OFFLINE": "1", "KD_DATA_DIR": str(world.data_dir)})
     run = world.client.get_run(result["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["teacher_kind"] == "transformer"
     # The entry point's fine-tuning defaults, not the BiLSTM's.
