@@ -11,7 +11,7 @@ from kd.cache.store import DTYPES, LAYERS, CacheWriter, Manifest
 from kd.cache.teachers import (check_ensemble, ensemble_kind, layer_widths, load_teacher, teacher_corpus,
                                teacher_outputs_for_sentences)
 from kd.data.corpora import load_split
-from kd.errors import FieldError, KdError
+from kd.errors import FieldError
 from kd.tracking.runs import TrackedRun, fail_if_abandoned, git_commit
 from kd.tracking.status import run_status
 from kd.models.device import resolve_device
@@ -120,12 +120,12 @@ def open_cache_run(run_id: str, client, tracking_uri: str, download_dir: Path | 
     try:
         run = client.get_run(run_id)
     except Exception:
-        raise KdError(f"--cache {run_id}: no such run in the tracking store") from None
+        raise FieldError("cache_run", run_id, "no such run in the tracking store") from None
     run = fail_if_abandoned(client, run)
     if run.data.tags.get("model_kind") != "cache":
-        raise KdError(f"--cache {run_id}: not a cache run (model_kind {run.data.tags.get('model_kind')!r})")
+        raise FieldError("cache_run", run_id, f"not a cache run (model_kind {run.data.tags.get('model_kind')!r})")
     if run.info.status != "FINISHED":
-        raise KdError(f"--cache {run_id}: the caching did not finish (status {run.info.status}"
+        raise FieldError("cache_run", run_id, f"the caching did not finish (status {run.info.status}"
                       f"{'; ' + run.data.tags['kd.failure'] if 'kd.failure' in run.data.tags else ''}); "
                       "re-run kd cache-logits")
     parsed = urlparse(run.info.artifact_uri)

@@ -19,7 +19,7 @@ from kd.cache.transformer_teacher import TransformerTeacher
 from kd.data.batching import EncodedDataset, bucketed_batches
 from kd.data.types import Sentence
 from kd.data.vocab import Vocabularies
-from kd.errors import KdError
+from kd.errors import FieldError, KdError
 from kd.models.predict import dataset_form_table
 from kd.models.tagger import Tagger
 from kd.tracking.models import load_logged_model
@@ -69,17 +69,17 @@ def load_teacher(run_id: str, client, tracking_uri: str, device: torch.device) -
     try:
         run = client.get_run(run_id)
     except Exception:
-        raise KdError(f"--teacher {run_id}: no such run in the tracking store") from None
+        raise FieldError("teacher_runs", run_id, "no such run in the tracking store") from None
     run = fail_if_abandoned(client, run)
     if run.data.tags.get("model_kind") not in ("mtm", "stm"):
-        raise KdError(f"--teacher {run_id}: not a trained tagger (model_kind "
+        raise FieldError("teacher_runs", run_id, f"not a trained tagger (model_kind "
                       f"{run.data.tags.get('model_kind')!r}, expected mtm or stm)")
     if run.info.status != "FINISHED":
-        raise KdError(f"--teacher {run_id}: the run did not finish (status {run.info.status}"
+        raise FieldError("teacher_runs", run_id, f"the run did not finish (status {run.info.status}"
                       f"{'; ' + run.data.tags['kd.failure'] if 'kd.failure' in run.data.tags else ''})")
     kind = run.data.tags.get("teacher_kind", "bilstm")
     if kind not in TEACHER_KINDS:
-        raise KdError(f"--teacher {run_id}: unknown teacher_kind {kind!r} (known: {', '.join(TEACHER_KINDS)})")
+        raise FieldError("teacher_runs", run_id, f"unknown teacher_kind {kind!r} (known: {', '.join(TEACHER_KINDS)})")
     return TEACHER_KINDS[kind].load(run_id, run, tracking_uri, device)
 
 

@@ -12,7 +12,7 @@ import torch
 
 from kd.cache.protocol import LOGIT_LAYERS, Layer, ModuleTeacher, layer_table, run_corpora
 from kd.data.types import Sentence
-from kd.errors import KdError
+from kd.errors import FieldError
 from kd.tracking.models import fetched_model
 
 
@@ -36,7 +36,7 @@ class TransformerTeacher(ModuleTeacher):
         with fetched_model(run_id, tracking_uri) as (directory, shown_as):
             found = sorted(p.parent for p in Path(directory).rglob(CONFIG_FILE))
             if not found:
-                raise KdError(f"--teacher {run_id}: the run's model has no {CONFIG_FILE}")
+                raise FieldError("teacher_runs", run_id, f"the run's model has no {CONFIG_FILE}")
             model, tags = load_transformer(found[0], device, shown_as=shown_as)
         corpora, data_dir = run_corpora(run)
         return cls(run_id=run_id, model=model, tag_lists=tags, corpora=corpora, data_dir=data_dir)

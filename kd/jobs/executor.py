@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from kd.errors import KdError
+from kd.errors import FieldError
 from kd.jobs.cells import Cell
 from kd.jobs.runner import CellContext, CellResult, run_cell
 
@@ -27,9 +27,9 @@ class ExecutorOptions:
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
-            raise KdError(f"--workers {self.workers}: must be at least 1")
+            raise FieldError("workers", self.workers, "must be at least 1")
         if self.threads is not None and self.threads < 1:
-            raise KdError(f"--threads {self.threads}: must be at least 1")
+            raise FieldError("threads", self.threads, "must be at least 1")
 
     def local_workers(self) -> int:
         return self.workers or os.cpu_count() or 1
@@ -54,7 +54,7 @@ def dask_client(options: ExecutorOptions) -> Iterator:
         try:
             client = Client(options.cluster, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as error:
-            raise KdError(f"--cluster {options.cluster}: no Dask scheduler answers there "
+            raise FieldError("cluster", options.cluster, f"no Dask scheduler answers there "
                           f"({' '.join(str(error).split()) or type(error).__name__})") from None
         with client:
             yield client
@@ -78,7 +78,7 @@ def check_answers(address: str) -> None:
     try:
         socket.create_connection((parsed.hostname, parsed.port or 8786), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as error:
-        raise KdError(f"--cluster {address}: no Dask scheduler answers there ({error.strerror or error})") from None
+        raise FieldError("cluster", address, f"no Dask scheduler answers there ({error.strerror or error})") from None
 
 
 def task_key(cell: Cell, context: CellContext) -> str:

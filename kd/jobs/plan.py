@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from kd.data.types import SPLITS
-from kd.errors import KdError
+from kd.errors import FieldError, KdError
 from kd.jobs.names import check_references
 from kd.statistics.tests import POSTHOC_TESTS
 from kd.training.distillation import DistillOptions
@@ -353,12 +353,12 @@ def with_overrides(plan: Plan, *, only: str | None = None, corpora: list[str] | 
     tables = plan.tables
     if only:
         if only not in plan.tables:
-            raise KdError(f"--only {only}: the plan has no such table (tables: {', '.join(plan.tables)})")
+            raise FieldError("only", only, f"the plan has no such table (tables: {', '.join(plan.tables)})")
         tables = {only: plan.tables[only]}
     if epochs is not None and epochs < 1:
-        raise KdError(f"--epochs {epochs}: must be at least 1")
+        raise FieldError("epochs", epochs, "must be at least 1")
     if max_train_sentences is not None and max_train_sentences < 1:
-        raise KdError(f"--max-train-sentences {max_train_sentences}: must be at least 1")
+        raise FieldError("max_train_sentences", max_train_sentences, "must be at least 1")
     with_epochs = (lambda options: options) if epochs is None else (lambda options: {**options, "epochs": epochs})
     teachers = {n: dataclasses.replace(t, options=with_epochs(t.options)) for n, t in plan.teachers.items()}
     models = {n: dataclasses.replace(m, options=with_epochs(m.options) if m.options else m.options)

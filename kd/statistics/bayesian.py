@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kd.errors import KdError
+from kd.errors import FieldError, KdError
 
 SAMPLES = 50000  # baycomp's default number of posterior samples
 PRIOR = 0.5  # baycomp's default prior strength of the signed-rank test
@@ -45,7 +45,7 @@ def signed_rank_sample(x: np.ndarray, y: np.ndarray, rope: float, *, seed: int, 
     if x.ndim != 1 or x.shape != y.shape:
         raise KdError(f"scores of shapes {x.shape} and {y.shape}: need two vectors of one length")
     if rope < 0:
-        raise KdError(f"--bayesian {rope}: the ROPE cannot be negative")
+        raise FieldError("rope", rope, "the ROPE cannot be negative")
     differences = np.hstack(([0.0], y - x))
     sums = differences[:, None] + differences[None, :]
     weights = np.ones(len(differences))
@@ -96,7 +96,7 @@ def hierarchical(a: str, b: str, x: np.ndarray, y: np.ndarray, rope: float, *, s
     try:
         import stan
     except ImportError as error:
-        raise KdError(f"--hierarchical: needs pystan (pip install 'kd[hierarchical]'): {error}") from None
+        raise FieldError("hierarchical", None, f"needs pystan (pip install 'kd[hierarchical]'): {error}") from None
     import baycomp.multiple
     from scipy import stats
 

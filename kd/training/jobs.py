@@ -201,5 +201,5 @@ def resume_state(run: TrackedRun) -> tuple[TrainingState, Path]:
     """The checkpoint a run left behind, from the path tagged on the run."""
     path = run.get().data.tags.get("checkpoint")
     if not path:
-        raise KdError(f"--resume {run.run_id}: the run has no checkpoint tag")
+        raise FieldError("resume", run.run_id, "the run has no checkpoint tag")
     return TrainingState.load(path), Path(path)

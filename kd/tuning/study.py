@@ -59,13 +59,13 @@ class TuneJob:
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
-            raise KdError(f"--n-trials {self.n_trials}: must be at least 1")
+            raise FieldError("n_trials", self.n_trials, "must be at least 1")
         if self.sampler not in SAMPLERS:
-            raise KdError(f"--sampler {self.sampler}: use one of {', '.join(SAMPLERS)}")
+            raise FieldError("sampler", self.sampler, f"use one of {', '.join(SAMPLERS)}")
         if self.pruner not in PRUNERS:
-            raise KdError(f"--pruner {self.pruner}: use one of {', '.join(PRUNERS)}")
+            raise FieldError("pruner", self.pruner, f"use one of {', '.join(PRUNERS)}")
         if self.refit_seeds < 0:
-            raise KdError(f"--refit-seeds {self.refit_seeds}: must not be negative")
+            raise FieldError("refit_seeds", self.refit_seeds, "must not be negative")
 
 
 def _optuna():
@@ -104,11 +104,11 @@ def open_storage(storage: str | None, attempts: int = 5):
             return RDBStorage(storage, heartbeat_interval=20, grace_period=60,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
         except ImportError as error:
-            raise KdError(f"--storage {describe_storage(storage)}: no database driver ({error}); "
+            raise FieldError("storage", describe_storage(storage), f"no database driver ({error}); "
                           "for PostgreSQL: pip install 'kd[postgres]'") from None
         except Exception as error:  # a concurrent schema creation, or a server not up yet
             if attempt == attempts - 1:
-                raise KdError(f"--storage {describe_storage(storage)}: {str(error).splitlines()[0]}") from None
+                raise FieldError("storage", describe_storage(storage), f"{str(error).splitlines()[0]}") from None
             time.sleep(0.5 + random.random() * 2 ** attempt)
 
 
@@ -338,7 +338,7 @@ def _open_study(study_name: str, storage, pruner):
             return study
         except optuna.exceptions.DuplicatedStudyError:  # created by a worker between our check and insert
             time.sleep(0.2 * (attempt + 1))
-    raise KdError(f"--study {study_name}: could not create or load the study")
+    raise FieldError("study", study_name, "could not create or load the study")
 
 
 def _best_trial(study):
