@@ -62,7 +62,9 @@ def test_train_shows_its_run_and_progress_and_logs_a_model(world):
     assert len(tags) == 1 and len(tags[0]) == 3
 
 
-def start_training(data_dir: Path, cwd: Path, uri: str, epochs: int = 200) -> subprocess.Popen:
+# Far more epochs than the test waits for: the signal comes after the first epoch's checkpoint; with
+# 200 the tiny run once finished all of them first on a loaded 2-core machine (the signal came too late).
+def start_training(data_dir: Path, cwd: Path, uri: str, epochs: int = 100_000) -> subprocess.Popen:
     command = [sys.executable, "-m", "kd", "train", "--task", "tiny", "--data-dir", str(data_dir), "--epochs",
                str(epochs), *TINY, "--experiment", "stopped", "--progress", "--json"]
     return subprocess.Popen(command, cwd=cwd, env={**subprocess_env(uri), "PYTHONPATH": str(REPO)},
