@@ -94,13 +94,13 @@ def assemble(job: TaggerJob, teacher: TeacherKnowledge | None = None, *,
         raise KdError("a student needs its teacher's knowledge, and only a student has a teacher")
     device = resolve_device(job.device)
     tasks = load_job_tasks(job) if tasks is None else tasks
-    vocabularies = build_vocabularies({name: data.sentences(job.train_splits) for name, data in tasks.items()})
+    train_sentences = {name: data.sentences(job.train_splits) for name, data in tasks.items()}
+    vocabularies = build_vocabularies(train_sentences)
     if teacher is not None:
         # The student's logits must line up with the teacher's: it takes the teacher's tag order.
         vocabularies.tags = {teacher.task: teacher.tags}
     model, facts = build_tagger(job.model, vocabularies, job.training.seed)
     model.to(device)
-    train_sentences = {name: data.sentences(job.train_splits) for name, data in tasks.items()}
     trained, loss = _trained_module(job, model, teacher, train_sentences, device)
     optimizers = task_optimizers(model, job.training.learning_rate, job.optimizer_state)
     if trained is not model and len(trained.projections):
