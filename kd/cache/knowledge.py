@@ -16,7 +16,7 @@ from kd.cache.protocol import TeacherModel, check_layers
 from kd.cache.store import CachedTargets, CacheReader
 from kd.cache.teachers import check_ensemble, ensemble_kind, ensemble_outputs, layer_widths, load_teacher
 from kd.data.batching import Batch
-from kd.data.types import Sentence
+from kd.data.types import UNLABELLED_SPLIT, Sentence
 from kd.errors import FieldError, KdError
 
 
@@ -91,7 +91,8 @@ class TeacherKnowledge:
         """From a student's distillation `options` (`cache_run` or `teacher_runs`, `loss`, `layers`),
         for the corpus `task` and the splits the student trains on."""
         if options.cache_run:
-            return cls._from_cache_run(options, train_splits, client, task)
+            unlabelled = [UNLABELLED_SPLIT] if getattr(options, "unlabelled", None) else []
+            return cls._from_cache_run(options, [*train_splits, *unlabelled], client, task)
         teachers = [load_teacher(run_id, client, client.tracking_uri, device) for run_id in options.teacher_runs]
         if task not in teachers[0].task_names:
             raise FieldError("teacher_runs", ",".join(options.teacher_runs), f"the teacher has no corpus {task!r}; "
@@ -114,8 +115,9 @@ class TeacherKnowledge:
                              f"(re-run kd cache-logits --layers {','.join(options.layers)})")
         missing = [s for s in train_splits if s not in manifest.splits[task]]
         if missing:
+            hint = (" (re-run kd cache-logits --unlabelled FILE)" if UNLABELLED_SPLIT in missing else "")
             raise FieldError("cache_run", options.cache_run, f"{task} has no cached {', '.join(missing)} split "
-                             f"(cached: {', '.join(manifest.splits[task])})")
+                             f"(cached: {', '.join(manifest.splits[task])}){hint}")
         return cls.from_cache(reader, task, options.cache_run)
 
     def source(self, sentences: Sequence[Sentence], splits: Sequence[str], layers: Sequence[str],

@@ -7,6 +7,9 @@ Layout of a cache folder:
     <task>/<split>/hashes.npy         (N,) uint64: a hash of each sentence's tokens
     <task>/<split>/<layer>.npy        (tokens, dim) float16 or float32, one row per token, unpadded
 
+A split is train, devel or test of the task's corpus, or `unlabelled`: the teacher's outputs for the
+sentences of `kd cache-logits --unlabelled FILE`, which students given the same file learn from.
+
 Arrays are plain .npy files, so they memory-map: a student reads the rows of its batch, not the
 whole cache. The manifest is written last, and the folder is moved into place only when complete,
 so an interrupted caching never leaves something that looks like a cache.
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 
 from kd.cache.integrity import check_manifest_data, check_offsets, check_split_files
-from kd.data.types import SPLITS
+from kd.data.types import SPLITS, UNLABELLED_SPLIT
 from kd.errors import FieldError, KdError, disk_full_names
 from kd.utils.atomic import atomic_directory
 
@@ -33,6 +36,8 @@ MANIFEST = "manifest.json"
 # task and shared: the BiLSTM's task and shared states; encoder: a transformer's last hidden state.
 LAYERS = ("logits", "task", "shared", "marginals", "encoder")
 DTYPES = ("float16", "float32")
+# A corpus's splits, and the sentences without gold tags some students also learn from.
+CACHE_SPLITS = (*SPLITS, UNLABELLED_SPLIT)
 
 
 def sentence_hashes(sentences: Iterable[Sequence[str]]) -> np.ndarray:
@@ -158,7 +163,7 @@ def _read_manifest(path: Path) -> Manifest:
         raise KdError(f"{path}: unreadable manifest ({error})") from None
     if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
         raise KdError(f"{path}: unsupported cache format {data.get('format_version') if isinstance(data, dict) else None}")
-    check_manifest_data(path, data, LAYERS, DTYPES, SPLITS)
+    check_manifest_data(path, data, LAYERS, DTYPES, CACHE_SPLITS)
     try:
         return Manifest.from_json(data)
     except (TypeError, AttributeError) as error:  # unknown or missing fields

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -13,7 +12,7 @@ import torch
 from kd.cache.protocol import LOGIT_LAYERS, Layer, ModuleTeacher, layer_table, run_corpora
 from kd.data.types import Sentence
 from kd.errors import FieldError
-from kd.tracking.models import fetched_model
+from kd.tracking.models import load_logged_tagger
 
 
 @dataclass
@@ -31,15 +30,14 @@ class TransformerTeacher(ModuleTeacher):
 
     @classmethod
     def load(cls, run_id: str, run: Any, tracking_uri: str, device: torch.device) -> "TransformerTeacher":
-        from kd.models.transformer import CONFIG_FILE, load_transformer
+        from kd.models.inference import SavedTransformer
+        from kd.models.transformer import CONFIG_FILE
 
-        with fetched_model(run_id, tracking_uri) as (directory, shown_as):
-            found = sorted(p.parent for p in Path(directory).rglob(CONFIG_FILE))
-            if not found:
-                raise FieldError("teacher_runs", run_id, f"the run's model has no {CONFIG_FILE}")
-            model, tags = load_transformer(found[0], device, shown_as=shown_as)
+        saved = load_logged_tagger(run_id, tracking_uri, device)  # the same loading as `kd predict`
+        if not isinstance(saved, SavedTransformer):
+            raise FieldError("teacher_runs", run_id, f"the run's model has no {CONFIG_FILE}")
         corpora, data_dir = run_corpora(run)
-        return cls(run_id=run_id, model=model, tag_lists=tags, corpora=corpora, data_dir=data_dir)
+        return cls(run_id=run_id, model=saved.model, tag_lists=saved.tags, corpora=corpora, data_dir=data_dir)
 
     def tags(self, task: str) -> list[str]:
         return list(self.tag_lists[task])

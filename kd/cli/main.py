@@ -17,7 +17,7 @@ from kd.errors import KdError
 from kd.cli.options import (WHOLE_NUMBER, apply_threads, as_path, build_model_options, build_training_options,
                             data_dir_option, directory_option, echo_result, model_options, option_given,
                             point_project_run, precision_option, progress_option, project_run_id, project_target,
-                            split_options, threads_option, tracking_client, tracking_uri, training_options)
+                            resolved_file, split_options, threads_option, tracking_client, tracking_uri, training_options)
 from kd.cli.progress import TrainingDisplay, resume_hint, stop_cleanly, wants_live_display
 from kd.cli.tune_cmd import tune
 
@@ -135,6 +135,9 @@ def run_transformer_teacher(corpora: list[str], base: str | None, data_dir: str 
 @click.option("--tasks", default=None, help="Corpora to cache (default: all of the teacher's).")
 @data_dir_option
 @click.option("--splits", default="train,devel", show_default=True)
+@click.option("--unlabelled", default=None, type=click.Path(dir_okay=False),
+              help="Also cache the teacher's outputs for these sentences without gold tags (CoNLL, tokens one per "
+                   "line, or one sentence per line), for students given the same file.")
 @click.option("--layers", default="logits", show_default=True,
               help="Comma-separated: logits, marginals (token posteriors); a BiLSTM teacher's task and shared "
                    "BiLSTM states; a transformer teacher's encoder (last hidden state per word).")
@@ -148,8 +151,8 @@ def run_transformer_teacher(corpora: list[str], base: str | None, data_dir: str 
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the run id and metrics last.")
 @progress_option()
 @handle_errors
-def cache_logits(teachers, tasks, data_dir, splits, layers, dtype, batch_size, precision, device, threads, experiment,
-                 run_name, as_json, progress) -> None:
+def cache_logits(teachers, tasks, data_dir, splits, unlabelled, layers, dtype, batch_size, precision, device, threads,
+                 experiment, run_name, as_json, progress) -> None:
     """Run teacher(s) over corpora and cache their per-token outputs as an MLflow run."""
     from kd.cache.build import CacheJob, build_cache
     from kd.training.jobs import parse_splits
@@ -161,7 +164,7 @@ def cache_logits(teachers, tasks, data_dir, splits, layers, dtype, batch_size, p
                    tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
                    splits=parse_splits(splits, "--splits"), layers=[l.strip() for l in layers.split(",") if l.strip()],
                    dtype=dtype, data_dir=data_dir or None, device=device, precision=precision, batch_size=batch_size,
-                   experiment=experiment, run_name=run_name)
+                   experiment=experiment, run_name=run_name, unlabelled=resolved_file(unlabelled))
     # The cache has no per-batch hook: a spinner with the elapsed time says it is alive.
     display = TrainingDisplay(client, tracking_uri(), wants_live_display(progress))
     with display.console.status("caching the teacher's outputs ...") if display.live else contextlib.nullcontext():
@@ -185,12 +188,15 @@ def cache_logits(teachers, tasks, data_dir, splits, layers, dtype, batch_size, p
               help="Weight of the task BiLSTM MSE (intermediate) or of the encoder MSE (encoder).")
 @click.option("--kappa", type=float, default=0.0, show_default=True, help="Weight of the shared BiLSTM MSE.")
 @click.option("--tau", type=float, default=1.0, show_default=True, help="Temperature of soft and kl.")
+@click.option("--unlabelled", default=None, type=click.Path(dir_okay=False),
+              help="Also learn from these sentences without gold tags, through the teacher's outputs alone "
+                   "(a --cache must hold them: kd cache-logits --unlabelled FILE).")
 @data_dir_option
 @split_options
 @model_options
 @training_options
 @handle_errors
-def distill(task, cache_run, teachers, loss, alpha, beta, gamma, kappa, tau, data_dir, train_splits, eval_split,
+def distill(task, cache_run, teachers, loss, alpha, beta, gamma, kappa, tau, unlabelled, data_dir, train_splits, eval_split,
             resume_run_id, device, threads, experiment, run_name, checkpoint_dir, as_json, **kwargs) -> None:
     """Train a single-task student from a teacher's cache or live teacher(s)."""
     from kd.training.distillation import DistillOptions
@@ -201,7 +207,8 @@ def distill(task, cache_run, teachers, loss, alpha, beta, gamma, kappa, tau, dat
             raise click.UsageError("--task is required (or --resume RUN_ID)")
         options = DistillOptions(loss=loss, alpha=alpha, beta=None if beta is None or beta < 0 else beta, gamma=gamma, kappa=kappa, tau=tau,
                                  cache_run=cache_run or None,
-                                 teacher_runs=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None)
+                                 teacher_runs=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None,
+                                 unlabelled=resolved_file(unlabelled))
     run_job([task] if task else [], "uniform", data_dir, train_splits, eval_split, resume_run_id, device, threads,
             experiment, run_name, checkpoint_dir, as_json, kwargs, distill=options)
 
@@ -305,12 +312,12 @@ def predict(model_ref, input_path, out_path, task, device, precision) -> None:
     """Tag sentences with a trained model and write CoNLL (token<TAB>tag)."""
     from kd.data.conll import read_sentences_for_tagging, write_conll
     from kd.models.inference import SavedTagger
-    from kd.tracking.models import load_logged_model
+    from kd.tracking.models import load_logged_tagger
     from kd.models.device import resolve_device
 
     sentences = read_sentences_for_tagging(input_path)
     device = resolve_device(device)
-    tagger = SavedTagger(load_logged_model(model_ref, tracking_uri(), device), device, task, precision)
+    tagger = SavedTagger(load_logged_tagger(model_ref, tracking_uri(), device), device, task, precision)
     tags = tagger.tag(sentences)
     write_conll(sentences, tags, out_path if out_path else sys.stdout)
 

@@ -182,6 +182,11 @@ def as_path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
+def resolved_file(value: str | None) -> str | None:
+    """An absolute path: a run resumed from another folder still finds the file."""
+    return str(Path(value).resolve()) if value else None
+
+
 def _change_directory(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value:
         # Where kd was started (under `mlflow run`, the project folder): shipped files such as

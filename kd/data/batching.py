@@ -15,6 +15,10 @@ import torch
 from kd.data.types import Sentence
 from kd.data.vocab import Vocabularies
 
+# The tag id of every token of an unlabelled sentence: the hard-label loss skips it (padding is 0,
+# masked out by `mask`).
+NO_TAG = -1
+
 
 @dataclass
 class Batch:
@@ -28,7 +32,7 @@ class Batch:
     form_ids: torch.Tensor  # (U,) the dataset's id of each form (row of EncodedDataset.form_chars)
     lengths: torch.Tensor  # (B,) on CPU, decreasing
     mask: torch.Tensor  # (B, T) bool
-    tags: torch.Tensor | None  # (B, T) tag ids, 0 at padding
+    tags: torch.Tensor | None  # (B, T) tag ids, 0 at padding, NO_TAG throughout an unlabelled sentence
     sentence_ids: torch.Tensor  # (B,) index into the dataset
 
     @property
@@ -77,7 +81,8 @@ class EncodedDataset:
             # Tags never seen in training (possible only in evaluation splits) map to O (index 0);
             # evaluation scores the gold strings, never these ids.
             self.flat_tags = np.fromiter(
-                (tag_index.get(tag, 0) for s in self.sentences for tag in s.tags),
+                (tag_index.get(tag, 0) if s.labelled else NO_TAG
+                 for s in self.sentences for tag in (s.tags if s.labelled else s.tokens)),
                 dtype=np.int64, count=int(self.offsets[-1]))
 
     def __len__(self) -> int:

@@ -150,6 +150,13 @@ def read_sentences_for_tagging(path: str | Path) -> list[tuple[str, ...]]:
     return sentences
 
 
+def read_unlabelled(path: str | Path) -> list[Sentence]:
+    """Sentences without gold tags for a student to learn from its teacher alone, in any format
+    `kd predict` reads (CoNLL with its labels ignored, tokens one per line, or one tokenised sentence
+    per line): another corpus's train.tsv serves as it is."""
+    return [Sentence(tokens=tokens, tags=()) for tokens in read_sentences_for_tagging(path)]
+
+
 def _tokenised_lines(path: str | Path, lines: list[str]) -> list[tuple[str, ...]]:
     sentences = [tuple(line.split()) for line in lines if line.strip()]
     if not sentences:

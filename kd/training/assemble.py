@@ -13,7 +13,8 @@ import torch
 
 from kd.cache.knowledge import TeacherKnowledge
 from kd.data.batching import EncodedDataset
-from kd.data.types import Sentence
+from kd.data.conll import read_unlabelled
+from kd.data.types import UNLABELLED_SPLIT, Sentence
 from kd.data.vocab import Vocabularies, build_vocabularies
 from kd.errors import KdError
 from kd.models.device import resolve_device
@@ -95,11 +96,17 @@ def assemble(job: TaggerJob, teacher: TeacherKnowledge | None = None, *,
     device = resolve_device(job.device)
     tasks = load_job_tasks(job) if tasks is None else tasks
     train_sentences = {name: data.sentences(job.train_splits) for name, data in tasks.items()}
+    unlabelled = read_unlabelled(job.distill.unlabelled) if job.distill and job.distill.unlabelled else []
+    # A student's unlabelled sentences are training text like the rest (words, characters, batches);
+    # only the hard-label term skips them.
+    train_sentences = {name: [*sentences, *unlabelled] for name, sentences in train_sentences.items()}
     vocabularies = build_vocabularies(train_sentences)
     if teacher is not None:
         # The student's logits must line up with the teacher's: it takes the teacher's tag order.
         vocabularies.tags = {teacher.task: teacher.tags}
     model, facts = build_tagger(job.model, vocabularies, job.training.seed)
+    if unlabelled:
+        facts.update(unlabelled_sentences=len(unlabelled), unlabelled_tokens=sum(len(s) for s in unlabelled))
     model.to(device)
     trained, loss = _trained_module(job, model, teacher, train_sentences, device)
     optimizers = task_optimizers(model, job.training.learning_rate, job.optimizer_state)
@@ -125,7 +132,8 @@ def _trained_module(job: TaggerJob, model: Tagger, teacher: TeacherKnowledge | N
     if teacher is None:
         return model, supervised_loss(model)
     student = StudentModel(model, teacher.widths, job.distill.layers).to(device)
-    source = teacher.source(train_sentences[teacher.task], job.train_splits, job.distill.layers, device)
+    splits = [*job.train_splits, *([UNLABELLED_SPLIT] if job.distill.unlabelled else [])]
+    source = teacher.source(train_sentences[teacher.task], splits, job.distill.layers, device)
     return student, distillation_loss(student, job.distill, source)
 
 

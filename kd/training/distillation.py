@@ -26,6 +26,9 @@ class DistillOptions:
     tau: float = 1.0
     cache_run: str | None = None
     teacher_runs: list[str] | None = None
+    # Sentences without gold tags the student also learns from, through the teacher's outputs alone
+    # (the hard-label term skips them); a cache must hold them (kd cache-logits --unlabelled).
+    unlabelled: str | None = None
 
     def __post_init__(self) -> None:
         get_loss(self.loss)

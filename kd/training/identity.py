@@ -38,6 +38,9 @@ def tagger_definition(job: TaggerJob, teacher: Any = None, search_space: str | N
         weights = asdict(job.distill.weights())
         fields = get_loss(job.distill.loss).defining_fields()
         definition.update(loss=job.distill.loss, **{name: weights[name] for name in fields})
+        if job.distill.unlabelled:
+            # The text, not where it lies: the same sentences under another name train the same model.
+            definition["unlabelled"] = file_digest(job.distill.unlabelled)
         if teacher is not None:
             definition.update(teacher_kind=",".join(sorted(set(teacher.teacher_kinds or ["bilstm"]))),
                               teacher_output=",".join(sorted(set(teacher.teacher_outputs))),
@@ -55,6 +58,15 @@ def transformer_definition(job: Any) -> dict[str, Any]:
     return {"kind": "transformer", "base": Path(job.base).name, "output": job.output, "dropout": job.dropout,
             **training, "train_splits": list(job.train_splits), "eval_split": job.eval_split,
             "corpora": sorted(job.corpora), "sampling": job.sampling, "optimizer_state": job.optimizer_state}
+
+
+def file_digest(path: str) -> str:
+    """The first 12 hex digits of the file's SHA-256 (the file is read by training anyway)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:ID_LENGTH]
 
 
 def model_id(definition: dict[str, Any]) -> str:
@@ -78,6 +90,8 @@ def model_name(definition: dict[str, Any]) -> str:
         parts.append("Tcrf")
     if definition.get("ensemble", "single") != "single":
         parts.append(definition["ensemble"])
+    if "unlabelled" in definition:
+        parts.append("unlabelled")
     return "-".join(parts)
 
 

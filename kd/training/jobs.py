@@ -107,7 +107,8 @@ class TaggerJob(RunPlan):
             params.update({"loss": self.distill.loss, "alpha": weights.alpha, "beta": weights.beta,
                            "gamma": weights.gamma, "kappa": weights.kappa, "tau": weights.tau,
                            "cache_run": self.distill.cache_run or "",
-                           "teacher_runs": ",".join(self.distill.teacher_runs or [])})
+                           "teacher_runs": ",".join(self.distill.teacher_runs or []),
+                           **({"unlabelled": self.distill.unlabelled} if self.distill.unlabelled else {})})
         return params
 
 
