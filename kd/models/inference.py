@@ -1,25 +1,66 @@
-"""Tagging raw token lists with a saved model: shared by `kd predict`, the MLflow pyfunc model and
-evaluation of reloaded models."""
+"""Tagging raw token lists with a saved model, a BiLSTM tagger (kd.models.io) or a transformer
+teacher (kd.models.transformer): shared by `kd predict`, the MLflow pyfunc model and evaluation of
+reloaded models."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from kd.data.batching import EncodedDataset
 from kd.errors import KdError
+from kd.models import io, transformer
 from kd.models.io import SavedModel, load_model
-from kd.models.predict import PREDICT_BATCH_TOKENS, as_sentences, predict_tags
+from kd.models.predict import PREDICT_BATCH_TOKENS, as_sentences, decode_in_batches, predict_tags
+from kd.models.transformer import TransformerTagger, load_transformer
+
+# The description file each kind of saved model is recognised by.
+DESCRIPTION_FILES = (io.CONFIG_FILE, transformer.CONFIG_FILE)
+
+
+@dataclass
+class SavedTransformer:
+    """A transformer teacher's folder (kd.models.transformer.save_transformer), loaded."""
+
+    model: TransformerTagger
+    tags: dict[str, list[str]]  # task -> tag names, in the head's order
+
+
+def find_saved_tagger(root: str | Path, shown_as: str | None = None) -> Path:
+    """The folder under `root` (itself first) that holds a saved model of either kind. `shown_as`
+    names `root` in errors (a model fetched into a temporary folder is named by its run)."""
+    root = Path(root)
+    if any((root / name).is_file() for name in DESCRIPTION_FILES):
+        return root
+    found = sorted({p.parent for name in DESCRIPTION_FILES for p in root.rglob(name)})
+    if not found:
+        raise KdError(f"{shown_as or root}: no saved kd model ({' or '.join(DESCRIPTION_FILES)}) found")
+    return found[0]
+
+
+def load_saved_tagger(directory: str | Path, device: str | torch.device = "cpu",
+                      shown_as: str | None = None) -> SavedModel | SavedTransformer:
+    """The saved model under `directory`, whichever its kind; neither kind unpickles anything."""
+    root = Path(directory)
+    found = find_saved_tagger(root, shown_as)
+    if not (found / transformer.CONFIG_FILE).is_file():
+        return load_model(root, device, shown_as=shown_as)
+    where = str(found) if shown_as is None else shown_as if found == root else f"{shown_as}/{found.relative_to(root)}"
+    model, tags = load_transformer(found, device, shown_as=where)
+    return SavedTransformer(model=model, tags=tags)
 
 
 class SavedTagger:
-    def __init__(self, directory: str | Path | SavedModel, device: str | torch.device = "cpu", task: str | None = None,
-                 precision: str = "fp32") -> None:
-        """`directory`: a saved model's folder, or the model already loaded."""
-        saved = directory if isinstance(directory, SavedModel) else load_model(directory, device)
+    def __init__(self, directory: str | Path | SavedModel | SavedTransformer, device: str | torch.device = "cpu",
+                 task: str | None = None, precision: str = "fp32") -> None:
+        """`directory`: a saved model's folder (either kind), or the model already loaded."""
+        saved = directory if isinstance(directory, (SavedModel, SavedTransformer)) else \
+            load_saved_tagger(directory, device)
+        self.saved = saved
         self.model = saved.model
-        self.vocabularies = saved.vocabularies
+        self.vocabularies = saved.vocabularies if isinstance(saved, SavedModel) else None
         self.device = torch.device(device)
         tasks = self.model.task_names
         if task is None and len(tasks) > 1:
@@ -30,14 +71,22 @@ class SavedTagger:
         self.precision = precision
 
     def tag(self, sentences: Sequence[Sequence[str]], batch_tokens: int = PREDICT_BATCH_TOKENS) -> list[list[str]]:
+        """One tag per token of every sentence. A transformer refuses (KdError) a sentence with
+        more words than its encoder has positions, numbered among the non-empty sentences."""
         non_empty = [i for i, tokens in enumerate(sentences) if len(tokens) > 0]
         tagged: list[list[str]] = [[] for _ in sentences]
         if not non_empty:
             return tagged
-        dataset = EncodedDataset(as_sentences([sentences[i] for i in non_empty]), self.vocabularies,
-                                 self.task, with_tags=False)
-        predicted = predict_tags(self.model, dataset, self.vocabularies, self.task, self.device,
-                                 self.precision, batch_tokens)
+        chosen = as_sentences([sentences[i] for i in non_empty])
+        if isinstance(self.saved, SavedTransformer):
+            # The decoding the teacher's own evaluation uses (transformer_job.predict_transformer_tags):
+            # each word's first sub-word, then softmax argmax or CRF Viterbi by the head.
+            predicted = decode_in_batches(self.model, self.model.encode(chosen), self.saved.tags[self.task],
+                                          self.task, self.device, self.precision, batch_tokens)
+        else:
+            dataset = EncodedDataset(chosen, self.vocabularies, self.task, with_tags=False)
+            predicted = predict_tags(self.model, dataset, self.vocabularies, self.task, self.device,
+                                     self.precision, batch_tokens)
         for i, tags in zip(non_empty, predicted):
             tagged[i] = tags
         return tagged

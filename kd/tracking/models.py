@@ -12,6 +12,7 @@ import torch
 
 import kd
 from kd.errors import KdError, disk_full_names
+from kd.models.inference import SavedTransformer, load_saved_tagger
 from kd.models.io import SavedModel, load_model
 from kd.tracking.runs import TrackedRun
 
@@ -134,3 +135,11 @@ def load_logged_model(model: str, tracking_uri: str, device: str | torch.device 
     and errors name the run or URI, not a temporary copy."""
     with fetched_model(model, tracking_uri) as (directory, shown_as):
         return load_model(directory, device, shown_as=shown_as)
+
+
+def load_logged_tagger(model: str, tracking_uri: str,
+                       device: str | torch.device = "cpu") -> SavedModel | SavedTransformer:
+    """As `load_logged_model`, for a model of either kind: a BiLSTM tagger or a transformer
+    teacher (`kd train-teacher --kind transformer`, whose run keeps its folder as the artifact `model`)."""
+    with fetched_model(model, tracking_uri) as (directory, shown_as):
+        return load_saved_tagger(directory, device, shown_as=shown_as)
