@@ -90,7 +90,14 @@ def show(experiment, **options) -> None:
         click.echo(f"  {corpus}: {count:,} tokens")
     click.echo(f"training: {found.epoch_tokens:,} token-epochs at {found.tokens_per_second:,.0f} tokens/s "
                f"({found.source}); caching: {found.cache_tokens:,} tokens")
-    click.echo(f"estimate: {found.seconds / 3600:.2f} h for one worker")
+    transformer = found.transformer
+    if transformer.epoch_tokens:
+        rates = (f"at {transformer.train_tokens_per_second:,.0f} and {transformer.predict_tokens_per_second:,.0f} "
+                 f"tokens/s" if transformer.known else "at an unknown speed")
+        click.echo(f"transformer teachers: {transformer.epoch_tokens:,} token-epochs, caching through them: "
+                   f"{transformer.cache_tokens:,} tokens, {rates} ({transformer.source})")
+    unknown = " plus the transformer teachers (unknown)" if transformer.epoch_tokens and not transformer.known else ""
+    click.echo(f"estimate: {found.seconds / 3600:.2f} h for one worker{unknown}")
 
 
 @plan.command()

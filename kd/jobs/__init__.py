@@ -3,7 +3,8 @@ caches, models and tables; it expands into a graph of cells (a teacher of a seed
 a corpus and seed), each with a deterministic identity, run through the library on Dask workers
 (local processes by default, or a cluster), and reported table by table through `kd compare`.
 
-Modules: `plan` and `names` (reading and checking the file), `cells` (the graph and identities),
+Modules: `plan`, `plan_file`, `teacher_spec` and `names` (reading and checking the file; a teacher
+is a BiLSTM MTM or a fine-tuned transformer), `cells` (the graph and identities),
 `data` (subsampled corpora, digests), `runner` (one cell on a worker), `tracking` (cell and plan runs),
 `executor` (Dask), `driver` (resolving and running a plan, its status), `report` (the tables),
 `estimate` (what `kd plan show` prints)."""

@@ -15,11 +15,12 @@ from kd.cache.store import LAYERS
 from kd.data.types import SPLITS
 from kd.errors import KdError
 from kd.jobs.plan import DISTILL_KEYS, MODEL_KEYS, SCHEDULE_KEYS, TRAINING_KEYS, ModelSpec, Plan
+from kd.jobs.teacher_spec import TeacherSpec, transformer_job_options
 from kd.losses.distill import get_loss
 from kd.training.distillation import DistillOptions
-from kd.training.jobs import ModelOptions
+from kd.training.jobs import ModelOptions, TaggerJob
 from kd.training.loop import TrainingOptions
-from kd.training.jobs import TaggerJob
+from kd.training.transformer_job import TransformerJob
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class Cell:
     seed: int | None  # None: a cache over the teachers of every seed
     config: dict[str, Any]  # the resolved job, without run ids, experiment or paths
     depends_on: tuple[str, ...] = ()  # cell ids, in the order the job uses their runs
+    # A transformer teacher's encoder, a folder or hub id: where it is, not what it is (the config's
+    # `base` is), so not part of the identity.
+    base: str | None = None
 
     @property
     def label(self) -> str:
@@ -71,6 +75,25 @@ def tagger_job(config: dict[str, Any], *, data_dir: str | None, experiment: str,
                      run_name=run_name, distill=distill)
 
 
+def transformer_config(spec: TeacherSpec, corpora: list[str], seed: int, digests: dict[str, str]) -> dict[str, Any]:
+    """A TransformerJob's options, every default filled in, as a cell stores them."""
+    job = TransformerJob(corpora=list(corpora), base=spec.base or "", **transformer_job_options(spec.options, seed))
+    return {"job": "transformer", "corpora": list(corpora), "base": dict(spec.base_identity or {}),
+            "output": job.output, "dropout": job.dropout, "training": dataclasses.asdict(job.training),
+            "train_splits": list(job.train_splits), "eval_split": job.eval_split, "sampling": job.sampling,
+            "optimizer_state": job.optimizer_state, "data": {c: digests[c] for c in corpora}}
+
+
+def transformer_job(config: dict[str, Any], base: str, *, data_dir: str | None, experiment: str,
+                    run_name: str | None, device: str) -> TransformerJob:
+    """The TransformerJob of a transformer teacher cell (`base`: the cell's encoder folder or hub id)."""
+    return TransformerJob(corpora=list(config["corpora"]), base=base, data_dir=data_dir, output=config["output"],
+                          dropout=config["dropout"], training=TrainingOptions(**config["training"]),
+                          train_splits=list(config["train_splits"]), eval_split=config["eval_split"],
+                          sampling=config["sampling"], optimizer_state=config["optimizer_state"], device=device,
+                          experiment=experiment, run_name=run_name)
+
+
 def distill_config(options: dict[str, Any]) -> dict[str, Any]:
     weights = dataclasses.asdict(DistillOptions(cache_run="check", **{k: v for k, v in options.items()
                                                                       if k in DISTILL_KEYS}))
@@ -87,10 +110,10 @@ class CellGraph:
         self.cache_users = self._cache_users()
 
     def _add(self, key: tuple, kind: str, name: str, corpus: str | None, seed: int | None, config: dict[str, Any],
-             depends_on: tuple[Cell, ...] = ()) -> Cell:
+             depends_on: tuple[Cell, ...] = (), base: str | None = None) -> Cell:
         ids = tuple(c.cell_id for c in depends_on)
         cell = Cell(cell_id=identity(config, ids), kind=kind, name=name, corpus=corpus, seed=seed, config=config,
-                    depends_on=ids)
+                    depends_on=ids, base=base)
         self.made[key] = self.cells.setdefault(cell.cell_id, cell)
         return self.made[key]
 
@@ -102,10 +125,14 @@ class CellGraph:
         if key not in self.made:
             spec = self.plan.teachers[name]
             corpora = self.teacher_corpora(name)
-            if len(corpora) < 2:
+            if spec.kind == "bilstm" and len(corpora) < 2:
                 raise KdError(f"teachers.{name}: a multi-task teacher needs at least two corpora; the plan has "
                               f"{', '.join(corpora)}")
-            self._add(key, "teacher", name, None, seed, tagger_config(corpora, spec.options, seed, self.digests))
+            if spec.kind == "transformer":
+                self._add(key, "teacher", name, None, seed, transformer_config(spec, corpora, seed, self.digests),
+                          base=spec.base)
+            else:
+                self._add(key, "teacher", name, None, seed, tagger_config(corpora, spec.options, seed, self.digests))
         return self.made[key]
 
     def model(self, spec: ModelSpec, corpus: str, seed: int) -> Cell:

@@ -1,6 +1,8 @@
 """What `kd plan show` prints: the cells per kind, the tokens they train on, and a cost estimate
 from a measured throughput (the experiment's own finished runs when there are some, else the
-figure bench/README.md measured)."""
+figure bench/README.md measured). Transformer teachers are counted apart: their speed depends on
+the encoder (bench/README.md measured only MiniLM-L6), so without a finished transformer run in the
+experiment their cost is reported as unknown and left out of the estimate, never guessed."""
 from __future__ import annotations
 
 import statistics
@@ -14,30 +16,74 @@ from kd.jobs.tracking import search_all
 # with 2 threads at the default sizes; a cached student 1.04x that; caching took 8.1 s for those tokens.
 DEFAULT_TRAIN_TOKENS_PER_SECOND = 159_670 / 18.2
 DEFAULT_CACHE_TOKENS_PER_SECOND = 159_670 / 8.1
+FINISHED = "attributes.status = 'FINISHED'"
+TRANSFORMER = "tags.teacher_kind = 'transformer' and tags.model_kind = 'mtm'"  # a cache run has the tag too
+
+
+@dataclass
+class TransformerCost:
+    """The transformer teachers' share of a plan, apart from the BiLSTM cells'."""
+
+    epoch_tokens: int = 0  # tokens x epochs of every transformer teacher cell
+    cache_tokens: int = 0  # tokens cached through a transformer teacher
+    train_tokens_per_second: float | None = None  # measured; None: unknown
+    predict_tokens_per_second: float | None = None
+    source: str = ""
+
+    @property
+    def known(self) -> bool:
+        return self.train_tokens_per_second is not None and self.predict_tokens_per_second is not None
+
+    @property
+    def seconds(self) -> float:
+        if not self.known:
+            return 0.0
+        return self.epoch_tokens / self.train_tokens_per_second + self.cache_tokens / self.predict_tokens_per_second
 
 
 @dataclass
 class Estimate:
     cells: dict[str, int]  # per kind
     tokens: dict[str, int]  # 'corpus (splits)': the tokens cells train on (after subsampling)
-    epoch_tokens: int  # tokens x epochs over every training cell
-    cache_tokens: int
+    epoch_tokens: int  # tokens x epochs over every BiLSTM training cell
+    cache_tokens: int  # tokens cached through BiLSTM teachers
     tokens_per_second: float
     source: str  # where the throughput came from
-    seconds: float  # one worker's time for the whole plan
+    seconds: float  # one worker's time for the whole plan (without transformer teachers of unknown cost)
+    transformer: TransformerCost
+
+
+def _training_rate(run) -> float | None:
+    metrics = run.data.metrics
+    if not {"train_tokens", "epochs_trained"} <= set(metrics) or not run.info.end_time \
+            or run.info.end_time <= run.info.start_time:
+        return None
+    return metrics["train_tokens"] * metrics["epochs_trained"] / ((run.info.end_time - run.info.start_time) / 1000)
 
 
 def measured_throughput(client, experiment: str | None) -> tuple[float, str]:
     """Median tokens per second of training (tokens x epochs over wall time) of the experiment's
-    finished tagger runs, or bench/README.md's figure without any."""
-    runs = search_all(client, experiment, "attributes.status = 'FINISHED'") if experiment else []
-    rates = [run.data.metrics["train_tokens"] * run.data.metrics["epochs_trained"]
-             / ((run.info.end_time - run.info.start_time) / 1000)
-             for run in runs if {"train_tokens", "epochs_trained"} <= set(run.data.metrics)
-             and run.info.end_time and run.info.end_time > run.info.start_time]
+    finished BiLSTM tagger runs, or bench/README.md's figure without any."""
+    runs = search_all(client, experiment, FINISHED) if experiment else []
+    rates = [rate for run in runs if run.data.tags.get("teacher_kind") != "transformer"  # counted apart
+             and (rate := _training_rate(run)) is not None]
     if rates:
         return statistics.median(rates), f"median of {len(rates)} finished runs in {experiment}"
     return DEFAULT_TRAIN_TOKENS_PER_SECOND, "bench/README.md (STM, default sizes, 2 threads)"
+
+
+def measured_transformer_rates(client, experiment: str | None) -> tuple[float | None, float | None, str]:
+    """Median training and prediction tokens per second of the experiment's finished transformer
+    teacher runs (whatever their base), or None and why."""
+    runs = search_all(client, experiment, f"{FINISHED} and {TRANSFORMER}") if experiment else []
+    train = [rate for run in runs if (rate := _training_rate(run)) is not None]
+    predict = [run.data.metrics["predict_tokens_per_second"] for run in runs
+               if "predict_tokens_per_second" in run.data.metrics]
+    if train and predict:
+        return (statistics.median(train), statistics.median(predict),
+                f"median of {len(train)} finished transformer runs in {experiment}")
+    where = f"in {experiment}" if experiment else "to measure: give --experiment with one"
+    return None, None, f"no finished transformer teacher run {where}"
 
 
 def estimate(resolved: ResolvedPlan, client, experiment: str | None) -> Estimate:
@@ -52,15 +98,26 @@ def estimate(resolved: ResolvedPlan, client, experiment: str | None) -> Estimate
         return tokens[key]
 
     epoch_tokens = cache_tokens = 0
+    transformer = TransformerCost()
     for cell in cells:
         config = cell.config
-        if config["job"] == "tagger":
-            epoch_tokens += config["training"]["epochs"] * sum(corpus_tokens(c, config["train_splits"])
-                                                               for c in config["corpora"])
-        else:
-            cache_tokens += len(cell.depends_on) * sum(corpus_tokens(c, config["splits"]) for c in config["tasks"])
+        if config["job"] in ("tagger", "transformer"):
+            count = config["training"]["epochs"] * sum(corpus_tokens(c, config["train_splits"]) for c in config["corpora"])
+            if config["job"] == "transformer":
+                transformer.epoch_tokens += count
+            else:
+                epoch_tokens += count
+            continue
+        per_source = sum(corpus_tokens(c, config["splits"]) for c in config["tasks"])
+        through_transformer = sum(resolved.cells[s].config["job"] == "transformer" for s in cell.depends_on)
+        transformer.cache_tokens += through_transformer * per_source
+        cache_tokens += (len(cell.depends_on) - through_transformer) * per_source
     rate, source = measured_throughput(client, experiment)
+    if transformer.epoch_tokens:
+        (transformer.train_tokens_per_second, transformer.predict_tokens_per_second,
+         transformer.source) = measured_transformer_rates(client, experiment)
     per_corpus = {f"{corpus} ({'+'.join(splits)})": count for (corpus, splits), count in sorted(tokens.items())}
     return Estimate(cells={k: sum(c.kind == k for c in cells) for k in ("teacher", "cache", "model")},
                     tokens=per_corpus, epoch_tokens=epoch_tokens, cache_tokens=cache_tokens, tokens_per_second=rate,
-                    source=source, seconds=epoch_tokens / rate + cache_tokens / DEFAULT_CACHE_TOKENS_PER_SECOND)
+                    source=source, transformer=transformer,
+                    seconds=epoch_tokens / rate + cache_tokens / DEFAULT_CACHE_TOKENS_PER_SECOND + transformer.seconds)

@@ -9,14 +9,21 @@ the key (`experiments/x.yaml:12: models.SM.alpha: ...`), before anything runs.
     defaults: {epochs: 10, train_splits: [train], word_dim: 100}
     teachers:                          # multi-task teachers (one per seed); corpora: default all
       mtm: {output: softmax, epochs: 20}
+      bert: {kind: transformer, base: ./models/MiniLM}   # a fine-tuned encoder (kd.jobs.teacher_spec)
     caches:                            # one per seed, or `ensemble: seeds` for one over all seeds
       mtm: {teachers: [mtm]}
+      mix: {teachers: [bert, mtm]}     # an ensemble: the teachers' outputs averaged
     models:                            # kind: stm, student (from a cache) or teacher (a teacher's column)
       STM: {kind: stm}
       MTM: {kind: teacher, teacher: mtm}
       SM: {kind: student, cache: mtm, loss: logits, alpha: 0.5}
     tables:
       table1: {title: ..., models: [STM, MTM, SM], metric: test_f1, posthoc: wilcoxon-holm}
+
+A transformer teacher (`kind: transformer`) fine-tunes `base` with `kd train-teacher --kind
+transformer`'s defaults (learning rate 5e-5, 3 epochs, dropout 0.1) and refuses the BiLSTM's size
+options. Its cell cannot resume: transformer runs keep no checkpoint, so a killed one starts again
+from the pretrained encoder (a BiLSTM cell resumes from its last epoch).
 """
 from __future__ import annotations
 
@@ -26,33 +33,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kd.data.types import SPLITS
-from kd.errors import FieldError, KdError
+from kd.errors import FieldError
 from kd.jobs.names import check_references
+from kd.jobs.plan_file import (DISTILL_KEYS, MODEL_KEYS, OPTION_KEYS, SCHEDULE_KEYS, SPLIT_KEYS, TRAINING_KEYS,
+                               PlanFile, as_mapping, as_names, check_known, check_options, is_int, merge_options)
+from kd.jobs.teacher_spec import TeacherSpec, parse_teacher
 from kd.statistics.tests import POSTHOC_TESTS
-from kd.training.distillation import DistillOptions
-from kd.training.jobs import ModelOptions
-from kd.training.loop import TrainingOptions
 
-MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelOptions))
-TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(TrainingOptions) if f.name != "seed")
-SPLIT_KEYS = ("train_splits", "eval_split")
-SCHEDULE_KEYS = ("sampling", "optimizer_state")
-DISTILL_KEYS = ("loss", "alpha", "beta", "gamma", "kappa", "tau")
-OPTION_KEYS = (*MODEL_KEYS, *TRAINING_KEYS, *SPLIT_KEYS)
+__all__ = ["DISTILL_KEYS", "MODEL_KEYS", "OPTION_KEYS", "SCHEDULE_KEYS", "SPLIT_KEYS", "TRAINING_KEYS", "CacheSpec",
+           "ModelSpec", "Plan", "TableSpec", "TeacherSpec", "load_plan", "with_overrides"]
+
 MODEL_KINDS = ("stm", "student", "teacher")
 ENSEMBLES = ("seed", "seeds")  # one cache per seed, or one over the teachers of every seed
 TOP_KEYS = ("name", "data_dir", "corpora", "seeds", "subsample", "defaults", "teachers", "caches", "models", "tables")
-Key = tuple[Any, ...]
-
-
-@dataclass(frozen=True)
-class TeacherSpec:
-    name: str
-    options: dict[str, Any]  # the plan's defaults with the teacher's own options over them
-    corpora: tuple[str, ...] = ()  # () = every corpus of the plan
 
 
 @dataclass(frozen=True)
@@ -99,111 +93,37 @@ class Plan:
     tables: dict[str, TableSpec] = field(default_factory=dict)
 
 
-class PlanFile:
-    """The parsed YAML of a plan and the line of every key, for errors that point at it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self.text = path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise KdError(f"{path}: cannot read the plan ({error.strerror})") from None
-        try:
-            node = yaml.compose(self.text)
-            self.data = yaml.safe_load(self.text)
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise KdError(f"{where}: not valid YAML ({getattr(error, 'problem', None) or error})") from None
-        self.lines = _key_lines(node) if node is not None else {}
-
-    def error(self, key: Key, message: str) -> KdError:
-        line = next((self.lines[key[:n]] for n in range(len(key), 0, -1) if key[:n] in self.lines), None)
-        where = f"{self.path}:{line}" if line else str(self.path)
-        return KdError(f"{where}: {_dotted(key)}: {message}")
-
-
-def _key_lines(node: yaml.Node, prefix: Key = ()) -> dict[Key, int]:
-    lines: dict[Key, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = prefix + (key_node.value,)
-            lines[key] = key_node.start_mark.line + 1
-            lines.update(_key_lines(value_node, key))
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            lines[prefix + (index,)] = item.start_mark.line + 1
-            lines.update(_key_lines(item, prefix + (index,)))
-    return lines
-
-
-def _dotted(key: Key) -> str:
-    text = ""
-    for part in key:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
 def load_plan(path: str | Path, data_dir: str | Path | None = None) -> Plan:
     """Reads and checks a plan. `data_dir` (the CLI's --data-dir) overrides the plan's own."""
     source = PlanFile(Path(path))
     data = source.data
     if not isinstance(data, dict):
         raise source.error((), "expected a mapping with corpora, seeds, models and tables")
-    _known(source, (), data, TOP_KEYS)
+    check_known(source, (), data, TOP_KEYS)
     for required in ("corpora", "seeds", "models", "tables"):
         if required not in data:
             raise source.error((required,), "missing")
-    defaults = _options(source, ("defaults",), _mapping(source, ("defaults",), data.get("defaults")),
-                        OPTION_KEYS + SCHEDULE_KEYS, {})
-    teachers = {name: _teacher(source, name, spec, defaults)
-                for name, spec in _mapping(source, ("teachers",), data.get("teachers")).items()}
-    caches = {name: _cache(source, name, spec) for name, spec in _mapping(source, ("caches",), data.get("caches")).items()}
+    defaults = merge_options(source, ("defaults",), as_mapping(source, ("defaults",), data.get("defaults")),
+                             OPTION_KEYS + SCHEDULE_KEYS, {})
+    teachers = {name: parse_teacher(source, name, spec, defaults)
+                for name, spec in as_mapping(source, ("teachers",), data.get("teachers")).items()}
+    caches = {name: _cache(source, name, spec) for name, spec in as_mapping(source, ("caches",), data.get("caches")).items()}
     models = {name: _model(source, name, spec, defaults)
-              for name, spec in _mapping(source, ("models",), data.get("models")).items()}
-    tables = {name: _table(source, name, spec) for name, spec in _mapping(source, ("tables",), data.get("tables")).items()}
+              for name, spec in as_mapping(source, ("models",), data.get("models")).items()}
+    tables = {name: _table(source, name, spec) for name, spec in as_mapping(source, ("tables",), data.get("tables")).items()}
     plan = Plan(path=Path(path), name=str(data.get("name") or Path(path).stem), text=source.text,
                 data_dir=_data_dir(source, data.get("data_dir"), data_dir),
-                corpora=tuple(_strings(source, ("corpora",), data["corpora"])),
+                corpora=tuple(as_names(source, ("corpora",), data["corpora"])),
                 seeds=tuple(_seeds(source, data["seeds"])), subsample=_subsample(source, data.get("subsample")),
                 teachers=teachers, caches=caches, models=models, tables=tables)
     check_references(plan, source.error)
     return plan
 
 
-def _known(source: PlanFile, key: Key, mapping: dict, known: tuple[str, ...]) -> None:
-    for name in mapping:
-        if name not in known:
-            raise source.error(key + (name,), f"unknown key (known: {', '.join(known)})")
-
-
-def _mapping(source: PlanFile, key: Key, value: Any) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise source.error(key, "expected a mapping of names")
-    return value
-
-
-def _strings(source: PlanFile, key: Key, value: Any, allow_empty: bool = False) -> list[str]:
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value) or (not value and not allow_empty):
-        raise source.error(key, "expected a list of names")
-    duplicates = sorted({v for v in value if value.count(v) > 1})
-    if duplicates:
-        raise source.error(key, f"{', '.join(duplicates)} given twice")
-    return value
-
-
 def _seeds(source: PlanFile, value: Any) -> list[int]:
-    if not isinstance(value, list) or not value or not all(_is_int(v) for v in value) or len(set(value)) != len(value):
+    if not isinstance(value, list) or not value or not all(is_int(v) for v in value) or len(set(value)) != len(value):
         raise source.error(("seeds",), "expected a list of distinct integers")
     return list(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _data_dir(source: PlanFile, value: Any, given: str | Path | None) -> Path | None:
@@ -217,111 +137,51 @@ def _data_dir(source: PlanFile, value: Any, given: str | Path | None) -> Path | 
 
 
 def _subsample(source: PlanFile, value: Any) -> dict[str, int]:
-    caps = _mapping(source, ("subsample",), value)
-    _known(source, ("subsample",), caps, SPLITS)
+    caps = as_mapping(source, ("subsample",), value)
+    check_known(source, ("subsample",), caps, SPLITS)
     for split, cap in caps.items():
-        if not _is_int(cap) or cap < 1:
+        if not is_int(cap) or cap < 1:
             raise source.error(("subsample", split), f"{cap!r}: expected a number of sentences of at least 1")
     return dict(caps)
-
-
-def _options(source: PlanFile, key: Key, spec: dict, allowed: tuple[str, ...], base: dict[str, Any]) -> dict[str, Any]:
-    """`base` with the options of `spec` over it, each checked for its type; the rest of `spec` is
-    the caller's."""
-    options = dict(base)
-    for name, value in spec.items():
-        if name not in allowed:
-            continue
-        if name == "train_splits":
-            value = _strings(source, key + (name,), value)
-            if any(s not in SPLITS for s in value):
-                raise source.error(key + (name,), f"{value}: use splits among {', '.join(SPLITS)}")
-        elif name == "eval_split" and value not in SPLITS:
-            raise source.error(key + (name,), f"{value!r}: use one of {', '.join(SPLITS)}")
-        else:
-            _check_type(source, key + (name,), name, value)
-        options[name] = value
-    return options
-
-
-def _check_type(source: PlanFile, key: Key, name: str, value: Any) -> None:
-    defaults = {**dataclasses.asdict(ModelOptions()), **dataclasses.asdict(TrainingOptions()),
-                **{k: v for k, v in dataclasses.asdict(DistillOptions(cache_run="plan")).items() if k in DISTILL_KEYS}}
-    default = defaults.get(name, "")
-    if name in ("embeddings", "beta"):
-        ok = value is None or isinstance(value, str if name == "embeddings" else (int, float))
-    elif isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = _is_int(value)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        raise source.error(key, f"{value!r}: expected {type(default).__name__ if default is not None else 'a value'}")
-
-
-def _check_options(source: PlanFile, key: Key, options: dict[str, Any], distill: bool) -> None:
-    """The library's own checks of the options (ModelOptions, TrainingOptions, DistillOptions)."""
-    try:
-        ModelOptions(**{k: v for k, v in options.items() if k in MODEL_KEYS})
-        TrainingOptions(**{k: v for k, v in options.items() if k in TRAINING_KEYS})
-        if distill:
-            DistillOptions(cache_run="plan", **{k: v for k, v in options.items() if k in DISTILL_KEYS})
-    except KdError as error:
-        raise source.error(key, str(error).replace("--", "").replace("give exactly one of cache RUN_ID", "")) from None
-
-
-def _teacher(source: PlanFile, name: str, spec: Any, defaults: dict[str, Any]) -> TeacherSpec:
-    key = ("teachers", name)
-    spec = _mapping(source, key, spec)
-    _known(source, key, spec, (*OPTION_KEYS, *SCHEDULE_KEYS, "corpora"))
-    options = _options(source, key, spec, OPTION_KEYS + SCHEDULE_KEYS, defaults)
-    _check_options(source, key, options, distill=False)
-    corpora = tuple(_strings(source, key + ("corpora",), spec["corpora"])) if "corpora" in spec else ()
-    if corpora and len(corpora) < 2:
-        raise source.error(key + ("corpora",), "a multi-task teacher needs at least two corpora")
-    return TeacherSpec(name=name, options=options, corpora=corpora)
 
 
 def _cache(source: PlanFile, name: str, spec: Any) -> CacheSpec:
     from kd.cache.store import DTYPES, LAYERS
 
     key = ("caches", name)
-    spec = _mapping(source, key, spec)
-    _known(source, key, spec, ("teachers", "ensemble", "layers", "dtype"))
+    spec = as_mapping(source, key, spec)
+    check_known(source, key, spec, ("teachers", "ensemble", "layers", "dtype"))
     if "teachers" not in spec:
         raise source.error(key + ("teachers",), "missing: the teachers (or models) whose outputs it holds")
     ensemble = spec.get("ensemble", "seed")
     if ensemble not in ENSEMBLES:
         raise source.error(key + ("ensemble",), f"{ensemble!r}: use seed (one cache per seed) or seeds (one over all)")
-    layers = tuple(_strings(source, key + ("layers",), spec["layers"])) if "layers" in spec else ()
+    layers = tuple(as_names(source, key + ("layers",), spec["layers"])) if "layers" in spec else ()
     unknown = [layer for layer in layers if layer not in LAYERS]
     if unknown:
         raise source.error(key + ("layers",), f"{', '.join(unknown)}: use layers among {', '.join(LAYERS)}")
     dtype = spec.get("dtype", "float16")
     if dtype not in DTYPES:
         raise source.error(key + ("dtype",), f"{dtype!r}: use one of {', '.join(DTYPES)}")
-    return CacheSpec(name=name, teachers=tuple(_strings(source, key + ("teachers",), spec["teachers"])),
+    return CacheSpec(name=name, teachers=tuple(as_names(source, key + ("teachers",), spec["teachers"])),
                      ensemble=ensemble, layers=layers, dtype=dtype)
 
 
 def _model(source: PlanFile, name: str, spec: Any, defaults: dict[str, Any]) -> ModelSpec:
     key = ("models", name)
-    spec = _mapping(source, key, spec)
+    spec = as_mapping(source, key, spec)
     kind = spec.get("kind")
     if kind not in MODEL_KINDS:
         raise source.error(key + ("kind",), f"{kind!r}: use one of {', '.join(MODEL_KINDS)}")
     if kind == "teacher":
-        _known(source, key, spec, ("kind", "teacher"))
+        check_known(source, key, spec, ("kind", "teacher"))
         if not isinstance(spec.get("teacher"), str):
             raise source.error(key + ("teacher",), "missing: the teacher whose runs make this column")
         return ModelSpec(name=name, kind=kind, options={}, teacher=spec["teacher"])
     student = kind == "student"
-    _known(source, key, spec, ("kind", *OPTION_KEYS, *((*DISTILL_KEYS, "cache") if student else ())))
-    options = _options(source, key, spec, OPTION_KEYS + (DISTILL_KEYS if student else ()), defaults)
-    _check_options(source, key, options, distill=student)
+    check_known(source, key, spec, ("kind", *OPTION_KEYS, *((*DISTILL_KEYS, "cache") if student else ())))
+    options = merge_options(source, key, spec, OPTION_KEYS + (DISTILL_KEYS if student else ()), defaults)
+    check_options(source, key, options, distill=student)
     if student and not isinstance(spec.get("cache"), str):
         raise source.error(key + ("cache",), "missing: the cache a student learns from")
     return ModelSpec(name=name, kind=kind, options=options, cache=spec.get("cache") if student else None)
@@ -329,9 +189,9 @@ def _model(source: PlanFile, name: str, spec: Any, defaults: dict[str, Any]) -> 
 
 def _table(source: PlanFile, name: str, spec: Any) -> TableSpec:
     key = ("tables", name)
-    spec = _mapping(source, key, spec)
-    _known(source, key, spec, ("title", "models", "metric", "posthoc", "alpha", "bayesian"))
-    models = tuple(_strings(source, key + ("models",), spec.get("models")))
+    spec = as_mapping(source, key, spec)
+    check_known(source, key, spec, ("title", "models", "metric", "posthoc", "alpha", "bayesian"))
+    models = tuple(as_names(source, key + ("models",), spec.get("models")))
     if len(models) < 3:
         raise source.error(key + ("models",), "the Friedman test needs at least three models")
     posthoc = spec.get("posthoc", "wilcoxon-holm")

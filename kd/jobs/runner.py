@@ -2,8 +2,8 @@
 and `kd cache-logits` make), never a `kd` process per cell.
 
 Before training, a cell looks at its runs: a finished one is the result (a plan run again skips
-it); an interrupted tagger run whose checkpoint is still there is resumed; a run alive in another
-process on this host is waited for. A new run claims the cell by its tags; when two processes
+it); an interrupted tagger run whose checkpoint is still there is resumed (a transformer teacher has
+none: it starts again); a run alive in another process on this host is waited for. A new run claims the cell by its tags; when two processes
 claim one cell at once, the run started first wins and the other deletes its own and waits for it.
 After finishing, a second look deletes any later finished twin, so a cell never shows two
 finished runs."""
@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass
 
 from kd.errors import KdError
-from kd.jobs.cells import Cell, tagger_job
+from kd.jobs.cells import Cell, tagger_job, transformer_job
 from kd.jobs.tracking import (CELL_TAG, PLAN_RUN_TAG, cell_runs, owned_by_live_process, resumable_checkpoint,
                               run_order)
 from kd.tracking.runs import TrackedRun
@@ -97,13 +97,20 @@ class CellRunner:
             if live:
                 self.wait_for(live[0].info.run_id)
                 continue
-            resumable = [r for r in runs if self.cell.kind != "cache" and resumable_checkpoint(r) is not None]
+            resumable = [r for r in runs if self.resumable and resumable_checkpoint(r) is not None]
             if resumable:
                 return self.finish("resumed", *self.resume(resumable[-1].info.run_id))
             run = self.claim()
             if run is None:
                 continue
             return self.finish("trained", *self.execute(run))
+
+    @property
+    def resumable(self) -> bool:
+        """Tagger cells resume from their checkpoint. A cache is rebuilt, and a transformer teacher
+        trained again from its pretrained encoder: transformer runs keep no checkpoint (nor does
+        `kd train-teacher --kind transformer` resume)."""
+        return self.cell.kind != "cache" and self.cell.config["job"] != "transformer"
 
     def tags(self) -> dict[str, str]:
         cell = self.cell
@@ -144,6 +151,12 @@ class CellRunner:
                            dtype=cell.config["dtype"], data_dir=context.data_dir, device=context.device,
                            experiment=context.experiment, run_name=cell.label)
             build_cache(job, self.client, context.tracking_uri, attach_to=run.run_id)
+        elif cell.config["job"] == "transformer":
+            from kd.training.transformer_job import run_transformer_job
+
+            job = transformer_job(cell.config, cell.base or "", data_dir=context.data_dir,
+                                  experiment=context.experiment, run_name=cell.label, device=context.device)
+            run_transformer_job(job, self.client, attach_to=run.run_id)
         else:
             from pathlib import Path
 
