@@ -11,12 +11,18 @@ run near 18), holds devel out to pick the best epoch, and is scored on the full 
 the test split (encoding included), teacher and student measured the same way in the same process;
 the size ratio is teacher bytes / student bytes.
 
+Students named NAME+u in `--losses` also learn from sentences without gold tags (`kd distill
+--unlabelled`): by default the training sentences the subsample left out, tags dropped (the teacher never
+saw them either), or `--unlabelled FILE` (e.g. another corpus's train.tsv); the cache then also holds the
+teacher's outputs for them.
+
 Targets: the student recovers at least half of the F1 gap between the STM and the teacher
 ((student - STM) / (teacher - STM) >= 0.5), and predicts at least 5x faster than the teacher.
 
     python bench/transformer_teacher.py [--data-dir ../shared/datasets] [--corpus NCBI-disease]
         [--train-sentences 2000] [--teacher-epochs 3] [--teacher-lr 5e-5] [--student-epochs 15] [--seeds 1,2,3]
-        [--losses kl,logits] [--threads 2] [--device cpu|cuda] [--base FOLDER]
+        [--losses kl,logits,kl+u,logits+u] [--unlabelled left-out|FILE] [--threads 2] [--device cpu|cuda]
+        [--base FOLDER]
 """
 from __future__ import annotations
 
