@@ -86,13 +86,13 @@ class TeacherKnowledge:
                    teacher_outputs=[t.output for t in teachers], teachers=list(teachers))
 
     @classmethod
-    def gather(cls, options: Any, train_splits: Sequence[str], client, task: str,
+    def gather(cls, options: Any, splits: Sequence[str], client, task: str,
                device: torch.device) -> "TeacherKnowledge":
         """From a student's distillation `options` (`cache_run` or `teacher_runs`, `loss`, `layers`),
-        for the corpus `task` and the splits the student trains on."""
+        for the corpus `task` and the splits whose targets the student reads (its training splits,
+        then `unlabelled` when it has such sentences: DistillOptions.target_splits)."""
         if options.cache_run:
-            unlabelled = [UNLABELLED_SPLIT] if getattr(options, "unlabelled", None) else []
-            return cls._from_cache_run(options, [*train_splits, *unlabelled], client, task)
+            return cls._from_cache_run(options, splits, client, task)
         teachers = [load_teacher(run_id, client, client.tracking_uri, device) for run_id in options.teacher_runs]
         if task not in teachers[0].task_names:
             raise FieldError("teacher_runs", ",".join(options.teacher_runs), f"the teacher has no corpus {task!r}; "

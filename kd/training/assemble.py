@@ -14,7 +14,7 @@ import torch
 from kd.cache.knowledge import TeacherKnowledge
 from kd.data.batching import EncodedDataset
 from kd.data.conll import read_unlabelled
-from kd.data.types import UNLABELLED_SPLIT, Sentence
+from kd.data.types import Sentence
 from kd.data.vocab import Vocabularies, build_vocabularies
 from kd.errors import KdError
 from kd.models.device import resolve_device
@@ -132,8 +132,8 @@ def _trained_module(job: TaggerJob, model: Tagger, teacher: TeacherKnowledge | N
     if teacher is None:
         return model, supervised_loss(model)
     student = StudentModel(model, teacher.widths, job.distill.layers).to(device)
-    splits = [*job.train_splits, *([UNLABELLED_SPLIT] if job.distill.unlabelled else [])]
-    source = teacher.source(train_sentences[teacher.task], splits, job.distill.layers, device)
+    source = teacher.source(train_sentences[teacher.task], job.distill.target_splits(job.train_splits),
+                            job.distill.layers, device)
     return student, distillation_loss(student, job.distill, source)
 
 

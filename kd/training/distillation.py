@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from kd.data.batching import Batch
+from kd.data.types import UNLABELLED_SPLIT
 from kd.errors import FieldError, KdError
 from kd.losses.distill import LOSSES, DistillWeights, StudentView, get_loss
 from kd.models.tagger import Tagger
@@ -52,6 +53,11 @@ class DistillOptions:
         weights = self.weights()
         if not any((weights.alpha, weights.beta, weights.gamma, weights.kappa)):
             raise KdError("all loss weights are zero: nothing to learn from")
+
+    def target_splits(self, train_splits: Sequence[str]) -> list[str]:
+        """The splits whose teacher targets the student reads, in its training data's order: its
+        training splits, then its unlabelled sentences (a cache keeps them as their own split)."""
+        return [*train_splits, *([UNLABELLED_SPLIT] if self.unlabelled else [])]
 
     def weights(self) -> DistillWeights:
         beta = 1.0 - self.alpha if self.beta is None else self.beta

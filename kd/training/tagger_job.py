@@ -150,8 +150,8 @@ def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
     if job is None:
         raise KdError("no job to run: give a job or a run to resume")
     tasks = load_job_tasks(job)
-    teacher = (TeacherKnowledge.gather(job.distill, job.train_splits, client, next(iter(tasks)),
-                                       resolve_device(job.device)) if job.distill else None)
+    teacher = (TeacherKnowledge.gather(job.distill, job.distill.target_splits(job.train_splits), client,
+                                       next(iter(tasks)), resolve_device(job.device)) if job.distill else None)
     assembly = assemble(job, teacher, tasks=tasks)
     if state is None:
         run, checkpoint = start_run(client, assembly, checkpoint_dir, extra_tags, parent_run_id, attach_to)
