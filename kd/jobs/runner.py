@@ -4,9 +4,9 @@ and `kd cache-logits` make), never a `kd` process per cell.
 Before training, a cell looks at its runs: a finished one is the result (a plan run again skips
 it); an interrupted tagger run whose checkpoint is still there is resumed (a transformer teacher has
 none: it starts again); a run alive in another process on this host is waited for. A new run claims
-the cell by its tags; when two processes claim one cell at once, the run started first wins and the other deletes its own and waits for it.
-After finishing, a second look deletes any later finished twin, so a cell never shows two
-finished runs."""
+the cell by its tags; when two processes claim one cell at once, the run started first wins and the
+other deletes its own and waits for it. After finishing, a second look deletes any later finished
+twin, so a cell never shows two finished runs."""
 from __future__ import annotations
 
 import os
