@@ -125,6 +125,7 @@ def states(study) -> dict[str, int]:
 # --- 1. a search: nesting, logging, the budget, test never read ------------------------------------
 
 
+@pytest.mark.slow  # trains a teacher (the module's world) and students
 def test_search_logs_trials_under_one_parent_and_never_reads_test(world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data_dir = tmp_path / "corpora"
@@ -201,6 +202,7 @@ def test_search_logs_trials_under_one_parent_and_never_reads_test(world, tmp_pat
 # --- 2. pruning ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains a teacher (the module's world) and students
 def test_pruned_trials_are_pruned_in_optuna_and_mlflow(world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # Made deterministic: three identical hard-label students (alpha = 1) learn the corpus within
@@ -244,6 +246,7 @@ def test_pruned_trials_are_pruned_in_optuna_and_mlflow(world, tmp_path, monkeypa
 # --- 3. refits -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains a teacher (the module's world) and students
 def test_refit_makes_tuned_runs_once_and_compare_groups_them_as_one_model(world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     client = world.client
@@ -296,6 +299,7 @@ def test_refit_makes_tuned_runs_once_and_compare_groups_them_as_one_model(world,
     assert sorted(compared["corpora"]) == ["other", "tiny"] and len(compared["models"]) == 3
 
 
+@pytest.mark.slow  # trains a teacher (the module's world) and students
 def test_a_resumed_study_does_not_sample_the_same_values_again(world, tmp_path, monkeypatch):
     """A study continued by a new `kd tune` process (after a kill, or with a larger --n-trials)
     must go on exploring, not replay the values it has already tried. Training is replaced by a
@@ -336,6 +340,7 @@ def test_a_resumed_study_does_not_sample_the_same_values_again(world, tmp_path, 
 # --- 4. a killed worker --------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains a teacher (the module's world) and students
 def test_a_killed_worker_is_resumed_without_losing_or_repeating_trials(world, tmp_path):
     storage_path = tmp_path / "journal" / "study.log"
     command = [sys.executable, "-m", "kd", *world.tune_args("--n-trials", "4", "--pruner", "none", "--study", "resume",
