@@ -57,7 +57,8 @@ from kd.data.corpora import corpus_name, load_split, resolve_corpus_dir
 from kd.data.vocab import build_vocabularies
 from kd.tracking.store import open_client
 from kd.models.device import resolve_device
-from kd.training.jobs import ModelOptions, build_tagger
+from kd.models.tagger import TaggerConfig
+from kd.training.jobs import build_tagger
 from kd.training.loop import TrainingOptions, train
 from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
 from kd.training.tagger_job import TaggerJob, run_tagger_job
@@ -189,7 +190,7 @@ def iterate_cache(client, uri: str, run_id: str, task: str, sentences, dataset: 
 def student_epoch(task: str, sentences, dataset: EncodedDataset, vocabularies) -> dict[str, Any]:
     """One epoch of a default-size single-task softmax model, trained the way `kd train` trains."""
     options = TrainingOptions(epochs=1, batch_size=STUDENT_BATCH, seed=1)
-    model, _ = build_tagger(ModelOptions(output="softmax"), vocabularies, seed=1)
+    model, _ = build_tagger(TaggerConfig(output="softmax"), vocabularies, seed=1)
     device = resolve_device("cpu")
     model.to(device)
     plan = alternating_plan({task: dataset}, STUDENT_BATCH, "uniform")
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"[1/4] teacher: MTM on {', '.join(corpora)} (max {args.max_sentences} train sentences each, "
               f"{args.teacher_epochs} epoch(s), {args.threads} threads)", file=sys.stderr, flush=True)
         kept = truncated_copies(args.data_dir, corpora, args.max_sentences, workdir / "truncated")
-        job = TaggerJob(corpora=list(kept), data_dir=str(workdir / "truncated"), model=ModelOptions(),
+        job = TaggerJob(corpora=list(kept), data_dir=str(workdir / "truncated"), model=TaggerConfig(),
                         training=TrainingOptions(epochs=args.teacher_epochs), device="cpu",
                         experiment="bench-cache", run_name="teacher")
         teacher, teacher_seconds = timed(run_tagger_job, job, client, workdir / "checkpoints")

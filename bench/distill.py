@@ -36,7 +36,8 @@ from kd.cache.teachers import Teacher, layer_widths, teacher_outputs_for_sentenc
 from kd.data.vocab import build_vocabularies
 from kd.training.assemble import assemble
 from kd.training.distillation import DistillOptions
-from kd.training.jobs import ModelOptions, TaggerJob, build_tagger, load_task
+from kd.models.tagger import TaggerConfig
+from kd.training.jobs import TaggerJob, build_tagger, load_task
 from kd.training.loop import TrainingOptions
 
 SPLITS = ["train", "devel"]
@@ -62,7 +63,7 @@ def make_teachers(vocabularies, corpus: str, count: int) -> list[Teacher]:
     """Default-size teachers with random weights (seeds 7, 8, ...): the first is the cached one."""
     teachers = []
     for seed in range(7, 7 + count):
-        model, _ = build_tagger(ModelOptions(), vocabularies, seed=seed)
+        model, _ = build_tagger(TaggerConfig(), vocabularies, seed=seed)
         teachers.append(Teacher(run_id=f"bench-{seed}", model=model.eval(), vocabularies=vocabularies,
                                 corpora=[corpus], data_dir=None))
     return teachers

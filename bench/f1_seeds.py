@@ -28,7 +28,8 @@ from kd.data.batching import EncodedDataset
 from kd.data.vocab import build_vocabularies
 from kd.models.predict import predict_tags
 from kd.training.evaluate import entity_scores
-from kd.training.jobs import ModelOptions, build_tagger, load_task
+from kd.models.tagger import TaggerConfig
+from kd.training.jobs import build_tagger, load_task
 from kd.training.loop import TrainingOptions, train
 from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
 
@@ -80,7 +81,7 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         row: dict = {"seed": seed}
         if not args.skip_kd:
-            model, _ = build_tagger(ModelOptions(output=args.output), vocabularies, seed)
+            model, _ = build_tagger(TaggerConfig(output=args.output), vocabularies, seed)
             started = time.perf_counter()
             train(model, task_optimizers(model, 1e-3), alternating_plan({data.name: train_set}, 32, "uniform"),
                   supervised_loss(model), TrainingOptions(epochs=args.epochs, seed=seed), device)

@@ -21,7 +21,8 @@ import torch
 from kd.data.batching import EncodedDataset, token_budget_batches
 from kd.data.vocab import build_vocabularies
 from kd.models.predict import PREDICT_BATCH_TOKENS, predict_tags
-from kd.training.jobs import ModelOptions, build_tagger, load_task
+from kd.models.tagger import TaggerConfig
+from kd.training.jobs import build_tagger, load_task
 
 
 def padding_share(lengths, batches) -> float:
@@ -44,7 +45,7 @@ def main() -> None:
     data = load_task(args.corpus, args.data_dir, ["train", "test"])
     vocabularies = build_vocabularies({data.name: data.splits["train"]})
     test = EncodedDataset(data.splits["test"], vocabularies, data.name)
-    model, _ = build_tagger(ModelOptions(output=args.output), vocabularies, seed=1)
+    model, _ = build_tagger(TaggerConfig(output=args.output), vocabularies, seed=1)
     device = torch.device("cpu")
     rows = []
     for precision in args.precision.split(","):

@@ -45,7 +45,8 @@ from kd.cache.knowledge import CachedTargetSource
 from kd.training.distillation import DistillOptions, StudentModel, distillation_loss
 from kd.models.predict import predict_tags
 from kd.training.evaluate import entity_scores
-from kd.training.jobs import ModelOptions, build_tagger
+from kd.models.tagger import TaggerConfig
+from kd.training.jobs import build_tagger
 from kd.training.loop import TrainingOptions, train
 from kd.training.schedule import OPTIMIZER_STATES, alternating_plan, supervised_loss, task_optimizers
 
@@ -76,7 +77,7 @@ def devel_scorer(model, vocabularies: Vocabularies, devel: dict[str, list]):
     return score
 
 
-def fit(train_sets: dict[str, list], devel_sets: dict[str, list], seed: int, epochs: int, model_options: ModelOptions,
+def fit(train_sets: dict[str, list], devel_sets: dict[str, list], seed: int, epochs: int, model_options: TaggerConfig,
         *, optimizer: str = "shared", distill: DistillOptions | None = None, teachers: list[Teacher] | None = None,
         cache_dir: Path | None = None) -> tuple:
     """Trains one tagger (STM, MTM or student) with best-devel-epoch selection; returns it, its
@@ -149,7 +150,7 @@ def record(results: Results, name: str, corpus: str, seed: int, model, vocabular
                 seconds=time.perf_counter() - started)
 
 
-def mtm_for_seed(data, seed: int, args, options: ModelOptions, results: Results) -> Teacher:
+def mtm_for_seed(data, seed: int, args, options: TaggerConfig, results: Results) -> Teacher:
     """The seed's MTM, trained once and saved under the work folder; its per-corpus test F1 is the mtm column."""
     folder = args.work / f"mtm-seed{seed}"
     if not (folder / "tagger.json").exists():
@@ -180,7 +181,7 @@ def run_students(data, seed: int, specs: list[str], teachers: list[Teacher], pre
 
 
 def run_all(data, args, results: Results) -> None:
-    options = ModelOptions()
+    options = TaggerConfig()
     for seed in args.seeds:
         for corpus, splits in data.items():
             if "stm" in args.models and not results.done("stm", corpus, seed):
@@ -252,7 +253,7 @@ def copy_check(args, results: Results) -> None:
     corpus = args.copy_corpus
     directory = resolve_corpus_dir(corpus, args.data_dir)
     splits = {split: load_split(directory, split) for split in ("train", "devel", "test")}
-    options = ModelOptions()
+    options = TaggerConfig()
     folder = args.work / f"copy-teacher-{corpus}"
     if not (folder / "tagger.json").exists():
         started = time.perf_counter()

@@ -21,8 +21,8 @@ import torch
 import kd
 from kd.data.batching import EncodedDataset
 from kd.data.vocab import Vocabularies, build_vocabularies
-from kd.models.tagger import Tagger
-from kd.training.jobs import ModelOptions, build_tagger, load_task
+from kd.models.tagger import Tagger, TaggerConfig
+from kd.training.jobs import build_tagger, load_task
 from kd.training.schedule import alternating_plan, task_optimizers
 
 REPO = Path(__file__).resolve().parent.parent
@@ -138,7 +138,7 @@ def load_corpus(corpus: str, data_dir: Path) -> Corpus:
 
 def new_model(corpus: Corpus, output: str) -> tuple[Tagger, torch.optim.Optimizer]:
     """The default-size tagger and the optimizer `kd train` gives it."""
-    model, _ = build_tagger(ModelOptions(output=output), corpus.vocabularies, SEED)
+    model, _ = build_tagger(TaggerConfig(output=output), corpus.vocabularies, SEED)
     return model, task_optimizers(model, LEARNING_RATE)[corpus.name]
 
 

@@ -50,7 +50,7 @@ from seqeval.metrics import f1_score as conlleval_f1
 from kd.errors import KdError
 from kd.models.device import PRECISIONS
 from kd.models.predict import predict_tags
-from kd.models.tagger import OUTPUTS
+from kd.option_schema import OPTIONS
 from kd.training.evaluate import entity_scores
 from kd.training.loop import TrainingOptions, train
 from kd.training.schedule import supervised_loss
@@ -354,7 +354,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", default="fp32,bf16",
                         type=lambda v: parse_list(v, PRECISIONS, "--precision"),
                         help="comma-separated precisions to measure (default: %(default)s)")
-    parser.add_argument("--outputs", default="softmax,crf", type=lambda v: parse_list(v, OUTPUTS, "--outputs"),
+    parser.add_argument("--outputs", default="softmax,crf", type=lambda v: parse_list(v, OPTIONS["output"].choices, "--outputs"),
                         help="comma-separated output layers to measure (default: %(default)s)")
     parser.add_argument("--skip-yardstick", action="store_true", help="do not run the yardstick")
     parser.add_argument("--yardstick", type=Path, default=DEFAULT_YARDSTICK, help="yardstick script (default: %(default)s)")

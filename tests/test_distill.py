@@ -193,7 +193,8 @@ def test_cache_and_live_teacher_give_the_same_targets_and_losses(world):
     from kd.data.batching import bucketed_batches
     from kd.training.assemble import assemble
     from kd.training.distillation import DistillOptions
-    from kd.training.jobs import ModelOptions, TaggerJob, load_task
+    from kd.models.tagger import TaggerConfig
+    from kd.training.jobs import TaggerJob, load_task
 
     client = tracking_client()
     device = torch.device("cpu")
@@ -215,7 +216,7 @@ def test_cache_and_live_teacher_give_the_same_targets_and_losses(world):
     assert cached.teacher_outputs == live.teacher_outputs == ["softmax"]
 
     # A smaller student, so the projections are in play too.
-    model = ModelOptions(word_dim=16, char_dim=8, char_hidden=8, shared_hidden=6, task_hidden=5, hidden_dim=16,
+    model = TaggerConfig(word_dim=16, char_dim=8, char_hidden=8, shared_hidden=6, task_hidden=5, hidden_dim=16,
                          dropout=0.1)
 
     def student(kind: str, loss: str, weights=(0.5, 0.5, 0.0, 0.0, 1.0)):

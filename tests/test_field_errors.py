@@ -8,13 +8,13 @@ from kd.cli.errors import user_message
 from kd.errors import FieldError, KdError
 from kd.models.device import autocast, resolve_device
 from kd.training.distillation import DistillOptions
-from kd.training.jobs import ModelOptions
+from kd.models.tagger import TaggerConfig
 from kd.training.loop import TrainingOptions
 
 
 @pytest.mark.parametrize("make, field, library, cli", [
-    (lambda: ModelOptions(output="x"), "output", "output 'x': use softmax or crf", "--output x: use softmax or crf"),
-    (lambda: ModelOptions(task_hidden=0), "task_hidden", "task_hidden 0: must be at least 1",
+    (lambda: TaggerConfig(output="x"), "output", "output 'x': use softmax or crf", "--output x: use softmax or crf"),
+    (lambda: TaggerConfig(task_hidden=0), "task_hidden", "task_hidden 0: must be at least 1",
      "--task-hidden 0: must be at least 1"),
     (lambda: TrainingOptions(learning_rate=0), "learning_rate", "learning_rate 0: must be positive",
      "--learning-rate 0: must be positive"),

@@ -12,12 +12,13 @@ import torch
 from kd.data.batching import EncodedDataset
 from kd.data.corpora import load_split
 from kd.data.vocab import Vocabularies, build_vocabularies
-from kd.training.jobs import ModelOptions, build_tagger
+from kd.models.tagger import TaggerConfig
+from kd.training.jobs import build_tagger
 from kd.training.loop import TrainingOptions, TrainingState, train
 from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
 from tests.conftest import write_corpus
 
-TINY = ModelOptions(word_dim=8, char_dim=4, char_hidden=4, shared_hidden=8, task_hidden=8, hidden_dim=8, dropout=0.1)
+TINY = TaggerConfig(word_dim=8, char_dim=4, char_hidden=4, shared_hidden=8, task_hidden=8, hidden_dim=8, dropout=0.1)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from kd.cache.knowledge import TeacherKnowledge
 from kd.statistics.compare import RunRecord, compare_runs
 from kd.training.distillation import DistillOptions
 from kd.training.identity import default_run_name, identity_tags, tagger_definition
-from kd.training.jobs import ModelOptions, TaggerJob
+from kd.models.tagger import TaggerConfig
+from kd.training.jobs import TaggerJob
 from kd.training.loop import TrainingOptions
 
 
@@ -20,7 +21,7 @@ def teacher(output: str = "softmax", ensemble: str = "single") -> TeacherKnowled
 
 
 def student(seed: int = 1, task_hidden: int = 200, epochs: int = 20, loss: str = "kl") -> TaggerJob:
-    return TaggerJob(corpora=["A"], model=ModelOptions(task_hidden=task_hidden),
+    return TaggerJob(corpora=["A"], model=TaggerConfig(task_hidden=task_hidden),
                      training=TrainingOptions(epochs=epochs, seed=seed), distill=DistillOptions(loss=loss, cache_run="c"))
 
 
@@ -43,7 +44,7 @@ def test_the_seed_does_not_change_the_model_but_teacher_output_size_and_epochs_d
 
 
 def test_single_and_multi_task_models_are_named_by_kind_and_output():
-    assert tags_of(TaggerJob(corpora=["A"], model=ModelOptions(output="crf")))["model_name"] == "stm-crf"
+    assert tags_of(TaggerJob(corpora=["A"], model=TaggerConfig(output="crf")))["model_name"] == "stm-crf"
     assert tags_of(TaggerJob(corpora=["A", "B"]))["model_name"] == "mtm-softmax"
     assert tags_of(TaggerJob(corpora=["A", "B"]))["model_id"] != tags_of(TaggerJob(corpora=["A", "C"]))["model_id"]
 

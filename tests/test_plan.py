@@ -137,10 +137,10 @@ def break_plan(plan: dict, how: str) -> tuple[str, str]:
         return "alhpa:", "models.SM.alhpa: unknown key"
     if how == "bad type":
         plan["defaults"]["epochs"] = "ten"
-        return "epochs: ten", "defaults.epochs: 'ten': expected int"
+        return "epochs: ten", "defaults.epochs ten: must be a whole number"
     if how == "bad weight":
         plan["models"]["SM"]["alpha"] = -1
-        return "SM:", "models.SM: alpha -1: must not be negative"
+        return "alpha: -1", "models.SM.alpha -1: must not be negative"
     if how == "unknown cache":
         plan["models"]["SM"]["cache"] = "nope"
         return "cache: nope", "models.SM.cache: 'nope': no such cache"

@@ -8,6 +8,7 @@ import torch
 from kd.data.batching import EncodedDataset
 from kd.data.types import Sentence
 from kd.data.vocab import build_vocabularies
+from kd.errors import FieldError
 from kd.models.tagger import Tagger, TaggerConfig, TaggerOutput
 
 SIZES = dict(word_dim=6, char_dim=4, char_hidden=3, shared_hidden=5, task_hidden=4, hidden_dim=7, dropout=0.5)
@@ -59,10 +60,10 @@ def full_batch():
 
 
 def test_config_validation_and_json_round_trip():
-    with pytest.raises(ValueError):
+    with pytest.raises(FieldError, match="output 'mlp': use softmax or crf"):
         TaggerConfig(tasks={"a": 3}, num_words=5, num_chars=5, output="mlp")
-    with pytest.raises(ValueError):
-        TaggerConfig(tasks={}, num_words=5, num_chars=5)
+    with pytest.raises(ValueError, match="at least one task"):
+        Tagger(TaggerConfig(tasks={}, num_words=5, num_chars=5))
     config = TaggerConfig(tasks={"b": 3, "a": 5}, num_words=5, num_chars=7, output="crf", extra={"k": 1}, **SIZES)
     restored = TaggerConfig.from_json(config.to_json())
     assert restored == config

@@ -24,7 +24,8 @@ from kd.data.vocab import build_vocabularies
 from kd.errors import KdError
 from kd.tracking.models import load_logged_model
 from kd.training.evaluate import entity_scores
-from kd.training.jobs import ModelOptions, build_tagger
+from kd.models.tagger import TaggerConfig
+from kd.training.jobs import build_tagger
 from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
 from tests.conftest import SMALL_MODEL, die_after_epoch, isolated_store, make_corpora, one_line_error, run_kd
 
@@ -167,7 +168,7 @@ def datasets(store) -> dict[str, EncodedDataset]:
 
 def small_model(datasets, output: str = "softmax"):
     vocabularies = build_vocabularies({task: d.sentences for task, d in datasets.items()})
-    options = ModelOptions(output=output, word_dim=16, char_dim=8, char_hidden=8, shared_hidden=16, task_hidden=16,
+    options = TaggerConfig(output=output, word_dim=16, char_dim=8, char_hidden=8, shared_hidden=16, task_hidden=16,
                            hidden_dim=16, dropout=0.1)
     model, _ = build_tagger(options, vocabularies, seed=3)
     return model

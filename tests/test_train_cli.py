@@ -180,7 +180,8 @@ def test_pretrained_vectors_set_the_size_and_initialise_known_words(data_dir, tr
     """GloVe text vectors: the word size follows the file, known words start from their vectors."""
     from kd.data.corpora import load_split
     from kd.data.vocab import build_vocabularies
-    from kd.training.jobs import ModelOptions, build_tagger
+    from kd.models.tagger import TaggerConfig
+    from kd.training.jobs import build_tagger
 
     vectors = {"aspirin": [0.5] * 12, "cancer": [-0.25] * 12, "patient": [1.0] * 12, "absent": [2.0] * 12}
     path = tmp_path / "vectors.txt"
@@ -191,7 +192,7 @@ def test_pretrained_vectors_set_the_size_and_initialise_known_words(data_dir, tr
     assert run.data.metrics["pretrained_words_found"] == 3
 
     vocabularies = build_vocabularies({"tiny": load_split(data_dir / "tiny", "train")})
-    model, facts = build_tagger(ModelOptions(embeddings=str(path)), vocabularies, seed=1)
+    model, facts = build_tagger(TaggerConfig(embeddings=str(path)), vocabularies, seed=1)
     assert model.config.word_dim == 12 and facts["pretrained_words_found"] == 3
     weights = model.word_embedding.weight.detach()
     assert torch.equal(weights[vocabularies.words.lookup("aspirin")], torch.full((12,), 0.5))

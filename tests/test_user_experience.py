@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import re
 import time
-from dataclasses import fields
+from dataclasses import MISSING, fields
 
 import click
 import pytest
@@ -19,8 +19,10 @@ from kd.cli.options import WholeNumber
 from kd.cli.progress import TrainingDisplay, format_terms, ui_link
 from kd.tracking.metrics import corpus_metric, corpus_metric_value
 from kd.tracking.runs import CLASSIC_ML, EXPERIMENT_KIND_TAG, TrackedRun
+from kd.option_schema import OPTIONS, names_of
 from kd.training.distillation import DistillOptions
-from kd.training.jobs import ModelOptions
+from kd.training.jobs import RunPlan
+from kd.models.tagger import TaggerConfig
 from kd.training.loop import TrainingOptions
 from kd.tuning.space import KNOWN_KEYS, load_search_space, parse_override, with_fixed
 from kd.tuning.study import default_study_name
@@ -86,36 +88,60 @@ def option_names(command: str) -> set[str]:
     return {param.name for param in cli.commands[command].params}
 
 
-MODEL_FIELDS = {f.name for f in fields(ModelOptions)}
-TRAINING_FIELDS = {f.name for f in fields(TrainingOptions)}
-# DistillOptions field -> the option name the CLI gives it (`--cache`, `--teacher` take run ids).
-DISTILL_OPTIONS = {"loss": "loss", "alpha": "alpha", "beta": "beta", "gamma": "gamma", "kappa": "kappa",
-                   "tau": "tau", "cache_run": "cache_run", "teacher_runs": "teachers", "unlabelled": "unlabelled"}
-# MLproject parameters that differ from the option's name: `beta` is logged by kd (the effective
-# beta), so the entry point calls it beta_weight; optional ones without a value are undeclared.
-UNDECLARED = {"embeddings", "cache_run", "teacher_runs", "unlabelled"}
+# Each training command and entry point: the schema's option groups it takes (kd.option_schema).
+GROUPS = {"train": ("model", "training", "splits"), "train-teacher": ("model", "training", "splits", "schedule"),
+          "distill": ("model", "training", "splits", "distill")}
+# The option dataclass of each group.
+HOLDERS = {"model": TaggerConfig, "training": TrainingOptions, "splits": RunPlan, "schedule": RunPlan,
+           "distill": DistillOptions}
 
 
-def test_cli_options_cover_the_option_dataclasses():
-    assert set(DISTILL_OPTIONS) == {f.name for f in fields(DistillOptions)}, "a DistillOptions field has no option"
-    for command in ("train", "train-teacher", "distill"):
-        assert MODEL_FIELDS | TRAINING_FIELDS <= option_names(command), command
-    assert set(DISTILL_OPTIONS.values()) <= option_names("distill")
+def field_default(cls, name: str):
+    [field] = [f for f in fields(cls) if f.name == name]
+    return field.default_factory() if field.default_factory is not MISSING else field.default
 
 
-def test_mlproject_declares_every_option_of_the_dataclasses():
-    renamed = {"beta": "beta_weight"}
-    for entry_point, groups in (("train", MODEL_FIELDS | TRAINING_FIELDS),
-                                ("train_teacher", MODEL_FIELDS | TRAINING_FIELDS),
-                                ("distill", MODEL_FIELDS | TRAINING_FIELDS | set(DISTILL_OPTIONS))):
-        declared = set(MLPROJECT[entry_point]["parameters"])
-        missing = {renamed.get(name, name) for name in groups - UNDECLARED} - declared
-        assert not missing, f"{entry_point} lacks {missing}"
+def test_option_dataclasses_hold_the_schema_options_with_its_defaults():
+    for group, cls in HOLDERS.items():
+        for name in names_of(group):
+            assert field_default(cls, name) == OPTIONS[name].default, (cls.__name__, name)
 
 
-def test_search_space_keys_are_the_dataclass_fields():
-    assert KNOWN_KEYS == (MODEL_FIELDS - {"embeddings"}) | (TRAINING_FIELDS - {"seed"}) | (
-        set(DISTILL_OPTIONS) - {"cache_run", "teacher_runs", "unlabelled"})
+def test_cli_options_are_the_schema_options():
+    for command, groups in GROUPS.items():
+        params = {param.name: param for param in cli.commands[command].params}
+        for name in names_of(*groups):
+            option, param = OPTIONS[name], params[name]
+            default = ",".join(option.default) if option.kind is list else option.default
+            assert param.default == default and param.help == option.help, (command, name)
+            assert param.opts == ["--" + name.replace("_", "-")], (command, name)
+
+
+def test_mlproject_parameters_are_the_schema_options():
+    """Hand-written, so that merges stay simple: each option with its name, type and default; one
+    whose default is "use the default" (None) is left undeclared, so that `mlflow run` logs nothing
+    for it (kd logs the value it used)."""
+    for command, groups in GROUPS.items():
+        entry_point = MLPROJECT[command.replace("-", "_")]
+        declared = entry_point["parameters"]
+        for name in names_of(*groups):
+            option = OPTIONS[name]
+            if option.default is None:
+                assert name not in declared and "{" + name + "}" not in entry_point["command"], (command, name)
+                continue
+            spec = declared[name]
+            expected = ",".join(option.default) if option.kind is list else option.default
+            assert spec["type"] == ("float" if option.kind in (int, float) else "string"), (command, name)
+            assert spec["default"] == expected, (command, name, spec["default"])
+            assert f"--{name.replace('_', '-')} {{{name}}}" in entry_point["command"], (command, name)
+        others = set(declared) - set(names_of(*groups))
+        assert others <= {"workdir", "threads", "device", "task", "tasks"}, (command, others)
+
+
+def test_search_space_keys_are_the_tunable_options():
+    assert KNOWN_KEYS == {"output", "word_dim", "char_dim", "char_hidden", "shared_hidden", "task_hidden", "hidden_dim",
+                          "dropout", "epochs", "batch_size", "learning_rate", "clip_norm", "precision", "loss", "alpha",
+                          "beta", "gamma", "kappa", "tau"}
 
 
 def test_every_entry_point_takes_threads_and_a_workdir_and_logs_no_empty_strings():
@@ -244,11 +270,11 @@ def test_set_fixes_a_value_of_the_space_and_names_the_study(tmp_path):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("epochs=0", "--set epochs=0: epochs takes an integer of at least 1"),
-    ("epochs=2.5", "--set epochs=2.5: epochs takes an integer of at least 1"),
+    ("epochs=0", "--set epochs 0: must be at least 1"),
+    ("epochs=2.5", "--set epochs 2.5: must be a whole number"),
     ("alpha=0.3", "tunes alpha (params.alpha)"),
     ("colour=red", "--set colour=red: unknown option"),
-    ("loss=nope", "--set loss=nope: loss takes one of"),
+    ("loss=nope", "--set loss nope: use one of"),
 ])
 def test_set_values_are_checked_against_the_space(tmp_path, text, expected):
     from kd.errors import KdError

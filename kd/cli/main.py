@@ -17,7 +17,9 @@ from kd.errors import KdError
 from kd.cli.options import (WHOLE_NUMBER, apply_threads, as_path, build_model_options, build_training_options,
                             data_dir_option, directory_option, echo_result, model_options, option_given,
                             point_project_run, precision_option, progress_option, project_run_id, project_target,
-                            resolved_file, split_options, threads_option, tracking_client, tracking_uri, training_options)
+                            resolved_file, schema_options, split_options, threads_option, tracking_client, tracking_uri,
+                            training_options)
+from kd.option_schema import names_of
 from kd.cli.progress import TrainingDisplay, resume_hint, stop_cleanly, wants_live_display
 from kd.cli.tune_cmd import tune
 
@@ -55,11 +57,7 @@ def train(task, data_dir, train_splits, eval_split, resume_run_id, device, threa
 @cli.command("train-teacher")
 @click.option("--tasks", default=None, help="Comma-separated corpus names or folders, or `all` (every corpus under --data-dir).")
 @data_dir_option
-@click.option("--sampling", type=click.Choice(["uniform", "proportional"]), default="uniform", show_default=True,
-              help="How each step draws its corpus: uniformly, or in proportion to the corpus's batches.")
-@click.option("--optimizer-state", type=click.Choice(["shared", "per-task"]), default="shared", show_default=True,
-              help="Adam moments of the shared layers: one set for all corpora, or one per corpus's optimizer "
-                   "(the published description; measured worse, bench/README.md).")
+@schema_options("sampling", "optimizer_state")
 @click.option("--kind", type=click.Choice(["bilstm", "transformer"]), default="bilstm", show_default=True,
               help="bilstm: kd's BiLSTM tagger; transformer: fine-tune a Hugging Face encoder given by --base "
                    "(pip install 'kd[transformer]'; default learning rate 5e-5, 3 epochs, dropout 0.1).")
@@ -177,17 +175,7 @@ def cache_logits(teachers, tasks, data_dir, splits, unlabelled, layers, dtype, b
 @click.option("--task", default=None, help="Corpus name (found under --data-dir) or folder.")
 @click.option("--cache", "cache_run", default=None, help="Cache run id (kd cache-logits): the fast path.")
 @click.option("--teacher", "teachers", default=None, help="Teacher run id(s), run live: for users without a cache.")
-@click.option("--loss", default="kl", show_default=True,
-              help="kl (the default: learns as fast as the STM, bench/README.md), logits (eq. 2), "
-                   "intermediate (eq. 3-4), soft (eq. 5), marginals, encoder (a transformer teacher's encoder "
-                   "states, weight --gamma).")
-@click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the hard-label term.")
-@click.option("--beta", type=float, default=None,
-              help="Weight of the logit/soft term (default 1 - alpha; a negative value means the default).")
-@click.option("--gamma", type=float, default=0.0, show_default=True,
-              help="Weight of the task BiLSTM MSE (intermediate) or of the encoder MSE (encoder).")
-@click.option("--kappa", type=float, default=0.0, show_default=True, help="Weight of the shared BiLSTM MSE.")
-@click.option("--tau", type=float, default=1.0, show_default=True, help="Temperature of soft and kl.")
+@schema_options(*names_of("distill"))
 @click.option("--unlabelled", default=None, type=click.Path(dir_okay=False),
               help="Also learn from these sentences without gold tags, through the teacher's outputs alone "
                    "(a --cache must hold them: kd cache-logits --unlabelled FILE).")
@@ -205,7 +193,7 @@ def distill(task, cache_run, teachers, loss, alpha, beta, gamma, kappa, tau, unl
     if not resume_run_id:
         if not task:
             raise click.UsageError("--task is required (or --resume RUN_ID)")
-        options = DistillOptions(loss=loss, alpha=alpha, beta=None if beta is None or beta < 0 else beta, gamma=gamma, kappa=kappa, tau=tau,
+        options = DistillOptions(loss=loss, alpha=alpha, beta=beta, gamma=gamma, kappa=kappa, tau=tau,
                                  cache_run=cache_run or None,
                                  teacher_runs=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None,
                                  unlabelled=resolved_file(unlabelled))

@@ -10,6 +10,10 @@ from typing import Any
 
 import click
 
+from kd.cli.errors import option_name
+from kd.errors import FieldError
+from kd.option_schema import OPTIONS, check_value, names_of
+
 # torch and the training stack load only in the commands that train: `kd data` and `kd compare`
 # start in a fraction of the time.
 
@@ -35,38 +39,42 @@ class WholeNumber(click.ParamType):
 WHOLE_NUMBER = WholeNumber()
 
 
-def model_options(func: Callable) -> Callable:
-    decorators = [
-        click.option("--output", type=click.Choice(["softmax", "crf"]), default="softmax", show_default=True,
-                     help="Softmax per token or a linear-chain CRF."),
-        click.option("--word-dim", type=WHOLE_NUMBER, default=100, show_default=True,
-                     help="Word embedding size (the vectors' size with --embeddings)."),
-        click.option("--char-dim", type=WHOLE_NUMBER, default=25, show_default=True),
-        click.option("--char-hidden", type=WHOLE_NUMBER, default=25, show_default=True, help="Character BiLSTM size per direction."),
-        click.option("--shared-hidden", type=WHOLE_NUMBER, default=200, show_default=True, help="Shared BiLSTM size per direction."),
-        click.option("--task-hidden", type=WHOLE_NUMBER, default=200, show_default=True, help="Task BiLSTM size per direction."),
-        click.option("--hidden-dim", type=WHOLE_NUMBER, default=200, show_default=True, help="Hidden layer before the logits."),
-        click.option("--dropout", type=float, default=0.5, show_default=True),
-        click.option("--embeddings", type=click.Path(dir_okay=False), default=None,
-                     help="Pretrained word vectors (word2vec text/binary or GloVe text)."),
-    ]
-    return functools.reduce(lambda f, d: d(f), reversed(decorators), func)
+def _checked(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """The schema's check when the command line is read, worded as the plan's and the search
+    space's are (`--epochs 0: must be at least 1`)."""
+    if value is not None:
+        try:
+            check_value(param.name, value)
+        except FieldError as error:
+            raise click.UsageError(error.worded(option_name(error.field))) from None
+    return value
+
+
+def schema_option(name: str) -> Callable:
+    """The click option of a kd.option_schema option: its type, default, help and check."""
+    option = OPTIONS[name]
+    default = ",".join(option.default) if option.kind is list else option.default
+    return click.option("--" + name.replace("_", "-"), type={int: WHOLE_NUMBER, float: float}.get(option.kind, str),
+                        default=default, show_default=default is not None, help=option.help, callback=_checked,
+                        metavar="[" + "|".join(option.choices) + "]" if option.choices and option.kind is str else None)
+
+
+def schema_options(*names: str) -> Callable[[Callable], Callable]:
+    def decorate(func: Callable) -> Callable:
+        return functools.reduce(lambda f, name: schema_option(name)(f), reversed(names), func)
+    return decorate
+
+
+model_options = schema_options(*names_of("model"))
 
 
 def precision_option() -> Callable:
-    return click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-                        help="bf16 autocasts matrix products and LSTMs to bfloat16 (fast on CPUs with "
-                             "avx512_bf16 or AMX, and on recent GPUs).")
+    return schema_option("precision")
 
 
 def training_options(func: Callable) -> Callable:
     decorators = [
-        click.option("--seed", type=WHOLE_NUMBER, default=1, show_default=True),
-        click.option("--epochs", type=WHOLE_NUMBER, default=20, show_default=True),
-        click.option("--batch-size", type=WHOLE_NUMBER, default=32, show_default=True, help="Sentences per batch."),
-        click.option("--learning-rate", type=float, default=1e-3, show_default=True, help="Adam learning rate."),
-        click.option("--clip-norm", type=float, default=5.0, show_default=True, help="Gradient norm clip (0: off)."),
-        precision_option(),
+        schema_options(*names_of("training")),
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]."),
         threads_option(),
         click.option("--experiment", default="kd", show_default=True, help="MLflow experiment."),
@@ -93,13 +101,9 @@ def progress_option() -> Callable:
 
 def split_options(func: Callable) -> Callable:
     """--train-splits, --eval-split and --resume, shared by every training command."""
-    decorators = [
-        click.option("--train-splits", default="train,devel", show_default=True,
-                     help="Splits to train on; without devel, devel F1 is scored each epoch and the best epoch kept."),
-        click.option("--eval-split", default="test", show_default=True, help="Split scored after training."),
-        click.option("--resume", "resume_run_id", default=None, help="Continue an interrupted run from its checkpoint."),
-    ]
-    return functools.reduce(lambda f, d: d(f), reversed(decorators), func)
+    return schema_options(*names_of("splits"))(
+        click.option("--resume", "resume_run_id", default=None, help="Continue an interrupted run from its checkpoint.")(
+            func))
 
 
 def _empty_data_dir_is_unset(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -116,18 +120,15 @@ def data_dir_option(func: Callable) -> Callable:
 
 
 def build_model_options(kwargs: dict[str, Any]):
-    from kd.training.jobs import ModelOptions
+    from kd.models.tagger import TaggerConfig
 
-    return ModelOptions(**{k: kwargs.pop(k) for k in ("output", "word_dim", "char_dim", "char_hidden",
-                                                      "shared_hidden", "task_hidden", "hidden_dim", "dropout",
-                                                      "embeddings")})
+    return TaggerConfig(**{name: kwargs.pop(name) for name in names_of("model")})
 
 
 def build_training_options(kwargs: dict[str, Any]):
     from kd.training.loop import TrainingOptions
 
-    return TrainingOptions(**{k: kwargs.pop(k) for k in ("seed", "epochs", "batch_size", "learning_rate",
-                                                         "clip_norm", "precision")})
+    return TrainingOptions(**{name: kwargs.pop(name) for name in names_of("training")})
 
 
 def default_threads() -> int | None:

@@ -18,7 +18,9 @@ from kd.jobs.plan import DISTILL_KEYS, MODEL_KEYS, SCHEDULE_KEYS, TRAINING_KEYS,
 from kd.jobs.teacher_spec import TeacherSpec, transformer_job_options
 from kd.losses.distill import get_loss
 from kd.training.distillation import DistillOptions
-from kd.training.jobs import ModelOptions, TaggerJob
+from kd.models.tagger import TaggerConfig
+from kd.option_schema import default
+from kd.training.jobs import TaggerJob
 from kd.training.loop import TrainingOptions
 from kd.training.transformer_job import TransformerJob
 
@@ -50,7 +52,7 @@ def identity(config: dict[str, Any], depends_on: tuple[str, ...]) -> str:
 def tagger_config(corpora: list[str], options: dict[str, Any], seed: int, digests: dict[str, str],
                   distill: dict[str, Any] | None = None) -> dict[str, Any]:
     """A TaggerJob's options, every default filled in, as a cell stores them."""
-    model = dataclasses.asdict(ModelOptions(**{k: v for k, v in options.items() if k in MODEL_KEYS}))
+    model = TaggerConfig(**{k: v for k, v in options.items() if k in MODEL_KEYS}).options()
     training = dataclasses.asdict(TrainingOptions(seed=seed, **{k: v for k, v in options.items() if k in TRAINING_KEYS}))
     schedule = {k: options[k] for k in SCHEDULE_KEYS if k in options}
     config = {"job": "tagger", "corpora": list(corpora), "model": model, "training": training,
@@ -58,7 +60,6 @@ def tagger_config(corpora: list[str], options: dict[str, Any], seed: int, digest
               "eval_split": options.get("eval_split", "test"),
               "sampling": schedule.get("sampling", "uniform"), "optimizer_state": schedule.get("optimizer_state", "shared"),
               "distill": distill, "data": {c: digests[c] for c in corpora}}
-    tagger_job(config, data_dir=None, experiment="check", run_name=None, device="cpu", cache_run="check")
     return config
 
 
@@ -68,7 +69,7 @@ def tagger_job(config: dict[str, Any], *, data_dir: str | None, experiment: str,
     distill = None
     if config["distill"] is not None:
         distill = DistillOptions(**config["distill"], cache_run=cache_run)
-    return TaggerJob(corpora=list(config["corpora"]), data_dir=data_dir, model=ModelOptions(**config["model"]),
+    return TaggerJob(corpora=list(config["corpora"]), data_dir=data_dir, model=TaggerConfig(**config["model"]),
                      training=TrainingOptions(**config["training"]), train_splits=list(config["train_splits"]),
                      eval_split=config["eval_split"], sampling=config["sampling"],
                      optimizer_state=config["optimizer_state"], device=device, experiment=experiment,
@@ -95,9 +96,8 @@ def transformer_job(config: dict[str, Any], base: str, *, data_dir: str | None, 
 
 
 def distill_config(options: dict[str, Any]) -> dict[str, Any]:
-    weights = dataclasses.asdict(DistillOptions(cache_run="check", **{k: v for k, v in options.items()
-                                                                      if k in DISTILL_KEYS}))
-    return {k: v for k, v in weights.items() if k in DISTILL_KEYS}
+    """A student's loss and weights, every default filled in (beta's default stays None)."""
+    return {k: options.get(k, default(k)) for k in DISTILL_KEYS}
 
 
 class CellGraph:

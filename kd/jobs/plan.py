@@ -37,7 +37,7 @@ from kd.data.types import SPLITS
 from kd.errors import FieldError
 from kd.jobs.names import check_references
 from kd.jobs.plan_file import (DISTILL_KEYS, MODEL_KEYS, OPTION_KEYS, SCHEDULE_KEYS, SPLIT_KEYS, TRAINING_KEYS,
-                               PlanFile, as_mapping, as_names, check_known, check_options, is_int, merge_options)
+                               PlanFile, as_mapping, as_names, check_known, check_rules, is_int, merge_options)
 from kd.jobs.teacher_spec import TeacherSpec, parse_teacher
 from kd.statistics.tests import POSTHOC_TESTS
 
@@ -181,7 +181,7 @@ def _model(source: PlanFile, name: str, spec: Any, defaults: dict[str, Any]) -> 
     student = kind == "student"
     check_known(source, key, spec, ("kind", *OPTION_KEYS, *((*DISTILL_KEYS, "cache") if student else ())))
     options = merge_options(source, key, spec, OPTION_KEYS + (DISTILL_KEYS if student else ()), defaults)
-    check_options(source, key, options, distill=student)
+    check_rules(source, key, options, distill=student)
     if student and not isinstance(spec.get("cache"), str):
         raise source.error(key + ("cache",), "missing: the cache a student learns from")
     return ModelSpec(name=name, kind=kind, options=options, cache=spec.get("cache") if student else None)

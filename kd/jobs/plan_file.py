@@ -1,26 +1,23 @@
-"""A plan file read as YAML, with the line of every key, and the checks of single values shared by
-every section of a plan (kd.jobs.plan, kd.jobs.teacher_spec): each error one line naming the file,
-the line and the key (`experiments/x.yaml:12: models.SM.alpha: ...`)."""
+"""A plan file read as YAML, with the line of every key, and the checks of option values shared by
+every section of a plan (kd.jobs.plan, kd.jobs.teacher_spec), kd.option_schema's: each error one
+line naming the file, the line and the key (`experiments/x.yaml:12: models.SM.alpha -1: ...`)."""
 from __future__ import annotations
 
-import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from kd.data.types import SPLITS
-from kd.errors import KdError
-from kd.training.distillation import DistillOptions
-from kd.training.jobs import ModelOptions
-from kd.training.loop import TrainingOptions
+from kd.errors import FieldError, KdError
+from kd.losses.distill import DistillWeights, check_loss_weights
+from kd.option_schema import check_combination, check_value, default, implied_beta, names_of
 
-MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelOptions))
-TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(TrainingOptions) if f.name != "seed")
-SPLIT_KEYS = ("train_splits", "eval_split")
-SCHEDULE_KEYS = ("sampling", "optimizer_state")
-DISTILL_KEYS = ("loss", "alpha", "beta", "gamma", "kappa", "tau")
+# A plan's option keys are the schema's; the seed is the plan's `seeds`.
+MODEL_KEYS = names_of("model")
+TRAINING_KEYS = tuple(name for name in names_of("training") if name != "seed")
+SPLIT_KEYS = names_of("splits")
+SCHEDULE_KEYS = names_of("schedule")
+DISTILL_KEYS = names_of("distill")
 OPTION_KEYS = (*MODEL_KEYS, *TRAINING_KEYS, *SPLIT_KEYS)
 Key = tuple[Any, ...]
 
@@ -43,10 +40,21 @@ class PlanFile:
             raise KdError(f"{where}: not valid YAML ({getattr(error, 'problem', None) or error})") from None
         self.lines = _key_lines(node) if node is not None else {}
 
-    def error(self, key: Key, message: str) -> KdError:
+    def where(self, key: Key) -> str:
+        """`path:line` of the key, or of the nearest key above it that the file has."""
         line = next((self.lines[key[:n]] for n in range(len(key), 0, -1) if key[:n] in self.lines), None)
-        where = f"{self.path}:{line}" if line else str(self.path)
-        return KdError(f"{where}: {_dotted(key)}: {message}")
+        return f"{self.path}:{line}" if line else str(self.path)
+
+    def error(self, key: Key, message: str) -> KdError:
+        return KdError(f"{self.where(key)}: {_dotted(key)}: {message}")
+
+    def field_error(self, key: Key, error: KdError) -> KdError:
+        """A library error about the options at `key`; a FieldError is named by its key below `key`
+        (pointed at that key's line, or at `key`'s when the value comes from elsewhere)."""
+        if not isinstance(error, FieldError):
+            return self.error(key, str(error))
+        named = key if key[-1:] == (error.field,) else key + (error.field,)
+        return KdError(f"{self.where(named)}: {error.worded(_dotted(named))}")
 
 
 def _key_lines(node: yaml.Node, prefix: Key = ()) -> dict[Key, int]:
@@ -101,53 +109,25 @@ def is_int(value: Any) -> bool:
 
 def merge_options(source: PlanFile, key: Key, spec: dict, allowed: tuple[str, ...],
                   base: dict[str, Any]) -> dict[str, Any]:
-    """`base` with the options of `spec` over it, each checked for its type; the rest of `spec` is
+    """`base` with the options of `spec` over it, each checked by the schema; the rest of `spec` is
     the caller's."""
     options = dict(base)
     for name, value in spec.items():
-        if name not in allowed:
-            continue
-        if name == "train_splits":
-            value = as_names(source, key + (name,), value)
-            if any(s not in SPLITS for s in value):
-                raise source.error(key + (name,), f"{value}: use splits among {', '.join(SPLITS)}")
-        elif name == "eval_split" and value not in SPLITS:
-            raise source.error(key + (name,), f"{value!r}: use one of {', '.join(SPLITS)}")
-        else:
-            _check_type(source, key + (name,), name, value)
-        options[name] = value
+        if name in allowed:
+            try:
+                options[name] = check_value(name, value)
+            except FieldError as error:
+                raise source.field_error(key + (name,), error) from None
     return options
 
 
-def _check_type(source: PlanFile, key: Key, name: str, value: Any) -> None:
-    defaults = {**dataclasses.asdict(ModelOptions()), **dataclasses.asdict(TrainingOptions()),
-                **{k: v for k, v in dataclasses.asdict(DistillOptions(cache_run="plan")).items() if k in DISTILL_KEYS}}
-    default = defaults.get(name, "")
-    if name in ("embeddings", "beta"):
-        ok = value is None or isinstance(value, str if name == "embeddings" else (int, float))
-    elif isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = is_int(value)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        raise source.error(key, f"{value!r}: expected {type(default).__name__ if default is not None else 'a value'}")
-
-
-def check_options(source: PlanFile, key: Key, options: dict[str, Any], distill: bool) -> None:
-    """The library's own checks of the options (ModelOptions, TrainingOptions, DistillOptions)."""
+def check_rules(source: PlanFile, key: Key, options: dict[str, Any], distill: bool) -> None:
+    """The rules between options (the schema's, and a student's loss and weights)."""
     try:
-        ModelOptions(**{k: v for k, v in options.items() if k in MODEL_KEYS})
-        TrainingOptions(**{k: v for k, v in options.items() if k in TRAINING_KEYS})
+        check_combination(options)
         if distill:
-            DistillOptions(cache_run="plan", **{k: v for k, v in options.items() if k in DISTILL_KEYS})
+            weights = {name: options.get(name, default(name)) for name in ("alpha", "beta", "gamma", "kappa", "tau")}
+            weights["beta"] = implied_beta(weights["alpha"], weights["beta"])
+            check_loss_weights(options.get("loss", default("loss")), DistillWeights(**weights))
     except KdError as error:
-        raise source.error(key, library_message(error)) from None
-
-
-def library_message(error: KdError) -> str:
-    """A library error as a plan key's message: the option names without the CLI's dashes."""
-    return str(error).replace("--", "").replace("give exactly one of cache RUN_ID", "")
+        raise source.field_error(key, error) from None

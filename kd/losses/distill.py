@@ -82,6 +82,18 @@ def get_loss(name: str) -> RegisteredLoss:
     return LOSSES[name]
 
 
+def check_loss_weights(loss: str, weights: DistillWeights) -> None:
+    """The rules between a loss and its weights: gamma and kappa weigh only the terms of the losses
+    that declare them, and some weight must be above zero."""
+    declared = {field for _, field in get_loss(loss).weights}
+    for name in ("gamma", "kappa"):
+        if getattr(weights, name) and name not in declared:
+            users = [other for other, registered in LOSSES.items() if name in dict(registered.weights).values()]
+            raise FieldError(name, getattr(weights, name), f"applies to loss {' or '.join(users)}, not {loss}")
+    if not any((weights.alpha, weights.beta, weights.gamma, weights.kappa)):
+        raise KdError("all loss weights are zero: nothing to learn from")
+
+
 def per_sentence(token_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sum over real tokens of a (B, T) tensor, averaged over sentences."""
     return torch.where(mask, token_values, torch.zeros_like(token_values)).sum() / mask.shape[0]

@@ -21,8 +21,9 @@ from torch.nn import functional as F
 from kd.data.batching import Batch
 from kd.models.bilstm import BiLSTM, reversal_index
 from kd.models.crf import CRF
+from kd.option_schema import check_fields, default, names_of
 
-OUTPUTS = ("softmax", "crf")
+MODEL_OPTIONS = names_of("model")
 # Upper form lengths of the character BiLSTM's groups (see Tagger.encode_forms).
 CHAR_GROUP_BOUNDS = torch.tensor([4, 8, 16])
 # Forms per character BiLSTM call when a whole dataset's forms are encoded (Tagger.encode_form_table).
@@ -31,26 +32,30 @@ FORM_TABLE_CHUNK = 8192
 
 @dataclass
 class TaggerConfig:
-    """Everything needed to rebuild the module; saved as JSON beside the weights."""
+    """A tagger's options (kd.option_schema's model options, what a user gives) and, once built for
+    its data (kd.training.jobs.build_tagger), its tasks and vocabulary sizes: everything needed to
+    rebuild the module, saved as JSON beside the weights."""
 
-    tasks: dict[str, int]  # task name -> number of tags, in head order
-    num_words: int
-    num_chars: int
-    output: str = "softmax"
-    word_dim: int = 100
-    char_dim: int = 25
-    char_hidden: int = 25
-    shared_hidden: int = 200
-    task_hidden: int = 200
-    hidden_dim: int = 200
-    dropout: float = 0.5
+    output: str = default("output")
+    word_dim: int = default("word_dim")
+    char_dim: int = default("char_dim")
+    char_hidden: int = default("char_hidden")
+    shared_hidden: int = default("shared_hidden")
+    task_hidden: int = default("task_hidden")
+    hidden_dim: int = default("hidden_dim")
+    dropout: float = default("dropout")
+    embeddings: str | None = default("embeddings")
+    tasks: dict[str, int] = field(default_factory=dict)  # task name -> number of tags, in head order
+    num_words: int = 0
+    num_chars: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.output not in OUTPUTS:
-            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, not {self.output!r}")
-        if not self.tasks:
-            raise ValueError("a tagger needs at least one task")
+        check_fields(self)
+
+    def options(self) -> dict[str, Any]:
+        """The options a user gives, without what the data decides: what a run logs and identifies."""
+        return {name: getattr(self, name) for name in MODEL_OPTIONS}
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,6 +145,8 @@ class HeadsByTask:
 class Tagger(HeadsByTask, nn.Module):
     def __init__(self, config: TaggerConfig, word_vectors: np.ndarray | None = None) -> None:
         super().__init__()
+        if not config.tasks:
+            raise ValueError("a tagger needs at least one task")
         self.config = config
         self.task_names = list(config.tasks)
         self.word_embedding = nn.Embedding(config.num_words, config.word_dim, padding_idx=0)

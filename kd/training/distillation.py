@@ -12,19 +12,23 @@ from torch import nn
 
 from kd.data.batching import Batch
 from kd.data.types import UNLABELLED_SPLIT
-from kd.errors import FieldError, KdError
-from kd.losses.distill import LOSSES, DistillWeights, StudentView, get_loss
+from kd.errors import KdError
+from kd.losses.distill import DistillWeights, StudentView, check_loss_weights, get_loss
 from kd.models.tagger import Tagger
+from kd.option_schema import check_fields, default, implied_beta
 
 
 @dataclass
 class DistillOptions:
-    loss: str = "kl"
-    alpha: float = 0.5
-    beta: float | None = None  # None: 1 - alpha
-    gamma: float = 0.0
-    kappa: float = 0.0
-    tau: float = 1.0
+    """What a student learns from (a cache or live teachers) and how (kd.option_schema's distill
+    options)."""
+
+    loss: str = default("loss")
+    alpha: float = default("alpha")
+    beta: float | None = default("beta")  # None: 1 - alpha
+    gamma: float = default("gamma")
+    kappa: float = default("kappa")
+    tau: float = default("tau")
     cache_run: str | None = None
     teacher_runs: list[str] | None = None
     # Sentences without gold tags the student also learns from, through the teacher's outputs alone
@@ -32,27 +36,10 @@ class DistillOptions:
     unlabelled: str | None = None
 
     def __post_init__(self) -> None:
-        get_loss(self.loss)
+        check_fields(self)
         if (self.cache_run is None) == (not self.teacher_runs):
             raise KdError("give exactly one of --cache RUN_ID and --teacher RUN_ID[,RUN_ID...]")
-        if self.tau <= 0:
-            raise FieldError("tau", self.tau, "must be positive")
-        for name in ("alpha", "beta", "gamma", "kappa"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise FieldError(name, value, "must not be negative")
-        if self.beta is None and self.alpha > 1:
-            # Clipping the implied beta to 0 would silently train another objective than asked for.
-            raise FieldError("alpha", self.alpha, f"beta defaults to 1 - alpha, here {1 - self.alpha:g}, and "
-                             "a weight must not be negative; give beta, or an alpha of at most 1")
-        declared = {field for _, field in get_loss(self.loss).weights}
-        for name in ("gamma", "kappa"):
-            if getattr(self, name) and name not in declared:
-                users = [loss for loss, registered in LOSSES.items() if name in dict(registered.weights).values()]
-                raise FieldError(name, getattr(self, name), f"applies to loss {' or '.join(users)}, not {self.loss}")
-        weights = self.weights()
-        if not any((weights.alpha, weights.beta, weights.gamma, weights.kappa)):
-            raise KdError("all loss weights are zero: nothing to learn from")
+        check_loss_weights(self.loss, self.weights())
 
     def target_splits(self, train_splits: Sequence[str]) -> list[str]:
         """The splits whose teacher targets the student reads, in its training data's order: its
@@ -60,8 +47,8 @@ class DistillOptions:
         return [*train_splits, *([UNLABELLED_SPLIT] if self.unlabelled else [])]
 
     def weights(self) -> DistillWeights:
-        beta = 1.0 - self.alpha if self.beta is None else self.beta
-        return DistillWeights(alpha=self.alpha, beta=beta, gamma=self.gamma, kappa=self.kappa, tau=self.tau)
+        return DistillWeights(alpha=self.alpha, beta=implied_beta(self.alpha, self.beta), gamma=self.gamma,
+                              kappa=self.kappa, tau=self.tau)
 
     @property
     def layers(self) -> tuple[str, ...]:

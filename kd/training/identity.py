@@ -27,7 +27,7 @@ def tagger_definition(job: TaggerJob, teacher: Any = None, search_space: str | N
     """The definition of the model a TaggerJob trains. `teacher`: a student's
     kd.cache.knowledge.TeacherKnowledge. `search_space`: for a tuned model (refit of a study), whose
     weights are tuned per corpus by design: the space, not the weights, defines it."""
-    model = asdict(job.model)
+    model = job.model.options()
     model["embeddings"] = Path(job.model.embeddings).name if job.model.embeddings else None
     training = {k: v for k, v in asdict(job.training).items() if k != "seed"}
     definition: dict[str, Any] = {"kind": job.model_kind, **model, **training,

@@ -3,7 +3,7 @@ loading, model construction and checkpoint bookkeeping."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,32 +17,10 @@ from kd.data.types import SPLITS, Sentence
 from kd.data.vocab import Vocabularies
 from kd.errors import FieldError, KdError
 from kd.models.tagger import Tagger, TaggerConfig
+from kd.option_schema import check_fields, default
 from kd.tracking.runs import TrackedRun
 from kd.training.distillation import DistillOptions
 from kd.training.loop import TrainingOptions, TrainingState
-from kd.training.schedule import check_schedule
-
-
-@dataclass
-class ModelOptions:
-    output: str = "softmax"
-    word_dim: int = 100
-    char_dim: int = 25
-    char_hidden: int = 25
-    shared_hidden: int = 200
-    task_hidden: int = 200
-    hidden_dim: int = 200
-    dropout: float = 0.5
-    embeddings: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.output not in ("softmax", "crf"):
-            raise FieldError("output", self.output, "use softmax or crf")
-        if not 0 <= self.dropout < 1:
-            raise FieldError("dropout", self.dropout, "must be in [0, 1)")
-        for name in ("word_dim", "char_dim", "char_hidden", "shared_hidden", "task_hidden", "hidden_dim"):
-            if getattr(self, name) < 1:
-                raise FieldError(name, getattr(self, name), "must be at least 1")
 
 
 @dataclass(kw_only=True)
@@ -50,10 +28,10 @@ class RunPlan:
     """Which splits a run trains on and scores, how a multi-task schedule draws, where it runs and
     is tracked: shared by the BiLSTM and transformer jobs."""
 
-    train_splits: list[str] = field(default_factory=lambda: ["train", "devel"])
-    eval_split: str = "test"
-    sampling: str = "uniform"
-    optimizer_state: str = "shared"
+    train_splits: list[str] = field(default_factory=lambda: default("train_splits"))
+    eval_split: str = default("eval_split")
+    sampling: str = default("sampling")
+    optimizer_state: str = default("optimizer_state")
     device: str = "auto"
     experiment: str = "kd"
     run_name: str | None = None
@@ -63,14 +41,14 @@ class RunPlan:
 class TaggerJob(RunPlan):
     corpora: list[str]
     data_dir: str | None = None
-    model: ModelOptions = field(default_factory=ModelOptions)
+    model: TaggerConfig = field(default_factory=TaggerConfig)
     training: TrainingOptions = field(default_factory=TrainingOptions)
     distill: DistillOptions | None = None  # set for a student
 
     def __post_init__(self) -> None:
         if not self.corpora:
             raise KdError("no corpus given")
-        check_schedule(self.sampling, self.optimizer_state)
+        check_fields(self)
         if self.distill is not None and len(self.corpora) != 1:
             raise KdError("a student learns one corpus")
 
@@ -81,14 +59,14 @@ class TaggerJob(RunPlan):
         return "stm" if len(self.corpora) == 1 else "mtm"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "model": self.model.options()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TaggerJob":
         data = dict(data)
         # Jobs saved before the option existed trained with per-task moments; a resume keeps them.
         data.setdefault("optimizer_state", "per-task")
-        data["model"] = ModelOptions(**data["model"])
+        data["model"] = TaggerConfig(**data["model"])
         data["training"] = TrainingOptions(**data["training"])
         if data.get("distill") is not None:
             data["distill"] = DistillOptions(**data["distill"])
@@ -98,7 +76,8 @@ class TaggerJob(RunPlan):
         # The data folder, resolved, lets `kd cache-logits` find a teacher's corpora without --data-dir.
         params = {"corpora": ",".join(self.corpora), "data_dir": str(Path(self.data_dir).resolve()) if self.data_dir else "",
                   "train_splits": ",".join(self.train_splits),
-                  "eval_split": self.eval_split, "device": self.device, **options_params(self.model, self.training)}
+                  "eval_split": self.eval_split, "device": self.device, **self.model.options(),
+                  **asdict(self.training)}
         if self.model_kind == "mtm":
             params["sampling"] = self.sampling
             params["optimizer_state"] = self.optimizer_state
@@ -156,7 +135,7 @@ def load_tasks(corpora: Sequence[str], data_dir: Path | None, splits: Sequence[s
     return tasks
 
 
-def build_tagger(options: ModelOptions, vocabularies: Vocabularies, seed: int) -> tuple[Tagger, dict[str, Any]]:
+def build_tagger(options: TaggerConfig, vocabularies: Vocabularies, seed: int) -> tuple[Tagger, dict[str, Any]]:
     """A freshly initialised tagger (deterministic for the seed) and facts worth logging."""
     torch.manual_seed(seed)
     word_vectors, facts = None, {}
@@ -168,30 +147,14 @@ def build_tagger(options: ModelOptions, vocabularies: Vocabularies, seed: int) -
         word_vectors, found = embedding_matrix(vocabularies.words.items, vector_words, vectors,
                                                np.random.default_rng(seed))
         facts = {"pretrained_words_found": found, "pretrained_dim": word_dim}
-    config = TaggerConfig(
-        tasks={task: len(tags) for task, tags in vocabularies.tags.items()},
-        num_words=len(vocabularies.words), num_chars=len(vocabularies.chars), output=options.output,
-        word_dim=word_dim, char_dim=options.char_dim, char_hidden=options.char_hidden,
-        shared_hidden=options.shared_hidden, task_hidden=options.task_hidden, hidden_dim=options.hidden_dim,
-        dropout=options.dropout)
+    config = replace(options, tasks={task: len(tags) for task, tags in vocabularies.tags.items()},
+                     num_words=len(vocabularies.words), num_chars=len(vocabularies.chars), word_dim=word_dim)
     model = Tagger(config, word_vectors=None if word_vectors is None else word_vectors.astype(np.float32))
     return model, facts
 
 
 def encode(task: str, sentences: Sequence[Sentence], vocabularies: Vocabularies) -> EncodedDataset:
     return EncodedDataset(sentences, vocabularies, task)
-
-
-def flatten_params(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    return {f"{prefix}{key}": value for key, value in values.items()}
-
-
-def options_params(*groups: Any) -> dict[str, Any]:
-    """Every option of the given dataclasses as one flat dict of MLflow params."""
-    params: dict[str, Any] = {}
-    for group in groups:
-        params.update(asdict(group))
-    return params
 
 
 def checkpoint_file(checkpoint_dir: Path, run_id: str) -> Path:

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from kd.data.batching import Batch
-from kd.errors import FieldError, KdError, disk_full_names
+from kd.errors import KdError, disk_full_names
 from kd.models.device import autocast
+from kd.option_schema import check_fields, default
 from kd.utils.atomic import atomic_file
 
 # (epoch, metrics of that epoch) -> True to stop training after this epoch.
@@ -35,20 +36,17 @@ LossFunction = Callable[[str, Batch], Mapping[str, torch.Tensor]]
 
 @dataclass
 class TrainingOptions:
-    epochs: int = 20
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    clip_norm: float = 5.0
-    seed: int = 1
-    precision: str = "fp32"
+    """How a model trains (kd.option_schema's training options)."""
+
+    epochs: int = default("epochs")
+    batch_size: int = default("batch_size")
+    learning_rate: float = default("learning_rate")
+    clip_norm: float = default("clip_norm")
+    seed: int = default("seed")
+    precision: str = default("precision")
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise FieldError("epochs", self.epochs, "must be at least 1")
-        if self.batch_size < 1:
-            raise FieldError("batch_size", self.batch_size, "must be at least 1")
-        if self.learning_rate <= 0:
-            raise FieldError("learning_rate", self.learning_rate, "must be positive")
+        check_fields(self)
 
 
 @dataclass

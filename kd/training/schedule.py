@@ -13,20 +13,12 @@ import torch
 from kd.data.batching import Batch, EncodedDataset, bucketed_batches
 from kd.errors import FieldError
 from kd.losses.supervised import hard_label_loss
+from kd.option_schema import OPTIONS
 from kd.training.loop import EpochPlan, LossFunction
 
-SAMPLINGS = ("uniform", "proportional")
 # How the MTM's per-task optimizers treat the shared layers: "per-task" gives each task's Adam its
 # own moments for them (the published description); "shared" keeps one set of moments for them.
-OPTIMIZER_STATES = ("shared", "per-task")
-
-
-def check_schedule(sampling: str, optimizer_state: str) -> None:
-    """The MTM's schedule options, shared by the BiLSTM and transformer jobs."""
-    if sampling not in SAMPLINGS:
-        raise FieldError("sampling", sampling, f"use one of {', '.join(SAMPLINGS)}")
-    if optimizer_state not in OPTIMIZER_STATES:
-        raise FieldError("optimizer_state", optimizer_state, f"use one of {', '.join(OPTIMIZER_STATES)}")
+OPTIMIZER_STATES = OPTIONS["optimizer_state"].choices
 
 
 def alternating_plan(datasets: dict[str, EncodedDataset], batch_size: int, sampling: str) -> EpochPlan:

@@ -17,6 +17,7 @@ from kd.errors import FieldError
 from kd.models.device import resolve_device
 from kd.models.predict import PREDICT_BATCH_TOKENS, decode_in_batches
 from kd.models.transformer import WORD_OUTPUT, SubwordDataset, TransformerTagger, build_transformer, save_transformer
+from kd.option_schema import check_fields, default
 from kd.tracking.runs import TrackedRun, git_commit
 from kd.tracking.status import run_status
 from kd.tracking.metrics import corpus_metric
@@ -24,7 +25,7 @@ from kd.training.evaluate import EntityScores, entity_scores, metric_names
 from kd.training.identity import default_run_name, identity_tags, transformer_definition
 from kd.training.jobs import RunPlan, load_tasks
 from kd.training.loop import BatchCallback, EpochCallback, TrainingOptions, train
-from kd.training.schedule import alternating_plan, check_schedule, supervised_loss, task_optimizers
+from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
 from kd.training.tagger_job import RunSummary, log_final_artifacts
 from kd.training.weighing import model_bytes
 
@@ -39,8 +40,8 @@ class TransformerJob(RunPlan):
     corpora: list[str]
     base: str  # a local model folder, or a hub id where a hub is reachable
     data_dir: str | None = None
-    output: str = "softmax"
-    dropout: float = 0.1
+    output: str = default("output")
+    dropout: float = 0.1  # not the BiLSTM's 0.5: a pretrained encoder's fine-tuning dropout
     training: TrainingOptions = field(default_factory=lambda: TrainingOptions(
         epochs=TRANSFORMER_EPOCHS, learning_rate=TRANSFORMER_LEARNING_RATE))
 
@@ -49,11 +50,7 @@ class TransformerJob(RunPlan):
             raise FieldError("corpora", None, "no corpus given")
         if not self.base:
             raise FieldError("base", None, "give the encoder to fine-tune (a model folder or hub id)")
-        if self.output not in ("softmax", "crf"):
-            raise FieldError("output", self.output, "use softmax or crf")
-        if not 0 <= self.dropout < 1:
-            raise FieldError("dropout", self.dropout, "must be in [0, 1)")
-        check_schedule(self.sampling, self.optimizer_state)
+        check_fields(self)
 
     def params(self) -> dict[str, Any]:
         return {"kind": "transformer", "corpora": ",".join(self.corpora), "base": self.base,

@@ -10,25 +10,22 @@ that hold for every trial).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from kd.errors import KdError
-from kd.training.distillation import DistillOptions
-from kd.training.jobs import ModelOptions
-from kd.training.loop import TrainingOptions
+from kd.errors import FieldError, KdError
+from kd.option_schema import OPTIONS, TUNABLE, check_combination, check_value
 
-# Options a space may set or tune: distillation weights and the student's training and model options,
-# the fields of their dataclasses (one definition each) except what a study decides itself: the seed
-# (--seed), the teacher (--cache), pretrained vectors and unlabelled text (files, not values to search).
-DISTILL_KEYS = {f.name for f in fields(DistillOptions)} - {"cache_run", "teacher_runs", "unlabelled"}
-TRAINING_KEYS = {f.name for f in fields(TrainingOptions)} - {"seed"}
-MODEL_KEYS = {f.name for f in fields(ModelOptions)} - {"embeddings"}
-KNOWN_KEYS = DISTILL_KEYS | TRAINING_KEYS | MODEL_KEYS
+# Options a space may set or tune: the schema's tunable ones, all but what a study decides itself:
+# the seed (--seed), the teacher (--cache), pretrained vectors and unlabelled text (files, not values
+# to search), and where a run trains and is scored.
+DISTILL_KEYS = {name for name in TUNABLE if OPTIONS[name].group == "distill"}
+TRAINING_KEYS = {name for name in TUNABLE if OPTIONS[name].group == "training"}
+MODEL_KEYS = {name for name in TUNABLE if OPTIONS[name].group == "model"}
+KNOWN_KEYS = set(TUNABLE)
 
 
 def _number(value: Any) -> bool:
@@ -39,29 +36,13 @@ def _integer(value: Any) -> bool:
     return _number(value) and float(value).is_integer()
 
 
-def _rules() -> dict[str, tuple[str, Callable[[Any], bool]]]:
-    """What each option accepts, checked when the space is read: a bad value would otherwise
-    surface as a traceback, or a failed trial, long after the study started."""
-    from kd.losses.distill import LOSSES
-
-    at_least_one = ("an integer of at least 1", lambda v: _integer(v) and v >= 1)
-    weight = ("a number of at least 0", lambda v: _number(v) and v >= 0)
-    positive = ("a number above 0", lambda v: _number(v) and v > 0)
-    rules = {key: at_least_one for key in ("epochs", "batch_size", "word_dim", "char_dim", "char_hidden",
-                                           "shared_hidden", "task_hidden", "hidden_dim")}
-    rules.update({key: weight for key in ("alpha", "beta", "gamma", "kappa", "clip_norm")})
-    rules.update({"tau": positive, "learning_rate": positive,
-                  "dropout": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
-                  "loss": (f"one of {', '.join(LOSSES)}", lambda v: v in LOSSES),
-                  "output": ("softmax or crf", lambda v: v in ("softmax", "crf")),
-                  "precision": ("fp32 or bf16", lambda v: v in ("fp32", "bf16"))})
-    return rules
-
-
-def _check_value(path: Path, key: str, name: str, value: Any) -> None:
-    expected, accepts = _rules()[name]
-    if not accepts(value):
-        raise _error(path, key, f"{value!r}: {name} takes {expected}")
+def _check_value(where: str, name: str, value: Any) -> Any:
+    """The schema's check, checked when the space is read: a bad value would otherwise surface as
+    a failed trial long after the study started."""
+    try:
+        return check_value(name, value)
+    except FieldError as error:
+        raise KdError(error.worded(where)) from None
 
 
 @dataclass(frozen=True)
@@ -127,26 +108,27 @@ def _parameter(path: Path, name: str, spec: Any) -> Parameter:
         if not isinstance(choices, list) or not choices:
             raise _error(path, f"{key}.choices", "expected a non-empty list")
         for choice in choices:
-            _check_value(path, f"{key}.choices", name, choice)
+            _check_value(f"{path}: {key}.choices", name, choice)
         return Parameter(name, kind, choices=tuple(choices))
     if kind not in ("float", "int"):
         raise _error(path, f"{key}.type", f"expected float, int or categorical, not {kind!r}")
-    if kind == "float" and _rules()[name][0].startswith("an integer"):
+    if kind == "float" and OPTIONS[name].kind is int:
         raise _error(path, f"{key}.type", f"{name} takes integers: use type: int")
     for bound in ("low", "high"):
         if not _number(spec.get(bound)):
             raise _error(path, f"{key}.{bound}", "expected a (finite) number")
         if kind == "int" and not _integer(spec[bound]):
             raise _error(path, f"{key}.{bound}", f"{spec[bound]!r}: an int range needs integer bounds")
-        _check_value(path, f"{key}.{bound}", name, spec[bound])
     low, high = float(spec["low"]), float(spec["high"])
-    if low > high:
-        raise _error(path, key, f"low {low} is above high {high}")
     log = spec.get("log", False)
     if not isinstance(log, bool):
         raise _error(path, f"{key}.log", "expected true or false")
     if log and low <= 0:
         raise _error(path, f"{key}.low", "a log range must start above 0")
+    for bound in ("low", "high"):
+        _check_value(f"{path}: {key}.{bound}", name, spec[bound])
+    if low > high:
+        raise _error(path, key, f"low {low} is above high {high}")
     step = spec.get("step")
     if step is not None and (not _number(step) or step <= 0 or (kind == "int" and not _integer(step))):
         raise _error(path, f"{key}.step", f"expected a positive {'integer' if kind == 'int' else 'number'}")
@@ -183,7 +165,7 @@ def load_search_space(path: str | Path) -> SearchSpace:
             raise _error(path, f"fixed.{name}", f"unknown option (known: {', '.join(sorted(KNOWN_KEYS))})")
         if name in params:
             raise _error(path, f"fixed.{name}", "both fixed and tuned")
-        _check_value(path, f"fixed.{name}", name, value)
+        _check_value(f"{path}: fixed.{name}", name, value)
     space = SearchSpace(name=path.stem, path=str(path), params=tuple(_parameter(path, n, s) for n, s in params.items()),
                         fixed=dict(fixed))
     _check_implied_beta(path, space)
@@ -191,8 +173,8 @@ def load_search_space(path: str | Path) -> SearchSpace:
 
 
 def _check_implied_beta(path: Path, space: SearchSpace) -> None:
-    """Without beta in the space, a student's beta is 1 - alpha: an alpha above 1 would ask for a
-    negative weight, which the student refuses; say so now rather than in a failed trial."""
+    """Without beta in the space, a student's beta is 1 - alpha: the schema's rule on the largest
+    alpha the space may give, now rather than in a failed trial."""
     tuned = {p.name: p for p in space.params}
     if "beta" in space.fixed or "beta" in tuned:
         return
@@ -201,9 +183,10 @@ def _check_implied_beta(path: Path, space: SearchSpace) -> None:
         largest, key = max(alpha.choices) if alpha.kind == "categorical" else alpha.high, "params.alpha"
     else:
         largest, key = space.fixed.get("alpha", 0.0), "fixed.alpha"
-    if largest > 1:
-        raise _error(path, key, f"alpha up to {largest:g} needs beta too: beta defaults to 1 - alpha, "
-                                "which must not be negative")
+    try:
+        check_combination({"alpha": largest, "beta": None})
+    except FieldError as error:
+        raise KdError(error.worded(f"{path}: {key}")) from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -229,9 +212,7 @@ def with_fixed(space: SearchSpace, overrides: dict[str, Any]) -> SearchSpace:
             raise KdError(f"{where}: unknown option (a space may fix {', '.join(sorted(KNOWN_KEYS))})")
         if name in tuned:
             raise KdError(f"{where}: {space.path} tunes {name} (params.{name}); copy the space to fix it")
-        expected, accepts = _rules()[name]
-        if not accepts(value):
-            raise KdError(f"{where}: {name} takes {expected}")
+        _check_value(f"--set {name}", name, value)
     fixed = {**space.fixed, **overrides}
     changed = SearchSpace(name=space.name, path=space.path, params=space.params, fixed=fixed)
     _check_implied_beta(Path(space.path), changed)

@@ -26,7 +26,7 @@ from kd.errors import FieldError, KdError
 from kd.tracking.runs import TrackedRun, git_commit, process_alive
 from kd.tracking.status import run_status
 from kd.training.distillation import DistillOptions
-from kd.training.jobs import ModelOptions
+from kd.models.tagger import TaggerConfig
 from kd.training.loop import BatchCallback, EpochCallback, TrainingOptions
 from kd.training.tagger_job import TaggerJob, run_tagger_job
 from kd.tuning.record import record_study
@@ -226,7 +226,7 @@ def student_job(job: TuneJob, values: dict[str, Any], *, seed: int, train_splits
     training = {k: v for k, v in values.items() if k in TRAINING_KEYS}
     try:
         return TaggerJob(
-            corpora=[job.task], data_dir=job.data_dir, model=ModelOptions(**model),
+            corpora=[job.task], data_dir=job.data_dir, model=TaggerConfig(**model),
             training=TrainingOptions(seed=seed, **training), train_splits=train_splits, eval_split=eval_split,
             device=job.device, experiment=job.experiment,
             distill=DistillOptions(cache_run=job.cache_run, **distill))
