@@ -10,16 +10,16 @@ value came from (`--alpha`, `plan.yaml:12: models.SM.alpha`, `space.yaml: params
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 from kd.data.types import SPLITS
 from kd.errors import FieldError
 
-# The losses kd.losses.distill registers (a test checks the two agree): the schema sits below the
-# losses, so that a value is checked where it is read, without loading torch.
-LOSS_NAMES = ("kl", "logits", "intermediate", "soft", "marginals", "encoder")
+# The losses kd.losses.distill registers: kd's own, known before torch loads (a test checks the two
+# agree), and any other that `register` adds (adding a loss stays one decorated function).
+LOSS_NAMES = ["kl", "logits", "intermediate", "soft", "marginals", "encoder"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Option:
     low: float | None = None  # the smallest value allowed
     above: float | None = None  # values must be above it
     below: float | None = None  # values must be below it
-    choices: tuple[str, ...] = ()
+    choices: Sequence[str] = ()
     optional: bool = False  # None is a value: "none" (embeddings) or "use the default" (beta)
     tunable: bool = True  # a search space may set it (not files, seeds or where a run trains)
 
@@ -141,6 +141,12 @@ def default(name: str) -> Any:
 
 def check_value(name: str, value: Any) -> Any:
     return OPTIONS[name].check(value)
+
+
+def add_loss_name(name: str) -> None:
+    """A loss registered beyond kd's own becomes a value of `loss`."""
+    if name not in LOSS_NAMES:
+        LOSS_NAMES.append(name)
 
 
 def implied_beta(alpha: float, beta: float | None) -> float:

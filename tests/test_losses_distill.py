@@ -16,6 +16,7 @@ from kd.losses.distill import (LOSSES, DistillWeights, StudentView, get_loss, ha
 from kd.losses.supervised import hard_label_loss
 from kd.models.crf import CRF
 from kd.models.tagger import Tagger, TaggerConfig, TaggerOutput
+from kd.option_schema import LOSS_NAMES
 from kd.training.distillation import DistillOptions, StudentModel
 
 LENGTHS = [3, 2]  # position (1, 2) is padding
@@ -549,6 +550,7 @@ def test_a_loss_registered_in_one_function_is_usable():
         assert value(terms["loss"]) == pytest.approx(0.25 * hand_hard_softmax() + 0.75 * l1, rel=1e-6)
     finally:
         LOSSES.pop(name, None)
+        LOSS_NAMES.remove(name)
     with pytest.raises(KdError):
         get_loss(name)
 

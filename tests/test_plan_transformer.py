@@ -130,7 +130,7 @@ def test_bad_transformer_teachers_are_one_line_naming_file_line_and_key(corpora,
         "not a model folder": ("base: empty", "teachers.bert.base: empty: no config.json in"),
         "bad kind": ("kind: gpt", "teachers.bert.kind: 'gpt': use one of bilstm, transformer"),
         "base on bilstm": ("base: ./minilm", "teachers.mtm.base: applies to kind: transformer, not bilstm"),
-        "bad learning rate": ("learning_rate: -1", "teachers.bert.learning_rate: learning_rate -1: must be positive"),
+        "bad learning rate": ("learning_rate: -1", "teachers.bert.learning_rate -1: must be positive"),
     }[how]
     if how == "bilstm size":
         bert["word_dim"] = 50

@@ -19,6 +19,7 @@ from kd.errors import FieldError, KdError
 from kd.losses.supervised import hard_label_loss
 from kd.models.crf import CRF
 from kd.models.tagger import TaggerOutput
+from kd.option_schema import add_loss_name
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ def register(name: str, layers: Sequence[str], weights: Mapping[str, str] | None
     other fields it reads."""
     def add(function: LossFunction) -> LossFunction:
         LOSSES[name] = RegisteredLoss(function, tuple(layers), tuple((weights or {}).items()), tuple(options))
+        add_loss_name(name)
         return function
     return add
 
