@@ -131,9 +131,6 @@ def names_of(*groups: str) -> tuple[str, ...]:
     return tuple(name for name, option in OPTIONS.items() if option.group in groups)
 
 
-TUNABLE = tuple(name for name, option in OPTIONS.items() if option.tunable)
-
-
 def default(name: str) -> Any:
     value = OPTIONS[name].default
     return list(value) if isinstance(value, list) else value

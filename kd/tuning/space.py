@@ -17,15 +17,14 @@ from typing import Any
 import yaml
 
 from kd.errors import FieldError, KdError
-from kd.option_schema import OPTIONS, TUNABLE, check_combination, check_value
+from kd.option_schema import OPTIONS, check_combination, check_value, names_of
 
 # Options a space may set or tune: the schema's tunable ones, all but what a study decides itself:
 # the seed (--seed), the teacher (--cache), pretrained vectors and unlabelled text (files, not values
 # to search), and where a run trains and is scored.
-DISTILL_KEYS = {name for name in TUNABLE if OPTIONS[name].group == "distill"}
-TRAINING_KEYS = {name for name in TUNABLE if OPTIONS[name].group == "training"}
-MODEL_KEYS = {name for name in TUNABLE if OPTIONS[name].group == "model"}
-KNOWN_KEYS = set(TUNABLE)
+DISTILL_KEYS, TRAINING_KEYS, MODEL_KEYS = ({name for name in names_of(group) if OPTIONS[name].tunable}
+                                          for group in ("distill", "training", "model"))
+KNOWN_KEYS = DISTILL_KEYS | TRAINING_KEYS | MODEL_KEYS
 
 
 def _number(value: Any) -> bool:
