@@ -30,7 +30,7 @@ from kd.models.predict import predict_tags
 from kd.training.evaluate import entity_scores
 from kd.models.tagger import TaggerConfig
 from kd.training.jobs import build_tagger, load_task
-from kd.training.loop import TrainingOptions, train
+from kd.training.loop import Trainable, TrainingOptions, train
 from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
 
 
@@ -83,8 +83,8 @@ def main() -> None:
         if not args.skip_kd:
             model, _ = build_tagger(TaggerConfig(output=args.output), vocabularies, seed)
             started = time.perf_counter()
-            train(model, task_optimizers(model, 1e-3), alternating_plan({data.name: train_set}, 32, "uniform"),
-                  supervised_loss(model), TrainingOptions(epochs=args.epochs, seed=seed), device)
+            train(Trainable(model, task_optimizers(model, 1e-3), alternating_plan({data.name: train_set}, 32, "uniform"),
+                            supervised_loss(model)), TrainingOptions(epochs=args.epochs, seed=seed), device)
             predicted = predict_tags(model, test_set, vocabularies, data.name, device)
             row.update({"f1_strict": 100 * entity_scores(gold, predicted).f1,
                         "f1_conlleval": 100 * float(f1_score(gold, predicted)),

@@ -47,7 +47,7 @@ from kd.models.predict import predict_tags
 from kd.training.evaluate import entity_scores
 from kd.models.tagger import TaggerConfig
 from kd.training.jobs import build_tagger
-from kd.training.loop import TrainingOptions, train
+from kd.training.loop import Trainable, TrainingOptions, train
 from kd.training.schedule import OPTIMIZER_STATES, alternating_plan, supervised_loss, task_optimizers
 
 CPU = torch.device("cpu")
@@ -97,7 +97,7 @@ def fit(train_sets: dict[str, list], devel_sets: dict[str, list], seed: int, epo
         if len(trained.projections):
             next(iter(optimizers.values())).add_param_group({"params": list(trained.projections.parameters())})
     datasets = {t: EncodedDataset(s, vocabularies, t) for t, s in train_sets.items()}
-    result = train(trained, optimizers, alternating_plan(datasets, 32, "uniform"), loss,
+    result = train(Trainable(trained, optimizers, alternating_plan(datasets, 32, "uniform"), loss),
                    TrainingOptions(epochs=epochs, seed=seed), CPU,
                    evaluate_epoch=devel_scorer(model, vocabularies, devel_sets), selection_metric="devel_f1")
     return model, vocabularies, result.state

@@ -21,10 +21,20 @@ import torch
 from kd.models.predict import predict_tags
 from kd.models.tagger import Tagger
 from kd.training.evaluate import entity_scores
-from kd.training.loop import TrainingOptions, train
+from kd.training.loop import Trainable, TrainingHooks, TrainingOptions, train
 from kd.training.schedule import supervised_loss
 from throughput_harness import (BATCH_SIZE, CLIP_NORM, LEARNING_RATE, SEED, Corpus, busy_text, cpu_monitor, new_model,
                                 single_task_plan)
+
+
+class StageHooks(TrainingHooks):
+    """The training loop's hooks that time its stages with a StageTimer."""
+
+    def __init__(self, timer: "StageTimer") -> None:
+        self.timer = timer
+
+    def stage(self, name: str):
+        return self.timer.step_stage(name)
 
 
 class StageTimer:
@@ -137,8 +147,8 @@ def profile_training_epoch(corpus: Corpus, model: Tagger, optimizer: torch.optim
     model.forward = timer.wrap("forward: model", model.forward)  # the rest of `forward (all)` is the loss
     start = time.perf_counter()
     try:
-        train(model, {corpus.name: optimizer}, single_task_plan(corpus.name, corpus.train, BATCH_SIZE),
-              supervised_loss(model), options, torch.device("cpu"), stage=timer.step_stage)
+        train(Trainable(model, {corpus.name: optimizer}, single_task_plan(corpus.name, corpus.train, BATCH_SIZE),
+                        supervised_loss(model)), options, torch.device("cpu"), hooks=StageHooks(timer))
     finally:
         del corpus.train.batch  # back to the class's method
         del model.forward

@@ -52,7 +52,7 @@ from kd.models.device import PRECISIONS
 from kd.models.predict import predict_tags
 from kd.option_schema import OPTIONS
 from kd.training.evaluate import entity_scores
-from kd.training.loop import TrainingOptions, train
+from kd.training.loop import Trainable, TrainingHooks, TrainingOptions, train
 from kd.training.schedule import supervised_loss
 from stage_profile import profile_one
 from throughput_harness import (BATCH_SIZE, CLIP_NORM, DEFAULT_DATA_DIR, LEARNING_RATE, REPO, SEED, Corpus,
@@ -112,14 +112,15 @@ def measure_kd(corpus: Corpus, output: str, precision: str, epochs: int) -> KdRe
     epoch_ends: list[float] = []
     load: dict[str, float] = {}
 
-    def note_epoch_end(epoch: int, metrics: dict[str, float]) -> bool:
-        epoch_ends.append(time.perf_counter())
-        return False
+    class NoteEpochEnd(TrainingHooks):
+        def on_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
+            epoch_ends.append(time.perf_counter())
+            return False
 
     with cpu_monitor(load):
         start = time.perf_counter()
-        result = train(model, {corpus.name: optimizer}, single_task_plan(corpus.name, corpus.train, BATCH_SIZE),
-                       supervised_loss(model), options, device, callbacks=[note_epoch_end])
+        result = train(Trainable(model, {corpus.name: optimizer}, single_task_plan(corpus.name, corpus.train, BATCH_SIZE),
+                                 supervised_loss(model)), options, device, hooks=NoteEpochEnd())
         train_s = time.perf_counter() - start
         epoch_s = list(np.diff([start, *epoch_ends]))
 

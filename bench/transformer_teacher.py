@@ -42,12 +42,18 @@ from kd.cache.build import CacheJob, build_cache
 from kd.data.conll import read_conll
 from kd.tracking.store import open_client
 from kd.training.distillation import DistillOptions
-from kd.training.loop import TrainingOptions
+from kd.training.loop import TrainingHooks, TrainingOptions
 from kd.training.tagger_job import TaggerJob, run_tagger_job
 from kd.training.transformer_job import TransformerJob, run_transformer_job
 
 WITH_UNLABELLED = "+u"  # `--losses kl+u`: the student also learns from the --unlabelled sentences
 
+
+class Quiet(TrainingHooks):
+    """Students' teacher-quality warnings are not this benchmark's output."""
+
+    def warn(self, message: str) -> None:
+        pass
 
 def subsample(corpus: Path, target: Path, sentences: int, seed: int = 0) -> tuple[Path, Path | None]:
     """The corpus with `sentences` random training sentences (devel and test whole), as CoNLL, and
@@ -86,7 +92,7 @@ def one_seed(client, data_dir: Path, corpus: str, base: str, seed: int, args) ->
         started = time.perf_counter()
         summary = run_tagger_job(TaggerJob(corpora=[corpus], data_dir=str(data_dir), training=student_training,
                                            distill=distill, **common), client, data_dir.parent / "checkpoints",
-                                 warn=lambda message: None)
+                                 hooks=Quiet())
         results[name] = {**summary.metrics, "seconds": time.perf_counter() - started}
     return results
 

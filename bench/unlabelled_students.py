@@ -31,9 +31,15 @@ from transformer_teacher import WITH_UNLABELLED, subsample, summarise  # noqa: E
 from kd.cache.build import CacheJob, build_cache  # noqa: E402
 from kd.tracking.store import open_client  # noqa: E402
 from kd.training.distillation import DistillOptions  # noqa: E402
-from kd.training.loop import TrainingOptions  # noqa: E402
+from kd.training.loop import TrainingHooks, TrainingOptions  # noqa: E402
 from kd.training.tagger_job import TaggerJob, run_tagger_job  # noqa: E402
 
+
+class Quiet(TrainingHooks):
+    """Students' teacher-quality warnings are not this benchmark's output."""
+
+    def warn(self, message: str) -> None:
+        pass
 
 def one_seed(client, data_dir: Path, args, seed: int, unlabelled: str | None) -> dict[str, dict]:
     common = dict(train_splits=["train"], eval_split="test", experiment="bench")
@@ -43,7 +49,7 @@ def one_seed(client, data_dir: Path, args, seed: int, unlabelled: str | None) ->
         started = time.perf_counter()
         summary = run_tagger_job(TaggerJob(corpora=corpora, data_dir=str(data_dir), distill=distill,
                                            training=TrainingOptions(epochs=epochs, seed=seed), **common),
-                                 client, checkpoints, warn=lambda message: None)
+                                 client, checkpoints, hooks=Quiet())
         return {**summary.metrics, "run_id": summary.run_id, "seconds": time.perf_counter() - started}
 
     teacher = run(args.corpora, args.teacher_epochs)

@@ -14,7 +14,7 @@ from kd.data.corpora import load_split
 from kd.data.vocab import Vocabularies, build_vocabularies
 from kd.models.tagger import TaggerConfig
 from kd.training.jobs import build_tagger
-from kd.training.loop import TrainingOptions, TrainingState, train
+from kd.training.loop import HookChain, Trainable, TrainingHooks, TrainingOptions, TrainingState, train
 from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
 from tests.conftest import write_corpus
 
@@ -42,7 +42,7 @@ def fresh(dataset: EncodedDataset, vocabularies: Vocabularies):
 
 def run(tiny, epochs: int, **extra):
     model, optimizers, plan = fresh(*tiny)
-    result = train(model, optimizers, plan, supervised_loss(model), TrainingOptions(epochs=epochs, seed=5),
+    result = train(Trainable(model, optimizers, plan, supervised_loss(model)), TrainingOptions(epochs=epochs, seed=5),
                    torch.device("cpu"), **extra)
     return model, result
 
@@ -69,7 +69,7 @@ def test_the_best_epoch_is_restored_not_the_last(tiny):
         return {"devel_f1": next(scores)}
 
     model, optimizers, plan = fresh(*tiny)
-    result = train(model, optimizers, plan, supervised_loss(model), TrainingOptions(epochs=3, seed=5),
+    result = train(Trainable(model, optimizers, plan, supervised_loss(model)), TrainingOptions(epochs=3, seed=5),
                    torch.device("cpu"), evaluate_epoch=evaluate_epoch, selection_metric="devel_f1")
     assert (result.state.best_epoch, result.state.best_score, result.state.epoch) == (2, 0.9, 3)
     assert any(not torch.equal(weights[2][k], weights[3][k]) for k in weights[2]), "epoch 3 changed the weights"
@@ -77,27 +77,55 @@ def test_the_best_epoch_is_restored_not_the_last(tiny):
         assert torch.equal(tensor, weights[2][name]), name
 
 
-def test_a_callback_stops_training_after_its_epoch(tiny):
-    heard = []
+class StopAfterTwo(TrainingHooks):
+    def __init__(self) -> None:
+        self.heard = []
 
-    def stop_after_two(epoch: int, metrics: dict[str, float]) -> bool:
-        heard.append((epoch, sorted(metrics)))
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
+        self.heard.append((epoch, sorted(metrics)))
         return epoch == 2
 
-    _, result = run(tiny, 5, callbacks=[stop_after_two])
+
+class CountBatches(TrainingHooks):
+    def __init__(self) -> None:
+        self.batches = []
+
+    def on_batch(self, epoch, tokens, terms) -> None:
+        self.batches.append((epoch, tokens))
+
+
+def test_a_hook_stops_training_after_its_epoch_and_every_hook_of_a_chain_hears_it(tiny, dataset):
+    stop, count = StopAfterTwo(), CountBatches()
+    _, result = run(tiny, 5, hooks=HookChain(count, stop))
     assert result.stopped_early and result.state.epoch == 2 and len(result.state.history) == 2
-    assert heard == [(1, ["train_loss"]), (2, ["train_loss"])]
+    assert stop.heard == [(1, ["train_loss"]), (2, ["train_loss"])]
+    per_epoch = len(list(alternating_plan({"tiny": dataset}, 16, "uniform")(np.random.default_rng(0))))
+    assert len(count.batches) == 2 * per_epoch and sum(t for e, t in count.batches if e == 1) == dataset.num_tokens
+
+
+def test_a_chain_says_a_warning_once(capsys):
+    said = []
+
+    class Own(TrainingHooks):
+        def warn(self, message: str) -> None:
+            said.append(message)
+
+    HookChain(TrainingHooks(), Own(), Own()).warn("teacher F1 low")
+    assert said == ["teacher F1 low"] and capsys.readouterr().err == ""
+    HookChain(TrainingHooks(), TrainingHooks()).warn("teacher F1 low")
+    assert capsys.readouterr().err == "teacher F1 low\n"
 
 
 def test_the_stage_hook_wraps_every_stage_of_every_step(tiny, dataset):
     seen: list[str] = []
 
-    @contextlib.contextmanager
-    def stage(name: str):
-        seen.append(name)
-        yield
+    class Stages(TrainingHooks):
+        @contextlib.contextmanager
+        def stage(self, name: str):
+            seen.append(name)
+            yield
 
     batches = len(list(alternating_plan({"tiny": dataset}, 16, "uniform")(np.random.default_rng(0))))
-    run(tiny, 1, stage=stage)
+    run(tiny, 1, hooks=Stages())
     stages = ["zero_grad", "forward (all)", "backward (all)", "gradient clipping", "optimizer step"]
     assert seen == stages * batches

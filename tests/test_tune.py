@@ -309,14 +309,14 @@ def test_a_resumed_study_does_not_sample_the_same_values_again(world, tmp_path, 
     from kd.tracking.store import open_client
     from kd.training.tagger_job import RunSummary
 
-    def stand_in(student, client, checkpoint_dir, *, callbacks=(), parent_run_id=None, extra_tags=None,
-                 on_start=None, **_):
-        run = TrackedRun.start(client, student.experiment, None, dict(extra_tags or {}), parent_run_id=parent_run_id)
-        on_start(run.run_id)
+    def stand_in(student, client, checkpoint_dir, *, hooks, placement, **_):
+        run = TrackedRun.start(client, student.experiment, None, dict(placement.tags or {}),
+                               parent_run_id=placement.parent_run_id)
+        hooks.on_start(run.run_id)
         f1 = 1 - (student.distill.alpha - 0.3) ** 2
         for epoch in (1, 2):
             run.log_metrics({"devel_f1": f1 * epoch / 2}, step=epoch)
-            if any(callback(epoch, {"devel_f1": f1 * epoch / 2}) for callback in callbacks):
+            if hooks.on_epoch(epoch, {"devel_f1": f1 * epoch / 2}):
                 break
         run.finish()
         return RunSummary(run.run_id, {"devel_f1": f1})

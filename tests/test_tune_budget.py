@@ -33,13 +33,12 @@ def setup(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     trained = []
 
-    def stand_in(student, client, checkpoint_dir, *, callbacks=(), parent_run_id=None, extra_tags=None,
-                 on_start=None, **_):
-        run = TrackedRun.start(client, student.experiment, None, dict(extra_tags or {}), parent_run_id=parent_run_id)
-        on_start(run.run_id)
+    def stand_in(student, client, checkpoint_dir, *, hooks, placement, **_):
+        run = TrackedRun.start(client, student.experiment, None, dict(placement.tags or {}),
+                               parent_run_id=placement.parent_run_id)
+        hooks.on_start(run.run_id)
         trained.append(run.run_id)
-        for callback in callbacks:
-            callback(1, {"devel_f1": 0.5})
+        hooks.on_epoch(1, {"devel_f1": 0.5})
         run.finish()
         return RunSummary(run.run_id, {"devel_f1": 0.5})
 

@@ -5,6 +5,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -45,13 +46,11 @@ cli.add_command(tune)
 @model_options
 @training_options
 @handle_errors
-def train(task, data_dir, train_splits, eval_split, resume_run_id, device, threads, experiment, run_name,
-          checkpoint_dir, as_json, **kwargs) -> None:
+def train(task, resume_run_id, **options) -> None:
     """Train a single-task model (STM) on one corpus."""
     if not resume_run_id and not task:
         raise click.UsageError("--task is required (or --resume RUN_ID)")
-    run_job([task] if task else [], "uniform", data_dir, train_splits, eval_split, resume_run_id, device, threads,
-            experiment, run_name, checkpoint_dir, as_json, kwargs)
+    run_job([task] if task else [], resume_run_id, options)
 
 
 @cli.command("train-teacher")
@@ -68,64 +67,55 @@ def train(task, data_dir, train_splits, eval_split, resume_run_id, device, threa
 @model_options
 @training_options
 @handle_errors
-def train_teacher(tasks, data_dir, sampling, optimizer_state, kind, base, train_splits, eval_split, resume_run_id,
-                  device, threads, experiment, run_name, checkpoint_dir, as_json, **kwargs) -> None:
+def train_teacher(tasks, kind, base, resume_run_id, **options) -> None:
     """Train a multi-task teacher (MTM): shared layers, a head per corpus."""
     from kd.data.corpora import discover_corpora
 
     if not resume_run_id and not tasks:
         raise click.UsageError("--tasks is required (or --resume RUN_ID)")
     corpora = [] if not tasks else (
-        [str(p) for p in discover_corpora(as_path(data_dir))] if tasks.strip() == "all"
+        [str(p) for p in discover_corpora(as_path(options["data_dir"]))] if tasks.strip() == "all"
         else [t.strip() for t in tasks.split(",") if t.strip()])
     if kind == "transformer":
-        return run_transformer_teacher(corpora, base, data_dir, sampling, optimizer_state, train_splits, eval_split,
-                                       resume_run_id, device, threads, experiment, run_name, as_json, kwargs)
+        return run_transformer_teacher(corpora, base, resume_run_id, options)
     if base:
         raise KdError("--base applies to --kind transformer")
     if not resume_run_id and len(corpora) < 2:
         raise KdError(f"--tasks {tasks}: a multi-task teacher needs at least two corpora")
-    run_job(corpora, sampling, data_dir, train_splits, eval_split, resume_run_id, device, threads, experiment,
-            run_name, checkpoint_dir, as_json, kwargs, optimizer_state=optimizer_state)
+    run_job(corpora, resume_run_id, options)
 
 
-def run_transformer_teacher(corpora: list[str], base: str | None, data_dir: str | None, sampling: str,
-                            optimizer_state: str, train_splits: str, eval_split: str, resume_run_id: str | None,
-                            device: str, threads: int | None, experiment: str, run_name: str | None, as_json: bool,
-                            kwargs: dict) -> None:
+def run_transformer_teacher(corpora: list[str], base: str | None, resume_run_id: str | None,
+                            options: dict[str, Any]) -> None:
     """`kd train-teacher --kind transformer`: the BiLSTM's size options do not apply; the learning
     rate, epochs and dropout default to fine-tuning values unless given."""
-    from click.core import ParameterSource
-
     from kd.training.jobs import parse_splits
     from kd.training.transformer_job import TRANSFORMER_EPOCHS, TRANSFORMER_LEARNING_RATE, TransformerJob, \
         run_transformer_job
 
-    context = click.get_current_context()
-    given = {name for name in kwargs if context.get_parameter_source(name) != ParameterSource.DEFAULT}
     if resume_run_id:
         raise KdError("--resume: transformer teachers are not resumable; start the run again")
     for name in ("word_dim", "char_dim", "char_hidden", "shared_hidden", "task_hidden", "hidden_dim", "embeddings"):
-        if name in given:
+        if option_given(name):
             raise KdError(f"--{name.replace('_', '-')} applies to --kind bilstm, not transformer")
     for name, value in (("learning_rate", TRANSFORMER_LEARNING_RATE), ("epochs", TRANSFORMER_EPOCHS), ("dropout", 0.1)):
-        if name not in given:
-            kwargs[name] = value
-    apply_threads(threads)
+        if not option_given(name):
+            options[name] = value
+    apply_threads(options["threads"])
     client = tracking_client()
-    experiment, attach_to = project_target(client, experiment, option_given("experiment"))
-    job = TransformerJob(corpora=corpora, base=base or "", data_dir=data_dir or None, output=kwargs["output"],
-                         dropout=kwargs["dropout"], training=build_training_options(kwargs),
-                         train_splits=parse_splits(train_splits, "--train-splits"),
-                         eval_split=parse_splits(eval_split, "--eval-split")[0], sampling=sampling,
-                         optimizer_state=optimizer_state, device=device, experiment=experiment, run_name=run_name)
-    display = TrainingDisplay(client, tracking_uri(), wants_live_display(kwargs.pop("progress")))
+    experiment, attach_to = project_target(client, options["experiment"], option_given("experiment"))
+    job = TransformerJob(corpora=corpora, base=base or "", data_dir=options["data_dir"] or None,
+                         output=options["output"], dropout=options["dropout"], training=build_training_options(options),
+                         train_splits=parse_splits(options["train_splits"], "--train-splits"),
+                         eval_split=parse_splits(options["eval_split"], "--eval-split")[0],
+                         sampling=options["sampling"], optimizer_state=options["optimizer_state"],
+                         device=options["device"], experiment=experiment, run_name=options["run_name"])
+    display = TrainingDisplay(client, tracking_uri(), wants_live_display(options["progress"]))
     # Transformer teachers are not resumable: a stopped one is started again.
     with stop_cleanly(display, lambda run_id: f"run {run_id} is marked KILLED; start it again to train it"):
-        summary = run_transformer_job(job, client, attach_to=attach_to, on_start=display.on_start,
-                                      on_batch=display.on_batch, callbacks=[display.on_epoch])
+        summary = run_transformer_job(job, client, hooks=display, attach_to=attach_to)
     point_project_run(client, experiment, summary.run_id)
-    echo_result(as_json, {"run_id": summary.run_id, **summary.metrics})
+    echo_result(options["as_json"], {"run_id": summary.run_id, **summary.metrics})
 
 
 @cli.command("cache-logits")
@@ -184,21 +174,19 @@ def cache_logits(teachers, tasks, data_dir, splits, unlabelled, layers, dtype, b
 @model_options
 @training_options
 @handle_errors
-def distill(task, cache_run, teachers, loss, alpha, beta, gamma, kappa, tau, unlabelled, data_dir, train_splits, eval_split,
-            resume_run_id, device, threads, experiment, run_name, checkpoint_dir, as_json, **kwargs) -> None:
+def distill(task, cache_run, teachers, unlabelled, resume_run_id, **options) -> None:
     """Train a single-task student from a teacher's cache or live teacher(s)."""
     from kd.training.distillation import DistillOptions
 
-    options = None
+    weights = {name: options.pop(name) for name in names_of("distill")}
+    distill_options = None
     if not resume_run_id:
         if not task:
             raise click.UsageError("--task is required (or --resume RUN_ID)")
-        options = DistillOptions(loss=loss, alpha=alpha, beta=beta, gamma=gamma, kappa=kappa, tau=tau,
-                                 cache_run=cache_run or None,
-                                 teacher_runs=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None,
-                                 unlabelled=resolved_file(unlabelled))
-    run_job([task] if task else [], "uniform", data_dir, train_splits, eval_split, resume_run_id, device, threads,
-            experiment, run_name, checkpoint_dir, as_json, kwargs, distill=options)
+        distill_options = DistillOptions(
+            **weights, cache_run=cache_run or None, unlabelled=resolved_file(unlabelled),
+            teacher_runs=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None)
+    run_job([task] if task else [], resume_run_id, options, distill=distill_options)
 
 
 @cli.command()
@@ -256,35 +244,33 @@ def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, a
                    f"Friedman chi2 = {results['friedman_statistic']:.4f}, p = {results['friedman_p_value']:.4g}")
 
 
-def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_splits: str, eval_split: str,
-            resume_run_id: str | None, device: str, threads: int | None, experiment: str, run_name: str | None,
-            checkpoint_dir: str, as_json: bool, kwargs: dict, distill=None, optimizer_state: str = "shared") -> None:
-    """Shared by `train`, `train-teacher` and `distill`: one corpus makes an STM, several an MTM,
-    distillation options a student."""
+def run_job(corpora: list[str], resume_run_id: str | None, options: dict[str, Any], distill=None) -> None:
+    """Shared by `train`, `train-teacher` and `distill` (`options`: the command's): one corpus makes
+    an STM, several an MTM, distillation options a student."""
     from kd.training.jobs import parse_splits
-    from kd.training.tagger_job import TaggerJob, run_tagger_job
+    from kd.training.tagger_job import RunPlacement, TaggerJob, run_tagger_job
 
-    apply_threads(threads)
+    apply_threads(options["threads"])
     job = None
     if not resume_run_id:
+        schedule = {name: options[name] for name in names_of("schedule") if name in options}
         job = TaggerJob(
-            corpora=corpora, data_dir=data_dir or None, model=build_model_options(kwargs),
-            training=build_training_options(kwargs), train_splits=parse_splits(train_splits, "--train-splits"),
-            eval_split=parse_splits(eval_split, "--eval-split")[0], sampling=sampling,
-            optimizer_state=optimizer_state, device=device,
-            experiment=experiment, run_name=run_name, distill=distill)
+            corpora=corpora, data_dir=options["data_dir"] or None, model=build_model_options(options),
+            training=build_training_options(options), **schedule,
+            train_splits=parse_splits(options["train_splits"], "--train-splits"),
+            eval_split=parse_splits(options["eval_split"], "--eval-split")[0], device=options["device"],
+            experiment=options["experiment"], run_name=options["run_name"], distill=distill)
     # The store is opened once the options are known to be valid: a refused command leaves no mlflow.db.
     client = tracking_client()
-    experiment, attach_to = project_target(client, experiment, option_given("experiment"))
+    experiment, attach_to = project_target(client, options["experiment"], option_given("experiment"))
     if job is not None:
         job.experiment = experiment
-    display = TrainingDisplay(client, tracking_uri(), wants_live_display(kwargs.pop("progress")))
+    display = TrainingDisplay(client, tracking_uri(), wants_live_display(options["progress"]))
     with stop_cleanly(display, resume_hint(click.get_current_context().info_name)):
-        summary = run_tagger_job(job, client, Path(checkpoint_dir), resume_run_id=resume_run_id, attach_to=attach_to,
-                                 on_start=display.on_start, on_batch=display.on_batch, callbacks=[display.on_epoch],
-                                 warn=display.message)
+        summary = run_tagger_job(job, client, Path(options["checkpoint_dir"]), hooks=display,
+                                 resume_run_id=resume_run_id, placement=RunPlacement(attach_to=attach_to))
     point_project_run(client, experiment, summary.run_id)
-    echo_result(as_json, {"run_id": summary.run_id, **summary.metrics})
+    echo_result(options["as_json"], {"run_id": summary.run_id, **summary.metrics})
 
 
 @cli.command()

@@ -1,7 +1,8 @@
 """What a long `kd` command shows while it works, on stderr: the run id and MLflow UI link as soon as
 the run exists, then a live display (rich) of epoch and run progress with tokens/s and time left, the
 epoch's mean loss terms and devel F1; for `kd tune` also trials done of N. The library only calls
-back (`on_start`, `on_batch`, epoch callbacks); everything shown is decided here.
+back (the hooks of kd.training.loop.TrainingHooks, which TrainingDisplay implements without
+importing it: that would load torch when kd starts); everything shown is decided here.
 
 All of it is shown only where stderr is a terminal, unless asked (`--progress`): redirected to a
 file the live display would be thousands of redrawn lines, and scripts read `--json`. The line that
@@ -137,6 +138,12 @@ class TrainingDisplay:
     def message(self, text: str) -> None:
         """A line above the live display, or alone without one (a tuning trial's result, a warning)."""
         self.console.print(text, highlight=False, soft_wrap=True)
+
+    def warn(self, message: str) -> None:
+        self.message(message)
+
+    def stage(self, name: str) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
 
 class TuneDisplay(TrainingDisplay):

@@ -62,8 +62,7 @@ def tune(task, cache_run, space, overrides, n_trials, timeout, study, storage, s
                   overrides=dict(parse_override(text) for text in overrides))
     client = tracking_client()
     display = TuneDisplay(client, tracking_uri(), wants_live_display(progress))
-    hooks = TrialHooks(on_trial=display.on_trial, on_start=display.on_start, on_batch=display.on_batch,
-                       on_epoch=display.on_epoch)
+    hooks = TrialHooks(on_trial=display.on_trial, training=display)
     with stop_cleanly(display, lambda run_id: f"trial run {run_id} is marked KILLED and its trial failed; "
                                                "the same kd tune command continues the study"):
         result = run_tune(job, client, Path(checkpoint_dir), log=display.message, hooks=hooks)

@@ -160,13 +160,12 @@ class CellRunner:
         else:
             from pathlib import Path
 
-            from kd.training.tagger_job import run_tagger_job
+            from kd.training.tagger_job import RunPlacement, run_tagger_job
 
             job = tagger_job(cell.config, data_dir=context.data_dir, experiment=context.experiment,
                              run_name=cell.label, device=context.device,
                              cache_run=self.input_runs[0] if self.input_runs else None)
-            run_tagger_job(job, self.client, Path(context.checkpoint_dir), attach_to=run.run_id,
-                           warn=lambda message: print(message, file=sys.stderr))
+            run_tagger_job(job, self.client, Path(context.checkpoint_dir), placement=RunPlacement(attach_to=run.run_id))
         return run.run_id, time.perf_counter() - started
 
     def resume(self, run_id: str) -> tuple[str, float]:
@@ -176,8 +175,7 @@ class CellRunner:
 
         started = time.perf_counter()
         self.client.set_tag(run_id, PLAN_RUN_TAG, self.context.plan_run_id)
-        run_tagger_job(None, self.client, Path(self.context.checkpoint_dir), resume_run_id=run_id,
-                       warn=lambda message: print(message, file=sys.stderr))
+        run_tagger_job(None, self.client, Path(self.context.checkpoint_dir), resume_run_id=run_id)
         return run_id, time.perf_counter() - started
 
     def finish(self, status: str, run_id: str, library_seconds: float) -> CellResult:

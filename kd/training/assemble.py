@@ -4,7 +4,8 @@ optimizers and evaluators. No tracking store is involved: `kd.training.tagger_jo
 assembly, benchmarks and tests train one directly."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from kd.models.tagger import Tagger
 from kd.training.distillation import StudentModel, distillation_loss
 from kd.training.evaluate import EntityScores, Evaluator, metric_names
 from kd.training.jobs import TaggerJob, TaskData, build_tagger, load_tasks
-from kd.training.loop import (BatchCallback, EpochCallback, EpochPlan, LossFunction, TrainingResult, TrainingState, train)
+from kd.training.loop import (EpochPlan, LossFunction, Trainable, TrainingHooks, TrainingResult, TrainingState,
+                              train)
 from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
 
 # split -> (scores per corpus, predictions per corpus)
@@ -46,38 +48,53 @@ class Assembly:
     selects_on_devel: bool  # devel is held out: the best devel epoch's weights are kept
     teacher: TeacherKnowledge | None = None
 
-    def evaluate_devel(self, epoch: int) -> dict[str, float]:
-        scores, _ = self.evaluators["devel"].run()
-        return {k: v for k, v in metric_names("devel", scores).items() if k.split("/")[-1] == "devel_f1"}
-
-    def train(self, *, callbacks: Sequence[EpochCallback] = (),
-              log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
-              checkpoint_path: Path | None = None, state: TrainingState | None = None,
-              on_batch: BatchCallback | None = None) -> TrainingResult:
-        return train(self.trained, self.optimizers, self.plan, self.loss, self.job.training, self.device,
-                     on_batch=on_batch,
-                     evaluate_epoch=self.evaluate_devel if self.selects_on_devel else None,
-                     selection_metric="devel_f1" if self.selects_on_devel else None, callbacks=callbacks,
-                     log_metrics=log_metrics, checkpoint_path=checkpoint_path, state=state)
+    def train(self, *, hooks: TrainingHooks | None = None, checkpoint_path: Path | None = None,
+              state: TrainingState | None = None) -> TrainingResult:
+        return train(Trainable(self.trained, self.optimizers, self.plan, self.loss), self.job.training, self.device,
+                     **devel_selection(self.evaluators, self.selects_on_devel), checkpoint_path=checkpoint_path,
+                     state=state, hooks=hooks)
 
     def score(self, result: TrainingResult) -> tuple[dict[str, float], SplitResults]:
-        """The final metrics of every evaluated split (with the best and last epoch) and the
-        scores and predictions behind them."""
-        final: dict[str, float] = {}
-        results: SplitResults = {}
-        for split, evaluator in self.evaluators.items():
-            results[split] = evaluator.run()
-            final.update(metric_names(split, results[split][0]))
-        if result.state.best_epoch is not None:
-            final["best_epoch"] = float(result.state.best_epoch)
-        final["epochs_trained"] = float(result.state.epoch)
-        return final, results
+        return score_splits(self.evaluators, result.state)
 
     def size_metrics(self) -> dict[str, float]:
         return {"num_parameters": float(self.model.num_parameters()),
                 "train_tokens": float(sum(d.num_tokens for d in self.train_data.values())),
                 **({"teacher_parameters": float(self.teacher.parameters)} if self.teacher else {}),
                 **{k: float(v) for k, v in self.facts.items()}}
+
+
+def devel_selection(evaluators: dict[str, Any], selects_on_devel: bool) -> dict[str, Any]:
+    """`train`'s arguments that keep the weights of the best devel F1 epoch, when devel is held out
+    (`evaluators` has it); none otherwise. Shared by the BiLSTM and transformer jobs."""
+    if not selects_on_devel:
+        return {}
+
+    def evaluate_devel(epoch: int) -> dict[str, float]:
+        scores, _ = evaluators["devel"].run()
+        return {k: v for k, v in metric_names("devel", scores).items() if k.split("/")[-1] == "devel_f1"}
+    return {"evaluate_epoch": evaluate_devel, "selection_metric": "devel_f1"}
+
+
+def score_splits(evaluators: dict[str, Any], state: TrainingState,
+                 names: Callable[[str, dict[str, EntityScores]], dict[str, float]] = metric_names,
+                 timed_split: str | None = None) -> tuple[dict[str, float], SplitResults]:
+    """The final metrics of every evaluated split (`names` names them), with the best and last
+    epoch, and the scores and predictions behind them; with `timed_split`, the words per second of
+    predicting that split. Shared by the BiLSTM and transformer jobs."""
+    final: dict[str, float] = {}
+    results: SplitResults = {}
+    for split, evaluator in evaluators.items():
+        started = time.perf_counter()
+        results[split] = evaluator.run()
+        if split == timed_split:
+            words = sum(d.num_tokens for d in evaluator.datasets.values())
+            final["predict_tokens_per_second"] = words / (time.perf_counter() - started)
+        final.update(names(split, results[split][0]))
+    if state.best_epoch is not None:
+        final["best_epoch"] = float(state.best_epoch)
+    final["epochs_trained"] = float(state.epoch)
+    return final, results
 
 
 def load_job_tasks(job: TaggerJob) -> dict[str, TaskData]:

@@ -1,16 +1,16 @@
 """The epoch loop shared by single-task models, teachers and students.
 
-What differs between them is passed in: which (task, batch) pairs make an epoch, the loss, and
-which optimizer steps for which task. The loop owns the rest: precision, gradient clipping,
-per-epoch evaluation and best-epoch selection, callbacks that may stop training, and an atomic
-checkpoint after every epoch from which a run resumes to the same result.
+What differs between them is passed in (a Trainable): which (task, batch) pairs make an epoch, the
+loss, and which optimizer steps for which task. The loop owns the rest: precision, gradient
+clipping, per-epoch evaluation and best-epoch selection, hooks that hear it and may stop training,
+and an atomic checkpoint after every epoch from which a run resumes to the same result.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,6 @@ from kd.models.device import autocast
 from kd.option_schema import check_fields, default
 from kd.utils.atomic import atomic_file
 
-# (epoch, metrics of that epoch) -> True to stop training after this epoch.
-EpochCallback = Callable[[int, dict[str, float]], bool]
-# (epoch, tokens in the batch, its loss terms): a progress display hears every batch.
-BatchCallback = Callable[[int, int, Mapping[str, float]], None]
 # The batches of one epoch, drawn with the loop's generator so a resumed run draws the same ones.
 EpochPlan = Callable[[np.random.Generator], Iterable[tuple[str, Batch]]]
 # (task, batch on device) -> named loss terms; "loss" is the one minimised.
@@ -102,19 +98,74 @@ def distinct_optimizers(optimizers: Mapping[str, torch.optim.Optimizer]) -> dict
     return dict(first.values())
 
 
-# stage name -> a context manager around that stage of a training step; kd's own does nothing, a
-# profiler's times it (bench/stage_profile.py). Stages: zero_grad, forward (all), backward (all),
-# gradient clipping, optimizer step.
-StageHook = Callable[[str], contextlib.AbstractContextManager]
+class TrainingHooks:
+    """What a caller hears of training, as one object (the way Optuna's callbacks or flair's trainer
+    plugins are one protocol): override what you need; these hear nothing and stop nothing."""
+
+    def on_start(self, run_id: str) -> None:
+        """The run's id, as soon as a tracked job has created it."""
+
+    def on_batch(self, epoch: int, tokens: int, terms: Mapping[str, float]) -> None:
+        """Every training batch: its tokens and loss terms (a progress display)."""
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
+        """Every epoch's metrics; True stops training after this epoch."""
+        return False
+
+    def stage(self, name: str) -> contextlib.AbstractContextManager:
+        """Wraps each stage of a step: zero_grad, forward (all), backward (all), gradient clipping,
+        optimizer step (a profiler's timers, bench/stage_profile.py)."""
+        return contextlib.nullcontext()
+
+    def warn(self, message: str) -> None:
+        """A warning about the run (a student's teacher quality)."""
+        print(message, file=sys.stderr)
 
 
-def no_stage_timing(name: str) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext()
+class HookChain(TrainingHooks):
+    """Several hooks heard in order; training stops when any of them asks."""
+
+    def __init__(self, *hooks: TrainingHooks) -> None:
+        self.hooks = hooks
+
+    def on_start(self, run_id: str) -> None:
+        for hooks in self.hooks:
+            hooks.on_start(run_id)
+
+    def on_batch(self, epoch: int, tokens: int, terms: Mapping[str, float]) -> None:
+        for hooks in self.hooks:
+            hooks.on_batch(epoch, tokens, terms)
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
+        return any([bool(hooks.on_epoch(epoch, metrics)) for hooks in self.hooks])
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        with contextlib.ExitStack() as stack:
+            for hooks in self.hooks:
+                stack.enter_context(hooks.stage(name))
+            yield
+
+    def warn(self, message: str) -> None:
+        # Said once: by the first hooks that word warnings their own way, or else on stderr.
+        own = [hooks for hooks in self.hooks if type(hooks).warn is not TrainingHooks.warn]
+        (own[0] if own else TrainingHooks()).warn(message)
+
+
+@dataclass
+class Trainable:
+    """What a training run steps: the module, the optimizer of each task, the batches of an epoch
+    and the loss."""
+
+    model: torch.nn.Module
+    optimizers: Mapping[str, torch.optim.Optimizer]
+    plan_epoch: EpochPlan
+    loss_function: LossFunction
 
 
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_function: LossFunction,
                   task: str, batch: Batch, options: TrainingOptions, device: torch.device,
-                  stage: StageHook = no_stage_timing) -> Mapping[str, torch.Tensor]:
+                  stage: Callable[[str], contextlib.AbstractContextManager]) -> Mapping[str, torch.Tensor]:
     """One optimizer step on one batch (already on `device`); returns the loss terms."""
     with stage("zero_grad"):
         optimizer.zero_grad(set_to_none=True)
@@ -131,23 +182,21 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss
     return terms
 
 
-def train_epoch(model: torch.nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
-                batches: Iterable[tuple[str, Batch]], loss_function: LossFunction, options: TrainingOptions,
-                device: torch.device, stage: StageHook = no_stage_timing,
-                on_batch: Callable[[int, Mapping[str, float]], None] | None = None) -> dict[str, float]:
-    """A step per batch; returns each loss term's mean over the epoch as `train_<term>`. `on_batch`
-    hears each batch's tokens and loss terms (a progress display)."""
-    model.train()
+def train_epoch(trainable: Trainable, batches: Iterable[tuple[str, Batch]], options: TrainingOptions,
+                device: torch.device, hooks: TrainingHooks, epoch: int) -> dict[str, float]:
+    """A step per batch; returns each loss term's mean over the epoch as `train_<term>`. The hooks
+    hear each batch's tokens and loss terms."""
+    trainable.model.train()
     sums: dict[str, float] = {}
     count = 0
     for task, batch in batches:
-        terms = training_step(model, optimizers[task], loss_function, task, batch.to(device), options, device, stage)
+        terms = training_step(trainable.model, trainable.optimizers[task], trainable.loss_function, task,
+                              batch.to(device), options, device, hooks.stage)
         values = {name: float(value.detach()) for name, value in terms.items()}
         for name, value in values.items():
             sums[name] = sums.get(name, 0.0) + value
         count += 1
-        if on_batch is not None:
-            on_batch(batch.num_tokens, values)
+        hooks.on_batch(epoch, batch.num_tokens, values)
     return {f"train_{name}": total / max(count, 1) for name, total in sums.items()}
 
 
@@ -178,51 +227,35 @@ def save_checkpoint(state: TrainingState, model: torch.nn.Module, optimizers: Ma
     state.save(path)
 
 
-def train(
-    model: torch.nn.Module,
-    optimizers: Mapping[str, torch.optim.Optimizer],
-    plan_epoch: EpochPlan,
-    loss_function: LossFunction,
-    options: TrainingOptions,
-    device: torch.device,
-    *,
-    evaluate_epoch: Callable[[int], dict[str, float]] | None = None,
-    selection_metric: str | None = None,
-    callbacks: Sequence[EpochCallback] = (),
-    log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
-    checkpoint_path: Path | None = None,
-    state: TrainingState | None = None,
-    stage: StageHook = no_stage_timing,
-    on_batch: BatchCallback | None = None,
-) -> TrainingResult:
-    """Trains for `options.epochs` epochs (or until a callback stops it).
+def train(trainable: Trainable, options: TrainingOptions, device: torch.device, *,
+          evaluate_epoch: Callable[[int], dict[str, float]] | None = None, selection_metric: str | None = None,
+          checkpoint_path: Path | None = None, state: TrainingState | None = None,
+          hooks: TrainingHooks | None = None) -> TrainingResult:
+    """Trains for `options.epochs` epochs (or until a hook stops it).
 
-    `optimizers` maps each task to the optimizer that steps when a batch of that task is seen.
-    With `selection_metric`, the weights of the epoch with the highest value of that metric are
-    restored at the end; otherwise the last epoch's weights are kept. A `state` loaded from a
-    checkpoint (one with model weights) continues where it stopped. `stage` wraps the stages of
-    every step (a profiler's timers); `on_batch` hears every batch (epoch, tokens, loss terms).
+    `trainable.optimizers` maps each task to the optimizer that steps when a batch of that task is
+    seen. With `selection_metric`, the weights of the epoch with the highest value of that metric
+    are restored at the end; otherwise the last epoch's weights are kept. A `state` loaded from a
+    checkpoint (one with model weights) continues where it stopped.
     """
     state = state or TrainingState()
+    hooks = hooks or TrainingHooks()
+    model, optimizers = trainable.model, trainable.optimizers
     generator = np.random.default_rng(options.seed)
     restore(model, optimizers, state, generator, options.seed)
     stopped_early = False
     while state.epoch < options.epochs and not stopped_early:
         epoch = state.epoch + 1
-        hear_batch = None if on_batch is None else functools.partial(on_batch, epoch)
-        metrics = train_epoch(model, optimizers, plan_epoch(generator), loss_function, options, device, stage,
-                              hear_batch)
+        metrics = train_epoch(trainable, trainable.plan_epoch(generator), options, device, hooks, epoch)
         if evaluate_epoch is not None:
             metrics.update(evaluate_epoch(epoch))
         if selection_metric is not None:
             score = metrics[selection_metric]
             if state.best_score is None or score > state.best_score:
                 state.best_score, state.best_epoch, state.best_model = score, epoch, clone_state(model)
-        log_metrics(metrics, epoch)
         state.history.append(metrics)
         state.epoch = epoch
-        for callback in callbacks:
-            stopped_early = bool(callback(epoch, metrics)) or stopped_early
+        stopped_early = hooks.on_epoch(epoch, metrics)
         if checkpoint_path is not None:
             save_checkpoint(state, model, optimizers, generator, checkpoint_path)
     if selection_metric is not None and state.best_model is not None:

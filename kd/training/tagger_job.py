@@ -9,9 +9,8 @@ single-task training.
 """
 from __future__ import annotations
 
-import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from kd.training.assemble import Assembly, SplitResults, assemble, load_job_task
 from kd.training.evaluate import EntityScores
 from kd.training.identity import default_run_name, identity_tags, tagger_definition
 from kd.training.jobs import TaggerJob, checkpoint_file, resume_state
-from kd.training.loop import BatchCallback, EpochCallback, TrainingState
+from kd.training.loop import HookChain, TrainingHooks, TrainingState
 from kd.training.student_diagnostics import log_student_diagnostics
 from kd.training.weighing import weigh_student
 
@@ -37,6 +36,28 @@ from kd.training.weighing import weigh_student
 class RunSummary:
     run_id: str
     metrics: dict[str, float]
+
+
+@dataclass
+class RunPlacement:
+    """Where a job's run is tracked, beyond its experiment: logged into an existing run (`attach_to`,
+    the one `mlflow run` made), or nested under a parent (tuning trials), with extra tags that add
+    to or override the standard ones."""
+
+    attach_to: str | None = None
+    parent_run_id: str | None = None
+    tags: dict[str, Any] | None = None
+
+
+class EpochLog(TrainingHooks):
+    """Logs every epoch's metrics to the run, ahead of the caller's hooks."""
+
+    def __init__(self, run: TrackedRun) -> None:
+        self.run = run
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
+        self.run.log_metrics(metrics, step=epoch)
+        return False
 
 
 def log_final_artifacts(run: TrackedRun, log_model: Callable[[Path], None], job_dict: dict[str, Any],
@@ -72,10 +93,7 @@ def log_student_report(run: TrackedRun, client, assembly: Assembly, history: lis
     if not weigh:
         return {}
     try:
-        weighed = weigh_student(client, assembly.model, assembly.vocabularies, teacher.teacher_runs,
-                                teacher.teachers, teacher.task, assembly.evaluators[job.eval_split].datasets[
-                                    teacher.task].sentences, job.eval_split, final[f"{job.eval_split}_f1"],
-                                assembly.device, job.training.precision)
+        weighed = weigh_student(client, assembly, final[f"{job.eval_split}_f1"])
     except KdError as error:
         # A cache can outlive its teacher runs; a trained student is not failed for a comparison.
         warn(f"warning: the student was not weighed against its teacher: {error}")
@@ -95,14 +113,14 @@ def run_tags(assembly: Assembly, extra_tags: dict[str, Any] | None) -> dict[str,
     return {**identity_tags(tagger_definition(job, teacher, search_space=tuned)), **tags}
 
 
-def start_run(client, assembly: Assembly, checkpoint_dir: Path, extra_tags: dict[str, Any] | None,
-              parent_run_id: str | None, attach_to: str | None) -> tuple[TrackedRun, Path]:
+def start_run(client, assembly: Assembly, checkpoint_dir: Path, placement: RunPlacement) -> tuple[TrackedRun, Path]:
     """A new run of the assembly's job, named `<model_name>-<corpus>-s<seed>` unless the job names
     it, its params logged and its checkpoint path tagged."""
     job = assembly.job
-    tags = run_tags(assembly, extra_tags)
+    tags = run_tags(assembly, placement.tags)
     name = job.run_name or default_run_name(tags["model_name"], list(assembly.tasks), job.training.seed)
-    run = TrackedRun.start(client, job.experiment, name, tags, parent_run_id=parent_run_id, attach_to=attach_to)
+    run = TrackedRun.start(client, job.experiment, name, tags, parent_run_id=placement.parent_run_id,
+                           attach_to=placement.attach_to)
     run.log_params(job.params())
     checkpoint = checkpoint_file(checkpoint_dir, run.run_id).resolve()
     run.set_tags({"checkpoint": str(checkpoint)})
@@ -110,38 +128,29 @@ def start_run(client, assembly: Assembly, checkpoint_dir: Path, extra_tags: dict
 
 
 def train_tracked(run: TrackedRun, assembly: Assembly, state: TrainingState, checkpoint: Path,
-                  callbacks: Sequence[EpochCallback], on_batch: BatchCallback | None = None,
-                  ) -> tuple[list[dict[str, float]], dict[str, float], SplitResults]:
-    """Trains with every epoch's metrics logged (a callback ahead of the caller's, which may stop
+                  hooks: TrainingHooks) -> tuple[list[dict[str, float]], dict[str, float], SplitResults]:
+    """Trains with every epoch's metrics logged (ahead of the caller's hooks, which may stop
     training), then logs the final scores. Returns the epoch history, final metrics and results."""
     if not checkpoint.exists():
         # Saved before the first epoch, so that a run killed before its first epoch's
         # checkpoint is resumed from scratch with its own options, not refused.
         state.save(checkpoint)
     run.log_metrics(assembly.size_metrics())
-
-    def track(epoch: int, metrics: dict[str, float]) -> bool:
-        run.log_metrics(metrics, step=epoch)
-        return False
-
-    result = assembly.train(callbacks=[track, *callbacks], checkpoint_path=checkpoint, state=state, on_batch=on_batch)
+    result = assembly.train(hooks=HookChain(EpochLog(run), hooks), checkpoint_path=checkpoint, state=state)
     final, results = assembly.score(result)
     run.log_metrics(final, step=result.state.epoch)
     return result.state.history, final, results
 
 
-def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
-                   callbacks: Sequence[EpochCallback] = (), resume_run_id: str | None = None,
-                   attach_to: str | None = None, parent_run_id: str | None = None,
-                   extra_tags: dict[str, Any] | None = None, log_model: bool = True,
-                   on_start: Callable[[str], None] | None = None, on_batch: BatchCallback | None = None,
-                   warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> RunSummary:
+def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *, hooks: TrainingHooks | None = None,
+                   resume_run_id: str | None = None, placement: RunPlacement | None = None,
+                   log_model: bool = True) -> RunSummary:
     """Trains, evaluates and logs one STM, MTM or student. With `resume_run_id`, continues that run
-    from its checkpoint with the options it was started with (`job` is then ignored); `attach_to`
-    logs into an existing run (the one `mlflow run` made) instead of creating one; `parent_run_id`
-    nests the run (tuning trials); `extra_tags` add to or override the standard tags; without
-    `log_model` the model and predictions are not logged (trials keep only their metrics);
-    `on_start` hears the run id as soon as the run exists, `on_batch` every training batch; `warn` hears a teacher-quality warning."""
+    from its checkpoint with the options it was started with (`job` is then ignored); `placement`
+    says where a new run is tracked; without `log_model` the model and predictions are not logged
+    (trials keep only their metrics). `hooks` hear the run id as soon as the run exists, every
+    batch and epoch, and a teacher-quality warning."""
+    hooks = hooks or TrainingHooks()
     state: TrainingState | None = None
     if resume_run_id:
         run = TrackedRun.resume(client, resume_run_id)
@@ -154,14 +163,13 @@ def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
                                        next(iter(tasks)), resolve_device(job.device)) if job.distill else None)
     assembly = assemble(job, teacher, tasks=tasks)
     if state is None:
-        run, checkpoint = start_run(client, assembly, checkpoint_dir, extra_tags, parent_run_id, attach_to)
+        run, checkpoint = start_run(client, assembly, checkpoint_dir, placement or RunPlacement())
         state = TrainingState(job=job.to_dict())
-    if on_start is not None:
-        on_start(run.run_id)
+    hooks.on_start(run.run_id)
     with run_status(run):
-        history, final, results = train_tracked(run, assembly, state, checkpoint, callbacks, on_batch)
+        history, final, results = train_tracked(run, assembly, state, checkpoint, hooks)
         if teacher is not None:
-            final.update(log_student_report(run, client, assembly, history, final, warn, weigh=log_model))
+            final.update(log_student_report(run, client, assembly, history, final, hooks.warn, weigh=log_model))
         if log_model:
             log_final_artifacts(run, lambda staging: log_tagger_model(run, save_model(
                 assembly.model, assembly.vocabularies, staging / "tagger")), job.to_dict(), assembly.evaluators, results)

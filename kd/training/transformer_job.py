@@ -4,8 +4,7 @@ and optimizers (`alternating_plan`, `task_optimizers`), evaluated and tracked as
 logged like the MTM (`model_kind = mtm`, tag `teacher_kind = transformer`, per-corpus F1)."""
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,10 @@ from kd.tracking.metrics import corpus_metric
 from kd.training.evaluate import EntityScores, entity_scores, metric_names
 from kd.training.identity import default_run_name, identity_tags, transformer_definition
 from kd.training.jobs import RunPlan, load_tasks
-from kd.training.loop import BatchCallback, EpochCallback, TrainingOptions, train
+from kd.training.assemble import devel_selection, score_splits
+from kd.training.loop import HookChain, Trainable, TrainingHooks, TrainingOptions, train
 from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
-from kd.training.tagger_job import RunSummary, log_final_artifacts
+from kd.training.tagger_job import EpochLog, RunSummary, log_final_artifacts
 from kd.training.weighing import model_bytes
 
 # Fine-tuning defaults where the BiLSTM's (20 epochs at 1e-3) do not fit: Adam at 1e-3 wrecks a
@@ -91,12 +91,13 @@ def per_corpus_metrics(split: str, scores: dict[str, EntityScores]) -> dict[str,
     return metrics
 
 
-def run_transformer_job(job: TransformerJob, client, *, callbacks: Sequence[EpochCallback] = (),
-                        attach_to: str | None = None, on_start: Callable[[str], None] | None = None,
-                        on_batch: BatchCallback | None = None) -> RunSummary:
+def run_transformer_job(job: TransformerJob, client, *, hooks: TrainingHooks | None = None,
+                        attach_to: str | None = None) -> RunSummary:
     """Fine-tunes, evaluates and logs one transformer teacher; the model artifact `model/` is the
-    folder of kd.models.transformer.save_transformer (safetensors, JSON, tokenizer files).
-    `on_start` hears the run id as soon as the run exists, `on_batch` every training batch."""
+    folder of kd.models.transformer.save_transformer (safetensors, JSON, tokenizer files). Devel
+    selection and the final scores are the BiLSTM assembly's (kd.training.assemble). `hooks` hear
+    the run id as soon as the run exists, every batch and every epoch."""
+    hooks = hooks or TrainingHooks()
     device = resolve_device(job.device)
     held_out_devel = "devel" not in job.train_splits
     tasks = load_tasks(job.corpora, Path(job.data_dir) if job.data_dir else None,
@@ -117,33 +118,15 @@ def run_transformer_job(job: TransformerJob, client, *, callbacks: Sequence[Epoc
         "seed": job.training.seed, "word_output": WORD_OUTPUT, "git_commit": git_commit(), **identity},
         attach_to=attach_to)
     run.log_params(job.params())
-    if on_start is not None:
-        on_start(run.run_id)
+    hooks.on_start(run.run_id)
     with run_status(run):
         run.log_metrics({"num_parameters": float(model.num_parameters()), "model_bytes": float(model_bytes(model)),
                          "train_tokens": float(sum(d.num_tokens for d in train_data.values()))})
-
-        def evaluate_devel(epoch: int) -> dict[str, float]:
-            scores, _ = evaluators["devel"].run()
-            return {k: v for k, v in metric_names("devel", scores).items() if k.split("/")[-1] == "devel_f1"}
-
-        result = train(model, task_optimizers(model, job.training.learning_rate, job.optimizer_state),
-                       alternating_plan(train_data, job.training.batch_size, job.sampling), supervised_loss(model),
-                       job.training, device, evaluate_epoch=evaluate_devel if held_out_devel else None,
-                       selection_metric="devel_f1" if held_out_devel else None, callbacks=callbacks,
-                       log_metrics=run.log_metrics, on_batch=on_batch)
-        final: dict[str, float] = {}
-        results = {}
-        for split, evaluator in evaluators.items():
-            started = time.perf_counter()
-            results[split] = evaluator.run()
-            if split == job.eval_split:
-                words = sum(d.num_tokens for d in evaluator.datasets.values())
-                final["predict_tokens_per_second"] = words / (time.perf_counter() - started)
-            final.update(per_corpus_metrics(split, results[split][0]))
-        if result.state.best_epoch is not None:
-            final["best_epoch"] = float(result.state.best_epoch)
-        final["epochs_trained"] = float(result.state.epoch)
+        trainable = Trainable(model, task_optimizers(model, job.training.learning_rate, job.optimizer_state),
+                              alternating_plan(train_data, job.training.batch_size, job.sampling), supervised_loss(model))
+        result = train(trainable, job.training, device, **devel_selection(evaluators, held_out_devel),
+                       hooks=HookChain(EpochLog(run), hooks))
+        final, results = score_splits(evaluators, result.state, per_corpus_metrics, timed_split=job.eval_split)
         run.log_metrics(final, step=result.state.epoch)
         log_final_artifacts(run, lambda staging: run.log_artifact(save_transformer(model, tags, staging / "model"),
                                                                   "model"), asdict(job), evaluators, results)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
 from kd.cache.protocol import TeacherModel
 from kd.cache.teachers import BiLSTMTeacher, load_teacher, teacher_outputs_for_sentences
 from kd.data.types import Sentence
+from kd.training.assemble import Assembly
 from kd.training.student_diagnostics import corpus_f1
 
 # Sentences of the untimed first pass: the first call of a model pays for allocations and, for a
@@ -45,14 +45,17 @@ def teacher_f1(client, teacher_runs: Sequence[str], task: str, split: str) -> fl
     return max(found) if found else None
 
 
-def weigh_student(client, student: torch.nn.Module, vocabularies: Any, teacher_runs: Sequence[str],
-                  teachers: Sequence[TeacherModel] | None, task: str, sentences: Sequence[Sentence],
-                  split: str, student_f1: float, device: torch.device, precision: str) -> dict[str, float]:
-    """Metrics comparing the student with its teacher(s): `teachers` when already loaded (live
-    distillation), else loaded from `teacher_runs`. Speeds are over `sentences` (the scored split)."""
+def weigh_student(client, assembly: Assembly, student_f1: float) -> dict[str, float]:
+    """Metrics comparing a student's assembly with its teacher(s): the teachers when already loaded
+    (live distillation), else loaded from their runs. Speeds are over the scored split."""
+    teacher, split, device = assembly.teacher, assembly.job.eval_split, assembly.device
+    task, teachers, teacher_runs, precision = (teacher.task, teacher.teachers, teacher.teacher_runs,
+                                               assembly.job.training.precision)
+    sentences = assembly.evaluators[split].datasets[task].sentences
+    student = assembly.model
     if teachers is None:
         teachers = [load_teacher(run_id, client, client.tracking_uri, device) for run_id in teacher_runs]
-    as_teacher = BiLSTMTeacher("student", student, vocabularies, [task], None)
+    as_teacher = BiLSTMTeacher("student", student, assembly.vocabularies, [task], None)
     metrics = {"student_bytes": float(model_bytes(student)),
                "teacher_bytes": float(sum(model_bytes(t.model) for t in teachers)),
                "predict_tokens_per_second": tokens_per_second([as_teacher], task, sentences, device, precision),

@@ -27,8 +27,8 @@ from kd.tracking.runs import TrackedRun, git_commit, process_alive
 from kd.tracking.status import run_status
 from kd.training.distillation import DistillOptions
 from kd.models.tagger import TaggerConfig
-from kd.training.loop import BatchCallback, EpochCallback, TrainingOptions
-from kd.training.tagger_job import TaggerJob, run_tagger_job
+from kd.training.loop import HookChain, TrainingHooks, TrainingOptions
+from kd.training.tagger_job import RunPlacement, TaggerJob, run_tagger_job
 from kd.tuning.record import record_study
 from kd.tuning.space import DISTILL_KEYS, MODEL_KEYS, TRAINING_KEYS, SearchSpace, load_search_space, with_fixed
 from kd.tuning.workers import pull_trials
@@ -144,12 +144,30 @@ OBJECTIVE = "devel_f1"
 @dataclass
 class TrialHooks:
     """What a progress display hears of a study: before each trial, (finished trials, n_trials, best
-    value so far); then the trial run's id, its batches and its epochs."""
+    value so far); then each trial's training (its run id, batches and epochs)."""
 
     on_trial: Callable[[int, int, float | None], None] = lambda finished, n_trials, best: None
-    on_start: Callable[[str], None] | None = None
-    on_batch: BatchCallback | None = None
-    on_epoch: EpochCallback | None = None
+    training: TrainingHooks = field(default_factory=TrainingHooks)
+
+
+class TrialWatch(TrainingHooks):
+    """A trial's own hooks: its run id kept on the trial, each epoch's devel F1 reported to Optuna
+    (which may prune it), warnings logged."""
+
+    def __init__(self, trial, epochs: int, log: Callable[[str], None]) -> None:
+        self.trial, self.epochs, self.log, self.pruned = trial, epochs, log, False
+
+    def on_start(self, run_id: str) -> None:
+        self.trial.set_user_attr("mlflow_run_id", run_id)
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
+        self.trial.report(metrics["devel_f1"], epoch)
+        # After the last epoch there is nothing left to save: the trial completes.
+        self.pruned = epoch < self.epochs and self.trial.should_prune()
+        return self.pruned
+
+    def warn(self, message: str) -> None:
+        self.log(message)
 
 
 def default_study_name(task: str, space: SearchSpace, overrides: dict[str, Any] | None = None) -> str:
@@ -264,12 +282,24 @@ def tune(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None] 
     parent = find_or_create_parent(client, job.experiment, study_name, storage_text, space)
     client.update_run(parent.run_id, status="RUNNING")  # a study continued by a larger budget runs again
     with run_status(parent):
-        return _run_study(job, client, checkpoint_dir, log, hooks, space, study, study_name, storage_text, parent)
+        return _run_study(job, client, checkpoint_dir, log, hooks,
+                          OpenStudy(space, study, study_name, storage_text, parent))
+
+
+@dataclass
+class OpenStudy:
+    space: SearchSpace
+    study: Any  # optuna.Study
+    name: str
+    storage_text: str
+    parent: TrackedRun  # the study's MLflow run
 
 
 def _run_study(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None], hooks: TrialHooks,
-               space: SearchSpace, study, study_name: str, storage_text: str, parent: TrackedRun) -> TuneResult:
+               opened: OpenStudy) -> TuneResult:
     optuna = _optuna()
+    space, study, study_name, storage_text, parent = (opened.space, opened.study, opened.name, opened.storage_text,
+                                                      opened.parent)
     recovered = recover_abandoned_trials(study, client)
     if recovered:
         log(f"re-queued trials abandoned by dead workers: {', '.join(map(str, recovered))}")
@@ -280,27 +310,13 @@ def _run_study(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], 
         hooks.on_trial(count_finished(study), job.n_trials, best.value if best else None)
         trial.set_user_attr("worker", host_pid)
         values = {**space.fixed, **{p.name: p.suggest(trial) for p in space.params}}
-        pruned = False
-
         student = student_job(job, values, seed=job.seed, train_splits=["train"], eval_split="devel")
-
-        def report(epoch: int, metrics: dict[str, float]) -> bool:
-            nonlocal pruned
-            trial.report(metrics["devel_f1"], epoch)
-            # After the last epoch there is nothing left to save: the trial completes.
-            pruned = epoch < student.training.epochs and trial.should_prune()
-            return pruned
-
-        def started(run_id: str) -> None:
-            trial.set_user_attr("mlflow_run_id", run_id)
-            if hooks.on_start is not None:
-                hooks.on_start(run_id)
-
+        watch = TrialWatch(trial, student.training.epochs, log)
         summary = run_tagger_job(
-            student, client, checkpoint_dir, callbacks=[*([hooks.on_epoch] if hooks.on_epoch else []), report],
-            parent_run_id=parent.run_id, log_model=False, on_start=started, on_batch=hooks.on_batch, warn=log,
-            extra_tags={"study": study_name, "trial_number": trial.number, "search_space": space.name,
-                        "tuning": "trial"})
+            student, client, checkpoint_dir, hooks=HookChain(hooks.training, watch), log_model=False,
+            placement=RunPlacement(parent_run_id=parent.run_id, tags={
+                "study": study_name, "trial_number": trial.number, "search_space": space.name, "tuning": "trial"}))
+        pruned = watch.pruned
         client.set_tag(summary.run_id, "trial_state", "PRUNED" if pruned else "COMPLETE")
         log(f"trial {trial.number}: devel F1 {summary.metrics['devel_f1']:.4f}" + (" (pruned)" if pruned else "")
             + f" {json.dumps({p.name: values[p.name] for p in space.params})}")
@@ -366,9 +382,9 @@ def refit(job: TuneJob, client, checkpoint_dir: Path, parent: TrackedRun, study_
             continue
         summary = run_tagger_job(
             student_job(job, values, seed=seed, train_splits=["train", "devel"], eval_split="test"), client,
-            checkpoint_dir, parent_run_id=parent.run_id,
-            extra_tags={"model_kind": "tuned", "study": study_name, "search_space": space.name,
-                        "best_trial": best.number, "tuning": "refit"})
+            checkpoint_dir, placement=RunPlacement(parent_run_id=parent.run_id, tags={
+                "model_kind": "tuned", "study": study_name, "search_space": space.name, "best_trial": best.number,
+                "tuning": "refit"}))
         log(f"refit seed {seed}: test F1 {summary.metrics['test_f1']:.4f}")
         scores.append(summary.metrics["test_f1"])
         run_ids.append(summary.run_id)
