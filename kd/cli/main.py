@@ -17,8 +17,8 @@ from kd.cli.plan_cmd import plan
 from kd.errors import KdError
 from kd.cli.options import (WHOLE_NUMBER, apply_threads, as_path, build_model_options, build_training_options,
                             data_dir_option, directory_option, echo_result, model_options, option_given,
-                            point_project_run, precision_option, progress_option, project_run_id, project_target,
-                            resolved_file, schema_options, split_options, threads_option, tracking_client, tracking_uri,
+                            point_project_run, progress_option, project_run_id, project_target,
+                            resolved_file, schema_option, schema_options, split_options, threads_option, tracking_client, tracking_uri,
                             training_options)
 from kd.option_schema import names_of
 from kd.cli.progress import TrainingDisplay, resume_hint, stop_cleanly, wants_live_display
@@ -89,14 +89,13 @@ def run_transformer_teacher(corpora: list[str], base: str | None, resume_run_id:
                             options: dict[str, Any]) -> None:
     """`kd train-teacher --kind transformer`: the BiLSTM's size options do not apply; the learning
     rate, epochs and dropout default to fine-tuning values unless given."""
-    from kd.training.jobs import parse_splits
     from kd.training.transformer_job import TRANSFORMER_EPOCHS, TRANSFORMER_LEARNING_RATE, TransformerJob, \
         run_transformer_job
 
     if resume_run_id:
         raise KdError("--resume: transformer teachers are not resumable; start the run again")
-    for name in ("word_dim", "char_dim", "char_hidden", "shared_hidden", "task_hidden", "hidden_dim", "embeddings"):
-        if option_given(name):
+    for name in names_of("model"):
+        if name not in ("output", "dropout") and option_given(name):
             raise KdError(f"--{name.replace('_', '-')} applies to --kind bilstm, not transformer")
     for name, value in (("learning_rate", TRANSFORMER_LEARNING_RATE), ("epochs", TRANSFORMER_EPOCHS), ("dropout", 0.1)):
         if not option_given(name):
@@ -104,12 +103,8 @@ def run_transformer_teacher(corpora: list[str], base: str | None, resume_run_id:
     apply_threads(options["threads"])
     client = tracking_client()
     experiment, attach_to = project_target(client, options["experiment"], option_given("experiment"))
-    job = TransformerJob(corpora=corpora, base=base or "", data_dir=options["data_dir"] or None,
-                         output=options["output"], dropout=options["dropout"], training=build_training_options(options),
-                         train_splits=parse_splits(options["train_splits"], "--train-splits"),
-                         eval_split=parse_splits(options["eval_split"], "--eval-split")[0],
-                         sampling=options["sampling"], optimizer_state=options["optimizer_state"],
-                         device=options["device"], experiment=experiment, run_name=options["run_name"])
+    job = TransformerJob(corpora=corpora, base=base or "", output=options["output"], dropout=options["dropout"],
+                         training=build_training_options(options), experiment=experiment, **job_fields(options))
     display = TrainingDisplay(client, tracking_uri(), wants_live_display(options["progress"]))
     # Transformer teachers are not resumable: a stopped one is started again.
     with stop_cleanly(display, lambda run_id: f"run {run_id} is marked KILLED; start it again to train it"):
@@ -131,7 +126,7 @@ def run_transformer_teacher(corpora: list[str], base: str | None, resume_run_id:
                    "BiLSTM states; a transformer teacher's encoder (last hidden state per word).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--batch-size", type=WHOLE_NUMBER, default=256, show_default=True)
-@precision_option()
+@schema_option("precision")
 @click.option("--device", default="auto", show_default=True)
 @threads_option()
 @click.option("--experiment", default="kd", show_default=True)
@@ -244,22 +239,23 @@ def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, a
                    f"Friedman chi2 = {results['friedman_statistic']:.4f}, p = {results['friedman_p_value']:.4g}")
 
 
+def job_fields(options: dict[str, Any]) -> dict[str, Any]:
+    """What a training command's options say of every job: where its data is, its splits and
+    schedule (checked and split into names by the job), where it runs, its run's name."""
+    return {"data_dir": options["data_dir"] or None, "device": options["device"], "run_name": options["run_name"],
+            **{name: options[name] for name in names_of("splits", "schedule") if name in options}}
+
+
 def run_job(corpora: list[str], resume_run_id: str | None, options: dict[str, Any], distill=None) -> None:
     """Shared by `train`, `train-teacher` and `distill` (`options`: the command's): one corpus makes
     an STM, several an MTM, distillation options a student."""
-    from kd.training.jobs import parse_splits
     from kd.training.tagger_job import RunPlacement, TaggerJob, run_tagger_job
 
     apply_threads(options["threads"])
     job = None
     if not resume_run_id:
-        schedule = {name: options[name] for name in names_of("schedule") if name in options}
-        job = TaggerJob(
-            corpora=corpora, data_dir=options["data_dir"] or None, model=build_model_options(options),
-            training=build_training_options(options), **schedule,
-            train_splits=parse_splits(options["train_splits"], "--train-splits"),
-            eval_split=parse_splits(options["eval_split"], "--eval-split")[0], device=options["device"],
-            experiment=options["experiment"], run_name=options["run_name"], distill=distill)
+        job = TaggerJob(corpora=corpora, model=build_model_options(options), training=build_training_options(options),
+                        experiment=options["experiment"], distill=distill, **job_fields(options))
     # The store is opened once the options are known to be valid: a refused command leaves no mlflow.db.
     client = tracking_client()
     experiment, attach_to = project_target(client, options["experiment"], option_given("experiment"))
@@ -280,7 +276,7 @@ def run_job(corpora: list[str], resume_run_id: str | None, options: dict[str, An
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Output CoNLL (default: stdout).")
 @click.option("--task", default=None, help="Which corpus's head to use, for a multi-task model.")
 @click.option("--device", default="cpu", show_default=True)
-@precision_option()
+@schema_option("precision")
 @handle_errors
 def predict(model_ref, input_path, out_path, task, device, precision) -> None:
     """Tag sentences with a trained model and write CoNLL (token<TAB>tag)."""

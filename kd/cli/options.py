@@ -68,10 +68,6 @@ def schema_options(*names: str) -> Callable[[Callable], Callable]:
 model_options = schema_options(*names_of("model"))
 
 
-def precision_option() -> Callable:
-    return schema_option("precision")
-
-
 def training_options(func: Callable) -> Callable:
     decorators = [
         schema_options(*names_of("training")),

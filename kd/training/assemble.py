@@ -4,6 +4,7 @@ optimizers and evaluators. No tracking store is involved: `kd.training.tagger_jo
 assembly, benchmarks and tests train one directly."""
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,10 +20,11 @@ from kd.data.types import Sentence
 from kd.data.vocab import Vocabularies, build_vocabularies
 from kd.errors import KdError
 from kd.models.device import resolve_device
+from kd.models.predict import predict_tags
 from kd.models.tagger import Tagger
 from kd.training.distillation import StudentModel, distillation_loss
 from kd.training.evaluate import EntityScores, Evaluator, metric_names
-from kd.training.jobs import TaggerJob, TaskData, build_tagger, load_tasks
+from kd.training.jobs import RunPlan, TaggerJob, TaskData, build_tagger, load_tasks
 from kd.training.loop import (EpochPlan, LossFunction, Trainable, TrainingHooks, TrainingResult, TrainingState,
                               train)
 from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
@@ -97,8 +99,9 @@ def score_splits(evaluators: dict[str, Any], state: TrainingState,
     return final, results
 
 
-def load_job_tasks(job: TaggerJob) -> dict[str, TaskData]:
-    """The job's corpora with its training and scored splits, and devel where it is held out."""
+def load_job_tasks(job: RunPlan) -> dict[str, TaskData]:
+    """The job's corpora (a TaggerJob's or TransformerJob's) with its training and scored splits,
+    and devel where it is held out."""
     held_out_devel = "devel" not in job.train_splits
     return load_tasks(job.corpora, Path(job.data_dir) if job.data_dir else None, [*job.train_splits, job.eval_split],
                       optional=["devel"] if held_out_devel else [])
@@ -130,11 +133,10 @@ def assemble(job: TaggerJob, teacher: TeacherKnowledge | None = None, *,
     if trained is not model and len(trained.projections):
         next(iter(optimizers.values())).add_param_group({"params": list(trained.projections.parameters())})
     train_data = _encode(train_sentences, vocabularies)
-    selects_on_devel = "devel" not in job.train_splits and all("devel" in d.splits for d in tasks.values())
-    splits = [job.eval_split] + (["devel"] if selects_on_devel and job.eval_split != "devel" else [])
-    evaluators = {split: Evaluator(model, vocabularies, _encode({name: data.splits[split] for name, data in tasks.items()},
-                                                                vocabularies), device, job.training.precision)
-                  for split in splits}
+    selects_on_devel, splits = scored_splits(job, tasks)
+    predict = functools.partial(predict_tags_of, model, vocabularies, device, job.training.precision)
+    evaluators = {split: Evaluator(predict, _encode({name: data.splits[split] for name, data in tasks.items()},
+                                                    vocabularies)) for split in splits}
     return Assembly(job=job, device=device, tasks=tasks, vocabularies=vocabularies, model=model, trained=trained,
                     facts=facts, loss=loss, plan=alternating_plan(train_data, job.training.batch_size, job.sampling),
                     optimizers=optimizers, train_data=train_data, evaluators=evaluators,
@@ -152,6 +154,18 @@ def _trained_module(job: TaggerJob, model: Tagger, teacher: TeacherKnowledge | N
     source = teacher.source(train_sentences[teacher.task], job.distill.target_splits(job.train_splits),
                             job.distill.layers, device)
     return student, distillation_loss(student, job.distill, source)
+
+
+def scored_splits(job: RunPlan, tasks: dict[str, TaskData]) -> tuple[bool, list[str]]:
+    """Whether the best devel epoch is kept (devel held out, and every corpus has it), and the
+    splits scored: the job's, and devel for that selection."""
+    selects_on_devel = "devel" not in job.train_splits and all("devel" in d.splits for d in tasks.values())
+    return selects_on_devel, [job.eval_split] + (["devel"] if selects_on_devel and job.eval_split != "devel" else [])
+
+
+def predict_tags_of(model: Tagger, vocabularies: Vocabularies, device: torch.device, precision: str, task: str,
+                    dataset: EncodedDataset) -> list[list[str]]:
+    return predict_tags(model, dataset, vocabularies, task, device, precision)
 
 
 def _encode(sentences: dict[str, list[Sentence]], vocabularies: Vocabularies) -> dict[str, EncodedDataset]:

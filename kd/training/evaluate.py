@@ -1,8 +1,9 @@
 """Entity-level scoring (seqeval, strict IOB2 matching) of a model's predictions (kd.models.predict)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,16 +61,13 @@ def metric_names(split: str, scores: dict[str, EntityScores]) -> dict[str, float
 
 
 class Evaluator:
-    """Scores every task of one split and keeps the predictions for logging."""
+    """Scores every task of one split with `predict(task, dataset)` (a BiLSTM tagger's or a
+    transformer's tags, one list per sentence) and keeps the predictions for logging."""
 
-    def __init__(self, model: Tagger, vocabularies: Vocabularies, datasets: dict[str, EncodedDataset],
-                 device: torch.device, precision: str) -> None:
-        self.model, self.vocabularies, self.datasets = model, vocabularies, datasets
-        self.device, self.precision = device, precision
+    def __init__(self, predict: Callable[[str, Any], list[list[str]]], datasets: dict[str, Any]) -> None:
+        self.predict, self.datasets = predict, datasets
 
     def run(self) -> tuple[dict[str, EntityScores], dict[str, list[list[str]]]]:
-        scores, predictions = {}, {}
-        for task, dataset in self.datasets.items():
-            scores[task], predictions[task] = evaluate(self.model, dataset, self.vocabularies, task, self.device,
-                                                       self.precision)
-        return scores, predictions
+        predictions = {task: self.predict(task, dataset) for task, dataset in self.datasets.items()}
+        return ({task: entity_scores([s.tags for s in self.datasets[task].sentences], predicted)
+                 for task, predicted in predictions.items()}, predictions)

@@ -100,30 +100,31 @@ def distinct_optimizers(optimizers: Mapping[str, torch.optim.Optimizer]) -> dict
 
 class TrainingHooks:
     """What a caller hears of training, as one object (the way Optuna's callbacks or flair's trainer
-    plugins are one protocol): override what you need; these hear nothing and stop nothing."""
+    plugins are one protocol): the run id once a tracked job made it, every batch's tokens and loss
+    terms, every epoch's metrics (True stops training after it), each stage of a step (zero_grad,
+    forward (all), backward (all), gradient clipping, optimizer step: a profiler's timers,
+    bench/stage_profile.py) and warnings. Override what you need; these hear nothing, stop nothing
+    and print warnings on stderr."""
 
     def on_start(self, run_id: str) -> None:
-        """The run's id, as soon as a tracked job has created it."""
+        pass
 
     def on_batch(self, epoch: int, tokens: int, terms: Mapping[str, float]) -> None:
-        """Every training batch: its tokens and loss terms (a progress display)."""
+        pass
 
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
-        """Every epoch's metrics; True stops training after this epoch."""
         return False
 
     def stage(self, name: str) -> contextlib.AbstractContextManager:
-        """Wraps each stage of a step: zero_grad, forward (all), backward (all), gradient clipping,
-        optimizer step (a profiler's timers, bench/stage_profile.py)."""
         return contextlib.nullcontext()
 
     def warn(self, message: str) -> None:
-        """A warning about the run (a student's teacher quality)."""
         print(message, file=sys.stderr)
 
 
 class HookChain(TrainingHooks):
-    """Several hooks heard in order; training stops when any of them asks."""
+    """Several hooks heard in order; training stops when any of them asks; a warning is said once, by
+    the first hooks that word warnings their own way (or on stderr)."""
 
     def __init__(self, *hooks: TrainingHooks) -> None:
         self.hooks = hooks
@@ -147,9 +148,7 @@ class HookChain(TrainingHooks):
             yield
 
     def warn(self, message: str) -> None:
-        # Said once: by the first hooks that word warnings their own way, or else on stderr.
-        own = [hooks for hooks in self.hooks if type(hooks).warn is not TrainingHooks.warn]
-        (own[0] if own else TrainingHooks()).warn(message)
+        next((h for h in self.hooks if type(h).warn is not TrainingHooks.warn), TrainingHooks()).warn(message)
 
 
 @dataclass

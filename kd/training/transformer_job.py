@@ -20,10 +20,10 @@ from kd.option_schema import check_fields, default
 from kd.tracking.runs import TrackedRun, git_commit
 from kd.tracking.status import run_status
 from kd.tracking.metrics import corpus_metric
-from kd.training.evaluate import EntityScores, entity_scores, metric_names
+from kd.training.evaluate import EntityScores, Evaluator, metric_names
 from kd.training.identity import default_run_name, identity_tags, transformer_definition
-from kd.training.jobs import RunPlan, load_tasks
-from kd.training.assemble import devel_selection, score_splits
+from kd.training.jobs import RunPlan
+from kd.training.assemble import devel_selection, load_job_tasks, score_splits, scored_splits
 from kd.training.loop import HookChain, Trainable, TrainingHooks, TrainingOptions, train
 from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
 from kd.training.tagger_job import EpochLog, RunSummary, log_final_artifacts
@@ -67,22 +67,6 @@ def predict_transformer_tags(model: TransformerTagger, dataset: SubwordDataset, 
     return decode_in_batches(model, dataset, tags, task, device, precision, batch_tokens)
 
 
-class TransformerEvaluator:
-    """Scores every task of one split and keeps the predictions (as tagger_job.Evaluator)."""
-
-    def __init__(self, model: TransformerTagger, tags: dict[str, list[str]], datasets: dict[str, SubwordDataset],
-                 device: torch.device, precision: str) -> None:
-        self.model, self.tags, self.datasets, self.device, self.precision = model, tags, datasets, device, precision
-
-    def run(self) -> tuple[dict[str, EntityScores], dict[str, list[list[str]]]]:
-        scores, predictions = {}, {}
-        for task, dataset in self.datasets.items():
-            predictions[task] = predict_transformer_tags(self.model, dataset, self.tags[task], task, self.device,
-                                                         self.precision)
-            scores[task] = entity_scores([s.tags for s in dataset.sentences], predictions[task])
-        return scores, predictions
-
-
 def per_corpus_metrics(split: str, scores: dict[str, EntityScores]) -> dict[str, float]:
     """`metric_names`, with the per-corpus names (`<corpus>/test_f1`) even for one corpus."""
     metrics = metric_names(split, scores)
@@ -99,18 +83,15 @@ def run_transformer_job(job: TransformerJob, client, *, hooks: TrainingHooks | N
     the run id as soon as the run exists, every batch and every epoch."""
     hooks = hooks or TrainingHooks()
     device = resolve_device(job.device)
-    held_out_devel = "devel" not in job.train_splits
-    tasks = load_tasks(job.corpora, Path(job.data_dir) if job.data_dir else None,
-                       [*job.train_splits, job.eval_split], optional=["devel"] if held_out_devel else [])
-    held_out_devel = held_out_devel and all("devel" in data.splits for data in tasks.values())
+    tasks = load_job_tasks(job)
+    held_out_devel, splits = scored_splits(job, tasks)
     tags = {name: tag_list(data.sentences(job.train_splits)) for name, data in tasks.items()}
     model = build_transformer(job.base, {name: len(t) for name, t in tags.items()}, job.output, job.dropout,
                               job.training.seed).to(device)
     train_data = {name: model.encode(data.sentences(job.train_splits), tags[name]) for name, data in tasks.items()}
-    splits = [job.eval_split] + (["devel"] if held_out_devel and job.eval_split != "devel" else [])
-    evaluators = {split: TransformerEvaluator(model, tags, {name: model.encode(data.splits[split], tags[name])
-                                                            for name, data in tasks.items()},
-                                              device, job.training.precision) for split in splits}
+    evaluators = {split: Evaluator(lambda task, dataset: predict_transformer_tags(
+        model, dataset, tags[task], task, device, job.training.precision),
+        {name: model.encode(data.splits[split], tags[name]) for name, data in tasks.items()}) for split in splits}
     identity = identity_tags(transformer_definition(job))
     run = TrackedRun.start(client, job.experiment, job.run_name or default_run_name(
         identity["model_name"], list(tasks), job.training.seed), {
