@@ -17,8 +17,8 @@ from kd.cli.plan_cmd import plan
 from kd.errors import KdError
 from kd.cli.options import (WHOLE_NUMBER, apply_threads, as_path, build_model_options, build_training_options,
                             data_dir_option, directory_option, echo_result, model_options, option_given,
-                            point_project_run, progress_option, project_run_id, project_target,
-                            resolved_file, schema_option, schema_options, split_options, threads_option, tracking_client, tracking_uri,
+                            point_project_run, project_run_id, project_target,
+                            resolved_file, schema_option, run_options, schema_options, split_options, tracking_client, tracking_uri,
                             training_options)
 from kd.option_schema import names_of
 from kd.cli.progress import TrainingDisplay, resume_hint, stop_cleanly, wants_live_display
@@ -127,12 +127,7 @@ def run_transformer_teacher(corpora: list[str], base: str | None, resume_run_id:
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--batch-size", type=WHOLE_NUMBER, default=256, show_default=True)
 @schema_option("precision")
-@click.option("--device", default="auto", show_default=True)
-@threads_option()
-@click.option("--experiment", default="kd", show_default=True)
-@click.option("--run-name", default=None)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the run id and metrics last.")
-@progress_option()
+@run_options("device", "threads", "experiment", "run_name", "json", "progress")
 @handle_errors
 def cache_logits(teachers, tasks, data_dir, splits, unlabelled, layers, dtype, batch_size, precision, device, threads,
                  experiment, run_name, as_json, progress) -> None:
@@ -204,9 +199,7 @@ def distill(task, cache_run, teachers, unlabelled, resume_run_id, **options) -> 
 @click.option("--format", "formats", default="md,csv,tex,json", show_default=True)
 @click.option("--drop-incomplete", is_flag=True, help="Leave out models missing on some corpus instead of failing.")
 @click.option("--no-log", is_flag=True, help="Do not log a comparison run.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the statistics last.")
-@threads_option()
-@progress_option()
+@run_options("json", "threads", "progress")
 @handle_errors
 def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, alpha, rope, hierarchical, seed, out,
             formats, drop_incomplete, no_log, as_json, threads, progress) -> None:

@@ -68,31 +68,29 @@ def schema_options(*names: str) -> Callable[[Callable], Callable]:
 model_options = schema_options(*names_of("model"))
 
 
+# Where and how a command runs and reports, the same in every command that has them.
+RUN_OPTIONS = {
+    "device": click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]."),
+    "threads": click.option("--threads", type=WHOLE_NUMBER, default=0, show_default=True,
+                            help="CPU threads for torch; 0: half the cores (1 on 2 cores), or $OMP_NUM_THREADS if "
+                                 "set. Threads wait passively, so a busy machine does not stall them "
+                                 "(bench/README.md, \"Threads\")."),
+    "experiment": click.option("--experiment", default="kd", show_default=True, help="MLflow experiment."),
+    "run_name": click.option("--run-name", default=None, help="MLflow run name."),
+    "checkpoint_dir": click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=".kd/checkpoints",
+                                   show_default=True, help="Where per-epoch checkpoints are kept until a run finishes."),
+    "json": click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the results last."),
+    "progress": click.option("--progress/--no-progress", "progress", default=None,
+                             help="Live progress on stderr (default: only when stderr is a terminal)."),
+}
+
+
+def run_options(*names: str) -> Callable[[Callable], Callable]:
+    return lambda func: functools.reduce(lambda f, name: RUN_OPTIONS[name](f), reversed(names), func)
+
+
 def training_options(func: Callable) -> Callable:
-    decorators = [
-        schema_options(*names_of("training")),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]."),
-        threads_option(),
-        click.option("--experiment", default="kd", show_default=True, help="MLflow experiment."),
-        click.option("--run-name", default=None, help="MLflow run name."),
-        click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=".kd/checkpoints",
-                     show_default=True, help="Where per-epoch checkpoints are kept until the run finishes."),
-        click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the run id and metrics last."),
-        progress_option(),
-    ]
-    return functools.reduce(lambda f, d: d(f), reversed(decorators), func)
-
-
-def threads_option() -> Callable:
-    return click.option("--threads", type=WHOLE_NUMBER, default=0, show_default=True,
-                        help="CPU threads for torch; 0: half the cores (1 on 2 cores), or $OMP_NUM_THREADS if "
-                             "set. Threads wait passively, so a busy machine does not stall them "
-                             "(bench/README.md, \"Threads\").")
-
-
-def progress_option() -> Callable:
-    return click.option("--progress/--no-progress", "progress", default=None,
-                        help="Live progress on stderr (default: only when stderr is a terminal).")
+    return schema_options(*names_of("training"))(run_options(*RUN_OPTIONS)(func))
 
 
 def split_options(func: Callable) -> Callable:

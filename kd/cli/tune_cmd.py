@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from kd.cli.errors import handle_errors
-from kd.cli.options import (WHOLE_NUMBER, apply_threads, data_dir_option, echo_result, progress_option, started_in,
-                            threads_option, tracking_client, tracking_uri)
+from kd.cli.options import (WHOLE_NUMBER, apply_threads, data_dir_option, echo_result, run_options, started_in,
+                            tracking_client, tracking_uri)
 from kd.cli.progress import TuneDisplay, stop_cleanly, wants_live_display
 
 
@@ -42,12 +42,7 @@ def find_space(space: str) -> str:
 @click.option("--refit-seeds", type=WHOLE_NUMBER, default=0, show_default=True,
               help="Afterwards, train the best configuration on train+devel with this many seeds and score test.")
 @data_dir_option
-@click.option("--device", default="auto", show_default=True)
-@threads_option()
-@click.option("--experiment", default="kd", show_default=True)
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=".kd/checkpoints", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the study's results last.")
-@progress_option()
+@run_options("device", "threads", "experiment", "checkpoint_dir", "json", "progress")
 @handle_errors
 def tune(task, cache_run, space, overrides, n_trials, timeout, study, storage, sampler, pruner, seed, refit_seeds,
          data_dir, device, threads, experiment, checkpoint_dir, as_json, progress) -> None:
