@@ -15,11 +15,10 @@ from kd.cli.data_cmd import data
 from kd.cli.errors import OneLineErrors, handle_errors
 from kd.cli.plan_cmd import plan
 from kd.errors import KdError
-from kd.cli.options import (WHOLE_NUMBER, apply_threads, as_path, build_model_options, build_training_options,
-                            data_dir_option, directory_option, echo_result, model_options, option_given,
-                            point_project_run, project_run_id, project_target,
-                            resolved_file, schema_option, run_options, schema_options, split_options, tracking_client, tracking_uri,
-                            training_options)
+from kd.cli.options import (WHOLE_NUMBER, apply_threads, as_path, data_dir_option, directory_option, echo_result,
+                            model_options, option_given, point_project_run, project_run_id, project_target,
+                            resolved_file, run_options, schema_option, schema_options, split_options, take,
+                            tracking_client, tracking_uri, training_options)
 from kd.option_schema import names_of
 from kd.cli.progress import TrainingDisplay, resume_hint, stop_cleanly, wants_live_display
 from kd.cli.tune_cmd import tune
@@ -89,6 +88,7 @@ def run_transformer_teacher(corpora: list[str], base: str | None, resume_run_id:
                             options: dict[str, Any]) -> None:
     """`kd train-teacher --kind transformer`: the BiLSTM's size options do not apply; the learning
     rate, epochs and dropout default to fine-tuning values unless given."""
+    from kd.training.loop import TrainingOptions
     from kd.training.transformer_job import TRANSFORMER_EPOCHS, TRANSFORMER_LEARNING_RATE, TransformerJob, \
         run_transformer_job
 
@@ -104,7 +104,8 @@ def run_transformer_teacher(corpora: list[str], base: str | None, resume_run_id:
     client = tracking_client()
     experiment, attach_to = project_target(client, options["experiment"], option_given("experiment"))
     job = TransformerJob(corpora=corpora, base=base or "", output=options["output"], dropout=options["dropout"],
-                         training=build_training_options(options), experiment=experiment, **job_fields(options))
+                         training=TrainingOptions(**take(options, "training")), experiment=experiment,
+                         **job_fields(options))
     display = TrainingDisplay(client, tracking_uri(), wants_live_display(options["progress"]))
     # Transformer teachers are not resumable: a stopped one is started again.
     with stop_cleanly(display, lambda run_id: f"run {run_id} is marked KILLED; start it again to train it"):
@@ -168,7 +169,7 @@ def distill(task, cache_run, teachers, unlabelled, resume_run_id, **options) -> 
     """Train a single-task student from a teacher's cache or live teacher(s)."""
     from kd.training.distillation import DistillOptions
 
-    weights = {name: options.pop(name) for name in names_of("distill")}
+    weights = take(options, "distill")
     distill_options = None
     if not resume_run_id:
         if not task:
@@ -242,12 +243,15 @@ def job_fields(options: dict[str, Any]) -> dict[str, Any]:
 def run_job(corpora: list[str], resume_run_id: str | None, options: dict[str, Any], distill=None) -> None:
     """Shared by `train`, `train-teacher` and `distill` (`options`: the command's): one corpus makes
     an STM, several an MTM, distillation options a student."""
+    from kd.models.tagger import TaggerConfig
+    from kd.training.loop import TrainingOptions
     from kd.training.tagger_job import RunPlacement, TaggerJob, run_tagger_job
 
     apply_threads(options["threads"])
     job = None
     if not resume_run_id:
-        job = TaggerJob(corpora=corpora, model=build_model_options(options), training=build_training_options(options),
+        job = TaggerJob(corpora=corpora, model=TaggerConfig(**take(options, "model")),
+                        training=TrainingOptions(**take(options, "training")),
                         experiment=options["experiment"], distill=distill, **job_fields(options))
     # The store is opened once the options are known to be valid: a refused command leaves no mlflow.db.
     client = tracking_client()

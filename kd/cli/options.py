@@ -113,16 +113,9 @@ def data_dir_option(func: Callable) -> Callable:
                         callback=_empty_data_dir_is_unset, help="Folder of corpora (default: $KD_DATA_DIR).")(func)
 
 
-def build_model_options(kwargs: dict[str, Any]):
-    from kd.models.tagger import TaggerConfig
-
-    return TaggerConfig(**{name: kwargs.pop(name) for name in names_of("model")})
-
-
-def build_training_options(kwargs: dict[str, Any]):
-    from kd.training.loop import TrainingOptions
-
-    return TrainingOptions(**{name: kwargs.pop(name) for name in names_of("training")})
+def take(options: dict[str, Any], group: str) -> dict[str, Any]:
+    """The options of a schema group, taken out of a command's options."""
+    return {name: options.pop(name) for name in names_of(group)}
 
 
 def default_threads() -> int | None:

@@ -14,7 +14,7 @@ from typing import Any
 from kd.cache.store import LAYERS
 from kd.data.types import SPLITS
 from kd.errors import KdError
-from kd.jobs.plan import DISTILL_KEYS, MODEL_KEYS, SCHEDULE_KEYS, TRAINING_KEYS, ModelSpec, Plan
+from kd.jobs.plan import DISTILL_KEYS, MODEL_KEYS, SCHEDULE_KEYS, SPLIT_KEYS, TRAINING_KEYS, ModelSpec, Plan
 from kd.jobs.teacher_spec import TeacherSpec, transformer_job_options
 from kd.losses.distill import get_loss
 from kd.training.distillation import DistillOptions
@@ -54,13 +54,9 @@ def tagger_config(corpora: list[str], options: dict[str, Any], seed: int, digest
     """A TaggerJob's options, every default filled in, as a cell stores them."""
     model = TaggerConfig(**{k: v for k, v in options.items() if k in MODEL_KEYS}).options()
     training = dataclasses.asdict(TrainingOptions(seed=seed, **{k: v for k, v in options.items() if k in TRAINING_KEYS}))
-    schedule = {k: options[k] for k in SCHEDULE_KEYS if k in options}
-    config = {"job": "tagger", "corpora": list(corpora), "model": model, "training": training,
-              "train_splits": list(options.get("train_splits", ["train", "devel"])),
-              "eval_split": options.get("eval_split", "test"),
-              "sampling": schedule.get("sampling", "uniform"), "optimizer_state": schedule.get("optimizer_state", "shared"),
-              "distill": distill, "data": {c: digests[c] for c in corpora}}
-    return config
+    return {"job": "tagger", "corpora": list(corpora), "model": model, "training": training,
+            **{k: options.get(k, default(k)) for k in (*SPLIT_KEYS, *SCHEDULE_KEYS)},
+            "distill": distill, "data": {c: digests[c] for c in corpora}}
 
 
 def tagger_job(config: dict[str, Any], *, data_dir: str | None, experiment: str, run_name: str | None, device: str,
@@ -70,10 +66,8 @@ def tagger_job(config: dict[str, Any], *, data_dir: str | None, experiment: str,
     if config["distill"] is not None:
         distill = DistillOptions(**config["distill"], cache_run=cache_run)
     return TaggerJob(corpora=list(config["corpora"]), data_dir=data_dir, model=TaggerConfig(**config["model"]),
-                     training=TrainingOptions(**config["training"]), train_splits=list(config["train_splits"]),
-                     eval_split=config["eval_split"], sampling=config["sampling"],
-                     optimizer_state=config["optimizer_state"], device=device, experiment=experiment,
-                     run_name=run_name, distill=distill)
+                     training=TrainingOptions(**config["training"]), **run_plan(config), device=device,
+                     experiment=experiment, run_name=run_name, distill=distill)
 
 
 def transformer_config(spec: TeacherSpec, corpora: list[str], seed: int, digests: dict[str, str]) -> dict[str, Any]:
@@ -81,18 +75,20 @@ def transformer_config(spec: TeacherSpec, corpora: list[str], seed: int, digests
     job = TransformerJob(corpora=list(corpora), base=spec.base or "", **transformer_job_options(spec.options, seed))
     return {"job": "transformer", "corpora": list(corpora), "base": dict(spec.base_identity or {}),
             "output": job.output, "dropout": job.dropout, "training": dataclasses.asdict(job.training),
-            "train_splits": list(job.train_splits), "eval_split": job.eval_split, "sampling": job.sampling,
-            "optimizer_state": job.optimizer_state, "data": {c: digests[c] for c in corpora}}
+            **run_plan(dataclasses.asdict(job)), "data": {c: digests[c] for c in corpora}}
 
 
 def transformer_job(config: dict[str, Any], base: str, *, data_dir: str | None, experiment: str,
                     run_name: str | None, device: str) -> TransformerJob:
     """The TransformerJob of a transformer teacher cell (`base`: the cell's encoder folder or hub id)."""
     return TransformerJob(corpora=list(config["corpora"]), base=base, data_dir=data_dir, output=config["output"],
-                          dropout=config["dropout"], training=TrainingOptions(**config["training"]),
-                          train_splits=list(config["train_splits"]), eval_split=config["eval_split"],
-                          sampling=config["sampling"], optimizer_state=config["optimizer_state"], device=device,
-                          experiment=experiment, run_name=run_name)
+                          dropout=config["dropout"], training=TrainingOptions(**config["training"]), **run_plan(config),
+                          device=device, experiment=experiment, run_name=run_name)
+
+
+def run_plan(config: dict[str, Any]) -> dict[str, Any]:
+    """The splits and schedule of a job or a cell's configuration."""
+    return {k: list(config[k]) if k == "train_splits" else config[k] for k in (*SPLIT_KEYS, *SCHEDULE_KEYS)}
 
 
 def distill_config(options: dict[str, Any]) -> dict[str, Any]:
