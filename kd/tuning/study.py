@@ -282,24 +282,13 @@ def tune(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None] 
     parent = find_or_create_parent(client, job.experiment, study_name, storage_text, space)
     client.update_run(parent.run_id, status="RUNNING")  # a study continued by a larger budget runs again
     with run_status(parent):
-        return _run_study(job, client, checkpoint_dir, log, hooks,
-                          OpenStudy(space, study, study_name, storage_text, parent))
-
-
-@dataclass
-class OpenStudy:
-    space: SearchSpace
-    study: Any  # optuna.Study
-    name: str
-    storage_text: str
-    parent: TrackedRun  # the study's MLflow run
+        return _run_study(job, client, checkpoint_dir, log, hooks, space, study, parent)
 
 
 def _run_study(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None], hooks: TrialHooks,
-               opened: OpenStudy) -> TuneResult:
+               space: SearchSpace, study, parent: TrackedRun) -> TuneResult:
     optuna = _optuna()
-    space, study, study_name, storage_text, parent = (opened.space, opened.study, opened.name, opened.storage_text,
-                                                      opened.parent)
+    study_name, storage_text = study.study_name, describe_storage(job.storage)
     recovered = recover_abandoned_trials(study, client)
     if recovered:
         log(f"re-queued trials abandoned by dead workers: {', '.join(map(str, recovered))}")
