@@ -55,10 +55,10 @@ from kd.data.batching import EncodedDataset, bucketed_batches
 from kd.data.conll import write_conll
 from kd.data.corpora import corpus_name, load_split, resolve_corpus_dir
 from kd.data.vocab import build_vocabularies
-from kd.tracking.store import open_client
+from kd.tracking.backend import open_client
 from kd.models.device import resolve_device
 from kd.models.tagger import TaggerConfig
-from kd.training.jobs import build_tagger
+from kd.training.job_definition import build_tagger
 from kd.training.loop import TrainingOptions, train
 from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
 from kd.training.tagger_job import TaggerJob, run_tagger_job

@@ -34,7 +34,7 @@ def build_store(uri: str, experiment: str, runs: int) -> float:
 
     from mlflow.entities import Metric, Param
 
-    from kd.tracking.store import open_client
+    from kd.tracking.backend import open_client
 
     client = open_client(uri)
     experiment_id = client.create_experiment(experiment)

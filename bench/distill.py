@@ -37,7 +37,7 @@ from kd.data.vocab import build_vocabularies
 from kd.training.assemble import assemble
 from kd.training.distillation import DistillOptions
 from kd.models.tagger import TaggerConfig
-from kd.training.jobs import TaggerJob, build_tagger, load_task
+from kd.training.job_definition import TaggerJob, build_tagger, load_task
 from kd.training.loop import TrainingOptions
 
 SPLITS = ["train", "devel"]

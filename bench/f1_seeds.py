@@ -29,7 +29,7 @@ from kd.data.vocab import build_vocabularies
 from kd.models.predict import predict_tags
 from kd.training.evaluate import entity_scores
 from kd.models.tagger import TaggerConfig
-from kd.training.jobs import build_tagger, load_task
+from kd.training.job_definition import build_tagger, load_task
 from kd.training.loop import Trainable, TrainingOptions, train
 from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
 

@@ -95,7 +95,7 @@ def main() -> None:
     store.mkdir(parents=True, exist_ok=True)
     from kd.jobs.driver import resolve
     from kd.jobs.plan import load_plan, with_overrides
-    from kd.tracking.store import open_client
+    from kd.tracking.backend import open_client
 
     uri = f"sqlite:///{store / 'mlflow.db'}"
     client = open_client(uri)
@@ -109,7 +109,7 @@ def main() -> None:
     if args.full:
         first = run_once(resolved, client, uri, experiment, args.workers,
                          max(1, (os.cpu_count() or 1) // args.workers))
-        from kd.jobs.report import report_plan
+        from kd.jobs.plan_report import report_plan
 
         reports = report_plan(resolved, client, experiment, first["plan_run_id"], store / "reports")
         for table in reports.values():

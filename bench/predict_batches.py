@@ -22,7 +22,7 @@ from kd.data.batching import EncodedDataset, token_budget_batches
 from kd.data.vocab import build_vocabularies
 from kd.models.predict import PREDICT_BATCH_TOKENS, predict_tags
 from kd.models.tagger import TaggerConfig
-from kd.training.jobs import build_tagger, load_task
+from kd.training.job_definition import build_tagger, load_task
 
 
 def padding_share(lengths, batches) -> float:

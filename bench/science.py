@@ -46,7 +46,7 @@ from kd.training.distillation import DistillOptions, StudentModel, distillation_
 from kd.models.predict import predict_tags
 from kd.training.evaluate import entity_scores
 from kd.models.tagger import TaggerConfig
-from kd.training.jobs import build_tagger
+from kd.training.job_definition import build_tagger
 from kd.training.loop import Trainable, TrainingOptions, train
 from kd.training.schedule import OPTIMIZER_STATES, alternating_plan, supervised_loss, task_optimizers
 

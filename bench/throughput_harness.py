@@ -22,7 +22,7 @@ import kd
 from kd.data.batching import EncodedDataset
 from kd.data.vocab import Vocabularies, build_vocabularies
 from kd.models.tagger import Tagger, TaggerConfig
-from kd.training.jobs import build_tagger, load_task
+from kd.training.job_definition import build_tagger, load_task
 from kd.training.schedule import alternating_plan, task_optimizers
 
 REPO = Path(__file__).resolve().parent.parent

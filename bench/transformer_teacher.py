@@ -40,7 +40,7 @@ import torch
 
 from kd.cache.build import CacheJob, build_cache
 from kd.data.conll import read_conll
-from kd.tracking.store import open_client
+from kd.tracking.backend import open_client
 from kd.training.distillation import DistillOptions
 from kd.training.loop import TrainingHooks, TrainingOptions
 from kd.training.tagger_job import TaggerJob, run_tagger_job

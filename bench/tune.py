@@ -150,7 +150,7 @@ def main() -> None:
     space.write_text(f"fixed: {{{fixed}}}\nparams:\n  alpha: {{type: float, low: 0.0, high: 1.0}}\n")
     journal = workdir / "kd-optuna.log"
 
-    from kd.tracking.store import open_client
+    from kd.tracking.backend import open_client
 
     client = open_client(uri)
     seeds = [int(seed) for seed in args.seeds.split(",")]

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transformer_teacher import WITH_UNLABELLED, subsample, summarise  # noqa: E402
 
 from kd.cache.build import CacheJob, build_cache  # noqa: E402
-from kd.tracking.store import open_client  # noqa: E402
+from kd.tracking.backend import open_client  # noqa: E402
 from kd.training.distillation import DistillOptions  # noqa: E402
 from kd.training.loop import TrainingHooks, TrainingOptions  # noqa: E402
 from kd.training.tagger_job import TaggerJob, run_tagger_job  # noqa: E402

@@ -187,7 +187,7 @@ def test_every_entry_point_runs_from_a_users_folder_with_only_kd_data_dir(tmp_pa
 def check_entry_point_runs(client, uri: str, stm: dict, teacher: dict, cache: dict, student: dict) -> None:
     """What each entry point's run records: the options it was given, its metrics, its model or cache."""
     from kd.cache.build import open_cache_run
-    from kd.tracking.models import logged_model_location
+    from kd.tracking.logged_models import logged_model_location
 
     for summary, kind in ((stm, "stm"), (teacher, "mtm")):
         run = client.get_run(summary["run_id"])

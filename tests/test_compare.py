@@ -16,7 +16,7 @@ from scipy import stats
 from kd.cli.main import cli
 from kd.statistics.compare import RunRecord, compare_runs
 from kd.tracking.runs import TrackedRun
-from kd.tracking.store import open_client
+from kd.tracking.backend import open_client
 from tests.conftest import REPO
 
 REFERENCE = REPO.parent / "shared" / "reference" / "information2023-table1.tsv"
@@ -160,7 +160,7 @@ def test_unequal_seed_counts_are_named_and_one_seed_has_no_variance():
     single = table.columns[0]
     assert comparison.table.var[single].isna().all()
     assert comparison.table.var[extra].to_numpy() == pytest.approx([0.5] * 5)  # (1 / sqrt 2) ** 2
-    from kd.statistics.report import render_markdown
+    from kd.statistics.comparison_report import render_markdown
 
     average_variance = next(line for line in render_markdown(comparison).splitlines()
                             if line.startswith("| Average variance"))

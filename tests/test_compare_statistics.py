@@ -128,7 +128,7 @@ def test_bad_options_are_one_line(args, option):
 @pytest.mark.slow
 def test_cli_reports_every_statistic_and_logs_the_plots(tracking, tmp_path):
     from kd.tracking.runs import TrackedRun
-    from kd.tracking.store import open_client
+    from kd.tracking.backend import open_client
 
     table = reference_table().iloc[:6, :4]
     client = open_client(tracking)

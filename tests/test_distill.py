@@ -194,7 +194,7 @@ def test_cache_and_live_teacher_give_the_same_targets_and_losses(world):
     from kd.training.assemble import assemble
     from kd.training.distillation import DistillOptions
     from kd.models.tagger import TaggerConfig
-    from kd.training.jobs import TaggerJob, load_task
+    from kd.training.job_definition import TaggerJob, load_task
 
     client = tracking_client()
     device = torch.device("cpu")
@@ -281,7 +281,7 @@ def smaller_student(world) -> dict:
 
 
 def test_smaller_student_learns_intermediate_layers_through_projections(world, smaller_student):
-    from kd.tracking.models import load_logged_model
+    from kd.tracking.logged_models import load_logged_model
 
     run = check_student_run(world, smaller_student, "intermediate", LOSS_CASES["intermediate"][1],
                             (0.5, 0.5, 0.5, 0.5, 1.0), epochs=2, output="crf")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kd.cli.errors import user_message
+from kd.cli.one_line_errors import user_message
 from kd.errors import FieldError, KdError
 from kd.models.device import autocast, resolve_device
 from kd.training.distillation import DistillOptions

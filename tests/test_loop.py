@@ -13,7 +13,7 @@ from kd.data.batching import EncodedDataset
 from kd.data.corpora import load_split
 from kd.data.vocab import Vocabularies, build_vocabularies
 from kd.models.tagger import TaggerConfig
-from kd.training.jobs import build_tagger
+from kd.training.job_definition import build_tagger
 from kd.training.loop import HookChain, Trainable, TrainingHooks, TrainingOptions, TrainingState, train
 from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
 from tests.conftest import write_corpus

@@ -11,7 +11,7 @@ from kd.statistics.compare import RunRecord, compare_runs
 from kd.training.distillation import DistillOptions
 from kd.training.identity import default_run_name, identity_tags, tagger_definition
 from kd.models.tagger import TaggerConfig
-from kd.training.jobs import TaggerJob
+from kd.training.job_definition import TaggerJob
 from kd.training.loop import TrainingOptions
 
 

@@ -190,7 +190,7 @@ def test_the_cli_refuses_bad_input_before_any_cell_starts(corpora, tmp_path):
         for args, expected in cases.items():
             message = one_line_error(runner.invoke(cli, ["plan", *args]))
             assert expected in message, message
-        from kd.tracking.store import open_client
+        from kd.tracking.backend import open_client
 
         assert open_client(uri).get_experiment_by_name("e") is None  # nothing was started
 
@@ -214,9 +214,9 @@ def test_two_processes_claiming_one_cell_leave_one_run(corpora, tmp_path):
     import subprocess
 
     from kd.jobs.runner import CellContext, CellRunner
-    from kd.jobs.tracking import CELL_TAG, cell_runs
+    from kd.jobs.plan_runs import CELL_TAG, cell_runs
     from kd.tracking.runs import OWNER_PID, TrackedRun
-    from kd.tracking.store import open_client
+    from kd.tracking.backend import open_client
 
     cell = next(c for c in resolved(tmp_path, tiny_plan(corpora)).cells.values() if c.kind == "model")
     with isolated_store(tmp_path) as uri:

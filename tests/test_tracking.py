@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 
 START_RUN = """
 import sys
-from kd.tracking.store import open_client
+from kd.tracking.backend import open_client
 from kd.tracking.runs import TrackedRun
 client = open_client(sys.argv[1])
 run = TrackedRun.start(client, "race", None, {"model_kind": "stm"})

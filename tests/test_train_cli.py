@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from kd.cli.main import cli
 from kd.data.conll import read_conll
-from kd.tracking.models import logged_model_location
+from kd.tracking.logged_models import logged_model_location
 from kd.training.evaluate import entity_scores
 from tests.conftest import SMALL_MODEL, die_after_epoch, run_kd
 
@@ -181,7 +181,7 @@ def test_pretrained_vectors_set_the_size_and_initialise_known_words(data_dir, tr
     from kd.data.corpora import load_split
     from kd.data.vocab import build_vocabularies
     from kd.models.tagger import TaggerConfig
-    from kd.training.jobs import build_tagger
+    from kd.training.job_definition import build_tagger
 
     vectors = {"aspirin": [0.5] * 12, "cancer": [-0.25] * 12, "patient": [1.0] * 12, "absent": [2.0] * 12}
     path = tmp_path / "vectors.txt"

@@ -306,7 +306,7 @@ def test_a_resumed_study_does_not_sample_the_same_values_again(world, tmp_path, 
     quick stand-in: only the sampling is under test."""
     import kd.tuning.study as study_module
     from kd.tracking.runs import TrackedRun
-    from kd.tracking.store import open_client
+    from kd.tracking.backend import open_client
     from kd.training.tagger_job import RunSummary
 
     def stand_in(student, client, checkpoint_dir, *, hooks, placement, **_):
@@ -457,7 +457,7 @@ def test_the_documented_postgresql_url_works(postgres_databases):
     """README: `--storage postgresql://user@db/optuna` (and a PostgreSQL MLflow store) with kd's
     declared dependencies (`pip install -e .[postgres]`, also in the test extra): SQLAlchemy >= 2.1
     resolves a plain `postgresql://` URL to psycopg 3."""
-    from kd.tracking.store import open_client
+    from kd.tracking.backend import open_client
     from kd.tuning.study import open_storage
 
     try:

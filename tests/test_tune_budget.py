@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 import kd.tuning.study as study_module
 import kd.tuning.workers as workers
 from kd.tracking.runs import TrackedRun
-from kd.tracking.store import open_client
+from kd.tracking.backend import open_client
 from kd.training.tagger_job import RunSummary
 
 SPACE = "fixed: {loss: logits, epochs: 2}\nparams:\n  alpha: {type: float, low: 0.0, high: 1.0}\n"

@@ -21,7 +21,7 @@ from kd.tracking.metrics import corpus_metric, corpus_metric_value
 from kd.tracking.runs import CLASSIC_ML, EXPERIMENT_KIND_TAG, TrackedRun
 from kd.option_schema import OPTIONS, names_of
 from kd.training.distillation import DistillOptions
-from kd.training.jobs import RunPlan
+from kd.training.job_definition import RunPlan
 from kd.models.tagger import TaggerConfig
 from kd.training.loop import TrainingOptions
 from kd.tuning.space import KNOWN_KEYS, load_search_space, parse_override, with_fixed

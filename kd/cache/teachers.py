@@ -22,7 +22,7 @@ from kd.data.vocab import Vocabularies
 from kd.errors import FieldError, KdError
 from kd.models.predict import dataset_form_table
 from kd.models.tagger import Tagger
-from kd.tracking.models import load_logged_model
+from kd.tracking.logged_models import load_logged_model
 from kd.tracking.runs import fail_if_abandoned
 
 ENSEMBLE_KINDS = ("single", "seeds", "mixed")

@@ -12,7 +12,7 @@ import torch
 from kd.cache.protocol import LOGIT_LAYERS, Layer, ModuleTeacher, layer_table, run_corpora
 from kd.data.types import Sentence
 from kd.errors import FieldError
-from kd.tracking.models import load_logged_tagger
+from kd.tracking.logged_models import load_logged_tagger
 
 
 @dataclass

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kd.cli.errors import handle_errors
+from kd.cli.one_line_errors import handle_errors
 from kd.data.corpora import (
     CHECKSUM_FILE,
     REGISTRY,

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from kd import __version__
 from kd.cli.data_cmd import data
-from kd.cli.errors import OneLineErrors, handle_errors
+from kd.cli.one_line_errors import OneLineErrors, handle_errors
 from kd.cli.plan_cmd import plan
 from kd.errors import KdError
 from kd.cli.options import (WHOLE_NUMBER, apply_threads, as_path, data_dir_option, directory_option, echo_result,
@@ -134,7 +134,7 @@ def cache_logits(teachers, tasks, data_dir, splits, unlabelled, layers, dtype, b
                  experiment, run_name, as_json, progress) -> None:
     """Run teacher(s) over corpora and cache their per-token outputs as an MLflow run."""
     from kd.cache.build import CacheJob, build_cache
-    from kd.training.jobs import parse_splits
+    from kd.training.job_definition import parse_splits
 
     apply_threads(threads)
     client = tracking_client()
@@ -208,7 +208,7 @@ def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, a
     import json as json_module
 
     from kd.statistics.compare import BayesianOptions
-    from kd.statistics.report import run_comparison
+    from kd.statistics.comparison_report import run_comparison
 
     if not 0 <= rope < float("inf"):
         raise click.BadParameter(f"{rope:g}: must be 0 (off) or a positive ROPE in F1 points", param_hint="--bayesian")
@@ -279,7 +279,7 @@ def predict(model_ref, input_path, out_path, task, device, precision) -> None:
     """Tag sentences with a trained model and write CoNLL (token<TAB>tag)."""
     from kd.data.conll import read_sentences_for_tagging, write_conll
     from kd.models.inference import SavedTagger
-    from kd.tracking.models import load_logged_tagger
+    from kd.tracking.logged_models import load_logged_tagger
     from kd.models.device import resolve_device
 
     sentences = read_sentences_for_tagging(input_path)

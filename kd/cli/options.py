@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from kd.cli.errors import option_name
+from kd.cli.one_line_errors import option_name
 from kd.errors import FieldError
 from kd.option_schema import OPTIONS, check_value, names_of
 
@@ -142,7 +142,7 @@ def apply_threads(threads: int | None) -> None:
 
 def tracking_client():
     """The MLflow client for $MLFLOW_TRACKING_URI, or the embedded sqlite default."""
-    from kd.tracking.store import open_client, resolve_tracking_uri
+    from kd.tracking.backend import open_client, resolve_tracking_uri
 
     return open_client(resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI")))
 
@@ -153,7 +153,7 @@ def project_run_id() -> str | None:
 
 
 def tracking_uri() -> str:
-    from kd.tracking.store import resolve_tracking_uri
+    from kd.tracking.backend import resolve_tracking_uri
 
     return resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI"))
 

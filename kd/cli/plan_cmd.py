@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from kd.cli.errors import handle_errors
+from kd.cli.one_line_errors import handle_errors
 from kd.cli.options import (WHOLE_NUMBER, as_path, data_dir_option, option_given, point_project_run, project_target,
                             started_in,
                             tracking_client, tracking_uri)
@@ -61,7 +61,7 @@ def resolve_plan(plan_file, data_dir, work, only, corpora, seeds, epochs, max_tr
 
 def absolute_tracking_uri() -> str:
     """Workers may start in another folder: a relative sqlite store is made absolute."""
-    from kd.tracking.store import sqlite_path
+    from kd.tracking.backend import sqlite_path
 
     uri = tracking_uri()
     path = sqlite_path(uri)
@@ -179,8 +179,8 @@ def report(experiment, out, **options) -> None:
 
 
 def _report(resolved, experiment: str, out: str | None) -> None:
-    from kd.jobs.report import report_plan
-    from kd.jobs.tracking import plan_run_or_error
+    from kd.jobs.plan_report import report_plan
+    from kd.jobs.plan_runs import plan_run_or_error
 
     client = tracking_client()
     plan_run = plan_run_or_error(client, experiment, resolved.plan_id, resolved.plan.path)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kd.cli.errors import handle_errors
+from kd.cli.one_line_errors import handle_errors
 from kd.cli.options import (WHOLE_NUMBER, apply_threads, data_dir_option, echo_result, run_options, started_in,
                             tracking_client, tracking_uri)
 from kd.cli.progress import TuneDisplay, stop_cleanly, wants_live_display

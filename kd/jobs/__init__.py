@@ -5,6 +5,6 @@ a corpus and seed), each with a deterministic identity, run through the library 
 
 Modules: `plan`, `plan_file`, `teacher_spec` and `names` (reading and checking the file; a teacher
 is a BiLSTM MTM or a fine-tuned transformer), `cells` (the graph and identities),
-`data` (subsampled corpora, digests), `runner` (one cell on a worker), `tracking` (cell and plan runs),
-`executor` (Dask), `driver` (resolving and running a plan, its status), `report` (the tables),
+`plan_data` (subsampled corpora, digests), `runner` (one cell on a worker), `plan_runs` (cell and plan runs),
+`executor` (Dask), `driver` (resolving and running a plan, its status), `plan_report` (the tables),
 `estimate` (what `kd plan show` prints)."""

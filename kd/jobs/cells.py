@@ -20,7 +20,7 @@ from kd.losses.distill import get_loss
 from kd.training.distillation import DistillOptions
 from kd.models.tagger import TaggerConfig
 from kd.option_schema import default
-from kd.training.jobs import TaggerJob
+from kd.training.job_definition import TaggerJob
 from kd.training.loop import TrainingOptions
 from kd.training.transformer_job import TransformerJob
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from kd.errors import KdError
 from kd.jobs.cells import Cell, CellGraph, expand
-from kd.jobs.data import PlanData, corpus_dirs, prepare_data
+from kd.jobs.plan_data import PlanData, corpus_dirs, prepare_data
 from kd.jobs.executor import ExecutorOptions, dask_client, run_cells
 from kd.jobs.plan import Plan
 from kd.jobs.runner import CellContext, CellResult
-from kd.jobs.tracking import (cell_state, cells_summary, plan_identity, runs_by_cell, start_plan_run)
+from kd.jobs.plan_runs import (cell_state, cells_summary, plan_identity, runs_by_cell, start_plan_run)
 
 
 @dataclass

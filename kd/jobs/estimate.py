@@ -8,9 +8,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from kd.jobs.data import token_counts
+from kd.jobs.plan_data import token_counts
 from kd.jobs.driver import ResolvedPlan
-from kd.jobs.tracking import search_all
+from kd.jobs.plan_runs import search_all
 
 # bench/README.md "Distillation": an STM epoch of NCBI-disease train+devel (159,670 tokens) took 18.2 s
 # with 2 threads at the default sizes; a cached student 1.04x that; caching took 8.1 s for those tokens.

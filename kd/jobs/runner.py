@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from kd.errors import KdError
 from kd.jobs.cells import Cell, tagger_job, transformer_job
-from kd.jobs.tracking import (CELL_TAG, PLAN_RUN_TAG, cell_runs, owned_by_live_process, resumable_checkpoint,
+from kd.jobs.plan_runs import (CELL_TAG, PLAN_RUN_TAG, cell_runs, owned_by_live_process, resumable_checkpoint,
                               run_order)
 from kd.tracking.runs import TrackedRun
 
@@ -67,7 +67,7 @@ def run_cell(cell: Cell, context: CellContext, *inputs: CellResult) -> CellResul
         import torch
 
         torch.set_num_threads(context.threads)
-        from kd.tracking.store import open_client
+        from kd.tracking.backend import open_client
 
         result = CellRunner(cell, context, open_client(context.tracking_uri), [i.run_id for i in inputs]).run()
     except Exception as error:  # noqa: BLE001 - a failed cell is reported, and its traceback kept in the worker log

@@ -33,7 +33,7 @@ FORM_TABLE_CHUNK = 8192
 @dataclass
 class TaggerConfig:
     """A tagger's options (kd.option_schema's model options, what a user gives) and, once built for
-    its data (kd.training.jobs.build_tagger), its tasks and vocabulary sizes: everything needed to
+    its data (kd.training.job_definition.build_tagger), its tasks and vocabulary sizes: everything needed to
     rebuild the module, saved as JSON beside the weights."""
 
     output: str = default("output")

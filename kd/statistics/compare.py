@@ -3,7 +3,7 @@
 Runs are grouped into models and corpora, seeds are averaged per cell, and the models are
 compared over corpora with the Friedman test, post-hoc pairwise tests, average ranks and the
 Nemenyi critical difference, plus per pair Wilcoxon-Holm tests, bootstrap intervals of the mean
-difference, Bayesian tests with a ROPE and per-corpus tests over seeds. `kd.statistics.report`
+difference, Bayesian tests with a ROPE and per-corpus tests over seeds. `kd.statistics.comparison_report`
 writes them out.
 """
 from __future__ import annotations

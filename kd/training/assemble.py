@@ -24,7 +24,7 @@ from kd.models.predict import predict_tags
 from kd.models.tagger import Tagger
 from kd.training.distillation import StudentModel, distillation_loss
 from kd.training.evaluate import EntityScores, Evaluator, metric_names
-from kd.training.jobs import RunPlan, TaggerJob, TaskData, build_tagger, load_tasks
+from kd.training.job_definition import RunPlan, TaggerJob, TaskData, build_tagger, load_tasks
 from kd.training.loop import (EpochPlan, LossFunction, Trainable, TrainingHooks, TrainingResult, TrainingState,
                               train)
 from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kd.losses.distill import get_loss
-from kd.training.jobs import TaggerJob
+from kd.training.job_definition import TaggerJob
 
 ID_LENGTH = 12  # hex digits: 48 bits, no collision to expect among the models of an experiment
 # Short forms of the loss weights in model names: student-kl-a0.5-t1.

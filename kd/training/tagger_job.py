@@ -20,13 +20,13 @@ from kd.data.conll import write_conll
 from kd.errors import KdError
 from kd.models.device import resolve_device
 from kd.models.io import save_model
-from kd.tracking.models import log_tagger_model
+from kd.tracking.logged_models import log_tagger_model
 from kd.tracking.runs import TrackedRun, git_commit
 from kd.tracking.status import run_status
 from kd.training.assemble import Assembly, SplitResults, assemble, load_job_tasks
 from kd.training.evaluate import EntityScores
 from kd.training.identity import default_run_name, identity_tags, tagger_definition
-from kd.training.jobs import TaggerJob, checkpoint_file, resume_state
+from kd.training.job_definition import TaggerJob, checkpoint_file, resume_state
 from kd.training.loop import HookChain, TrainingHooks, TrainingState
 from kd.training.student_diagnostics import log_student_diagnostics
 from kd.training.weighing import weigh_student

@@ -22,7 +22,7 @@ from kd.tracking.status import run_status
 from kd.tracking.metrics import corpus_metric
 from kd.training.evaluate import EntityScores, Evaluator, metric_names
 from kd.training.identity import default_run_name, identity_tags, transformer_definition
-from kd.training.jobs import RunPlan
+from kd.training.job_definition import RunPlan
 from kd.training.assemble import devel_selection, load_job_tasks, score_splits, scored_splits
 from kd.training.loop import HookChain, Trainable, TrainingHooks, TrainingOptions, train
 from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers

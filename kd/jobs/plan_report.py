@@ -8,9 +8,9 @@ from typing import Any
 
 from kd.errors import KdError
 from kd.jobs.driver import ResolvedPlan
-from kd.jobs.tracking import runs_by_cell
+from kd.jobs.plan_runs import runs_by_cell
 from kd.statistics.compare import BayesianOptions, RunRecord, compare_runs
-from kd.statistics.report import FORMATS, render_markdown, write_outputs, write_results_json
+from kd.statistics.comparison_report import FORMATS, render_markdown, write_outputs, write_results_json
 from kd.tracking.runs import TrackedRun
 
 MODEL_TAG = "plan_column"
