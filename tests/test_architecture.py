@@ -94,3 +94,29 @@ def test_no_function_takes_more_than_8_parameters_outside_click_commands():
     assert [f for f in found if f.rsplit(":", 1)[0] not in PARAMETER_LIMIT_PENDING] == []
     stale = PARAMETER_LIMIT_PENDING - {f.rsplit(":", 1)[0] for f in found}
     assert not stale, f"{stale} now keep the limit: take them off PARAMETER_LIMIT_PENDING"
+
+
+def same_names(root: Path) -> list[str]:
+    """Module names held by more than one file or package (`__init__.py` aside): `errors` in two
+    places, or a package `jobs` beside a module `jobs.py` elsewhere."""
+    places: dict[str, list[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        if path.name != "__init__.py":
+            places.setdefault(path.stem, []).append(str(path.relative_to(root.parent)))
+    for folder in sorted(p for p in root.rglob("*") if p.is_dir() and (p / "__init__.py").exists()):
+        places.setdefault(folder.name, []).append(str(folder.relative_to(root.parent)) + "/")
+    return [f"{name}: {', '.join(found)}" for name, found in sorted(places.items()) if len(found) > 1]
+
+
+def test_same_names_finds_files_and_packages_sharing_a_name(tmp_path):
+    package = tmp_path / "pkg"
+    for folder in ("a", "b", "jobs"):
+        (package / folder).mkdir(parents=True)
+        (package / folder / "__init__.py").write_text("")
+    for name in ("a/store.py", "b/store.py", "b/jobs.py", "a/single.py"):
+        (package / name).write_text("")
+    assert same_names(package) == ["jobs: pkg/b/jobs.py, pkg/jobs/", "store: pkg/a/store.py, pkg/b/store.py"]
+
+
+def test_no_two_modules_in_kd_share_a_name():
+    assert same_names(REPO / "kd") == []
