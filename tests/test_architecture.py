@@ -25,19 +25,23 @@ def test_layers_point_only_down():
     assert "0 broken" in result.stdout
 
 
+def modules(root: Path):
+    """(path relative to root's parent, its line count, its functions) of every module under `root`."""
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        yield path.relative_to(root.parent), len(text.splitlines()), [
+            node for node in ast.walk(ast.parse(text, filename=str(path)))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
 def oversized(root: Path) -> list[str]:
     """`path: N lines` for each file over the limit, `path:line name: N lines` for each function."""
     found = []
-    for path in sorted(root.rglob("*.py")):
-        text = path.read_text(encoding="utf-8")
-        relative = path.relative_to(root.parent)
-        if len(text.splitlines()) > MAX_FILE_LINES:
-            found.append(f"{relative}: {len(text.splitlines())} lines")
-        for node in ast.walk(ast.parse(text, filename=str(path))):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                lines = node.end_lineno - node.lineno + 1
-                if lines > MAX_FUNCTION_LINES:
-                    found.append(f"{relative}:{node.lineno} {node.name}: {lines} lines")
+    for relative, lines, functions in modules(root):
+        if lines > MAX_FILE_LINES:
+            found.append(f"{relative}: {lines} lines")
+        found += [f"{relative}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+                  for node in functions if node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
     return found
 
 
@@ -68,13 +72,12 @@ def overparameterised(root: Path) -> list[str]:
     """`path name: N parameters` for each function (self and cls not counted) over the limit,
     click commands aside."""
     found = []
-    for path in sorted(root.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not is_click_command(node):
-                arguments = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
-                count = len([a for a in arguments if a.arg not in ("self", "cls")])
-                if count > MAX_PARAMETERS:
-                    found.append(f"{path.relative_to(root.parent)} {node.name}: {count} parameters")
+    for relative, _, functions in modules(root):
+        for node in functions:
+            arguments = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+            count = len([a for a in arguments if a.arg not in ("self", "cls")])
+            if count > MAX_PARAMETERS and not is_click_command(node):
+                found.append(f"{relative} {node.name}: {count} parameters")
     return found
 
 
