@@ -259,13 +259,17 @@ def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, a
             formats=[f.strip() for f in formats.split(",") if f.strip()], drop_incomplete=drop_incomplete,
             log=not no_log, attach_to=project_run_id(), bayesian=BayesianOptions(rope=rope, hierarchical=hierarchical),
             seed=seed)
+    for note in results["validity"]:  # also in table.md; said here for a user reading only the terminal
+        click.echo(f"note: {note}", err=True)
     if as_json:
         click.echo(json_module.dumps({key: results[key] for key in (
             "friedman_statistic", "friedman_p_value", "critical_difference", "average_ranks", "files",
-            "comparison_run_id", "models", "corpora", "dropped_models")}, sort_keys=True))
+            "comparison_run_id", "models", "corpora", "dropped_models", "validity")}, sort_keys=True))
     else:
+        friedman = results["friedman_statistic"]
         click.echo(Path(results["files"]["md"]).read_text() if "md" in results["files"] else
-                   f"Friedman chi2 = {results['friedman_statistic']:.4f}, p = {results['friedman_p_value']:.4g}")
+                   f"Friedman chi2 = {friedman:.4f}, p = {results['friedman_p_value']:.4g}" if friedman is not None
+                   else f"average ranks: {results['average_ranks']}")
 
 
 def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_splits: str, eval_split: str,

@@ -19,6 +19,7 @@ from kd.data.vocab import Vocabularies, build_vocabularies
 from kd.errors import KdError
 from kd.models.device import resolve_device
 from kd.models.tagger import Tagger
+from kd.tracking.metrics import late_gains
 from kd.training.distillation import StudentModel, distillation_loss
 from kd.training.evaluate import EntityScores, Evaluator, metric_names
 from kd.training.jobs import TaggerJob, TaskData, build_tagger, load_tasks
@@ -71,6 +72,7 @@ class Assembly:
         if result.state.best_epoch is not None:
             final["best_epoch"] = float(result.state.best_epoch)
         final["epochs_trained"] = float(result.state.epoch)
+        final.update(late_gains(result.state.history))
         return final, results
 
     def size_metrics(self) -> dict[str, float]:
