@@ -278,3 +278,20 @@ def test_small_model_options_parse():  # the shared sizes stay valid options of 
     for command in ("train", "train-teacher", "distill"):
         names = {opt for param in cli.commands[command].params for opt in param.opts}
         assert set(SMALL_MODEL[::2]) <= names
+
+
+def test_every_compare_option_is_reachable_through_mlflow_run():
+    """Declared, or optional without a default and listed in MLproject's header (`-P name=value`)."""
+    header = (REPO / "MLproject").read_text().split("name: kd")[0]
+    declared = set(MLPROJECT["compare"]["parameters"])
+    spelled = {param.opts[0].lstrip("-").replace("-", "_") for param in cli.commands["compare"].params}
+    for name in spelled - {"json", "progress", "no_progress"}:
+        assert name in declared or f"-P {name}=" in header, f"compare --{name.replace('_', '-')} is not reachable"
+
+
+def test_compare_flags_take_the_values_mlflow_run_passes(tracking, tmp_path):
+    for command in (f"compare --experiment none --drop-incomplete {value}" for value in ("true", "false")):
+        result = CliRunner().invoke(cli, command.split())
+        assert result.exit_code == 2 and "--experiment none: no such experiment" in result.output, result.output
+    result = CliRunner().invoke(cli, "compare --experiment none --drop-incomplete maybe".split())
+    assert result.exit_code == 2 and "'maybe' is not a valid boolean" in result.output

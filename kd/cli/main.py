@@ -226,13 +226,16 @@ def distill(task, cache_run, teachers, loss, alpha, beta, gamma, kappa, tau, unl
 @click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance level.")
 @click.option("--bayesian", "rope", type=float, default=0.5, show_default=True,
               help="ROPE in F1 points of the Bayesian signed-rank test per pair (0: off).")
-@click.option("--hierarchical", is_flag=True,
+# The flags also take a value (`--drop-incomplete true`), so that `mlflow run -e compare` can pass them.
+@click.option("--hierarchical", type=click.BOOL, is_flag=False, flag_value=True, default=False,
               help="Also baycomp's hierarchical test over corpora x seeds per pair (needs pystan; slow).")
 @click.option("--seed", type=WHOLE_NUMBER, default=0, show_default=True, help="Seed of the bootstrap and the Bayesian tests.")
 @click.option("--out", default=None, help="Output folder (default: comparison/<experiment>).")
 @click.option("--format", "formats", default="md,csv,tex,json", show_default=True)
-@click.option("--drop-incomplete", is_flag=True, help="Leave out models missing on some corpus instead of failing.")
-@click.option("--no-log", is_flag=True, help="Do not log a comparison run.")
+@click.option("--drop-incomplete", type=click.BOOL, is_flag=False, flag_value=True, default=False,
+              help="Leave out models missing on some corpus instead of failing.")
+@click.option("--no-log", type=click.BOOL, is_flag=False, flag_value=True, default=False,
+              help="Do not log a comparison run.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the statistics last.")
 @threads_option()
 @progress_option()
