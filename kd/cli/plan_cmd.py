@@ -85,7 +85,7 @@ def show(experiment, **options) -> None:
     found = estimate(resolved, tracking_client(), experiment)
     click.echo(f"plan {resolved.plan.name}: {len(resolved.cells)} cells "
                f"({', '.join(f'{n} {k}' for k, n in found.cells.items())}), "
-               f"{len(resolved.plan.tables)} tables ({', '.join(resolved.plan.tables)})")
+               f"{len(resolved.plan.tables)} table{'s' if len(resolved.plan.tables) != 1 else ''} ({', '.join(resolved.plan.tables)})")
     for corpus, count in found.tokens.items():
         click.echo(f"  {corpus}: {count:,} tokens")
     click.echo(f"training: {found.epoch_tokens:,} token-epochs at {found.tokens_per_second:,.0f} tokens/s "
@@ -184,7 +184,11 @@ def _report(resolved, experiment: str, out: str | None) -> None:
 
     client = tracking_client()
     plan_run = plan_run_or_error(client, experiment, resolved.plan_id, resolved.plan.path)
-    results = report_plan(resolved, client, experiment, plan_run.info.run_id,
-                          as_path(out) or resolved.work_dir / "reports")
-    for result in results.values():
+    # Per plan run: two runs of the plan with different options do not overwrite each other's reports.
+    folder = as_path(out) or resolved.work_dir / "reports" / plan_run.info.run_id
+    results = report_plan(resolved, client, experiment, plan_run.info.run_id, folder)
+    for name, result in results.items():
         click.echo(result["markdown"])
+        for note in result["validity"]:
+            click.echo(f"note: {name}: {note}", err=True)
+    click.echo(f"reports in {folder}", err=True)
