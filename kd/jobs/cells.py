@@ -41,6 +41,13 @@ class Cell:
         parts = [self.kind, self.name, self.corpus, "seeds" if self.seed is None else f"seed{self.seed}"]
         return "/".join(p for p in parts if p)
 
+    @property
+    def run_name(self) -> str:
+        """The run's name in MLflow: what tells the plan's runs apart first (`SM_alpha0 NCBI-disease s1`;
+        the runs list cut `model/SM_alpha0/NCBI-...` before the corpus and seed), the kind in its tags."""
+        parts = [self.name, self.corpus, "all seeds" if self.seed is None else f"s{self.seed}"]
+        return " ".join(p for p in parts if p)
+
 
 def identity(config: dict[str, Any], depends_on: tuple[str, ...]) -> str:
     text = json.dumps({"config": config, "depends_on": list(depends_on)}, sort_keys=True, separators=(",", ":"))

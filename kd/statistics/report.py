@@ -254,7 +254,10 @@ def run_comparison(client, experiment: str, out: Path, *, metric: str = "test_f1
                               bayesian=bayesian, seed=seed)
     if not log:
         return write_results_json(comparison, out, write_outputs(comparison, out, formats), None)
-    run = TrackedRun.start(client, experiment, None, {"model_kind": "comparison", "git_commit": git_commit()},
+    models, corpora = comparison.table.mean.shape[1], comparison.table.mean.shape[0]
+    # A name, not MLflow's random one (`overjoyed-snail-925`): what was compared, and over how much.
+    name = f"compare-{metric}-{models}models-{corpora}corpora"
+    run = TrackedRun.start(client, experiment, name, {"model_kind": "comparison", "git_commit": git_commit()},
                            attach_to=attach_to)
     options = comparison.bayesian_options
     with run_status(run):
