@@ -11,7 +11,6 @@ import click
 
 from kd.cli.errors import handle_errors
 from kd.cli.options import (WHOLE_NUMBER, as_path, data_dir_option, option_given, point_project_run, project_target,
-                            started_in,
                             tracking_client, tracking_uri)
 
 
@@ -51,9 +50,9 @@ def resolve_plan(plan_file, data_dir, work, only, corpora, seeds, epochs, max_tr
     from kd.jobs.driver import resolve
     from kd.jobs.plan import load_plan, with_overrides
 
-    path = Path(plan_file)
-    if not path.exists() and (started_in() / path).is_file():  # under `kd -C DIR`, a plan shipped with kd
-        path = started_in() / path
+    from kd.cli.shipped import PLANS, find_shipped
+
+    path = find_shipped(plan_file, PLANS, "PLAN")
     plan = with_overrides(load_plan(path, data_dir or None), only=only or None, corpora=_names(corpora),
                           seeds=_seeds(seeds), epochs=epochs, max_train_sentences=max_train_sentences)
     return resolve(plan, Path(work) if work else Path(".kd") / "plans" / plan.name)

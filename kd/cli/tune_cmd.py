@@ -7,19 +7,17 @@ from pathlib import Path
 import click
 
 from kd.cli.errors import handle_errors
-from kd.cli.options import (WHOLE_NUMBER, apply_threads, data_dir_option, echo_result, progress_option, started_in,
+from kd.cli.options import (WHOLE_NUMBER, apply_threads, data_dir_option, echo_result, progress_option,
                             threads_option, tracking_client, tracking_uri)
 from kd.cli.progress import TuneDisplay, stop_cleanly, wants_live_display
 
 
 def find_space(space: str) -> str:
-    """The search space file: as given, or else relative to where kd was started, so that the spaces
-    kd ships (search_spaces/) are found under `mlflow run`, which starts kd in the project folder and
-    has it work in the user's (`-C`)."""
-    if Path(space).exists() or Path(space).is_absolute():
-        return space
-    shipped = started_in() / space
-    return str(shipped) if shipped.exists() else space
+    """The search space file: as given, where kd was started (under `mlflow run`, the project folder;
+    kd works in the user's, `-C`), or shipped with kd (`kd.cli.shipped`)."""
+    from kd.cli.shipped import SEARCH_SPACES, find_shipped
+
+    return str(find_shipped(space, SEARCH_SPACES, "--space"))
 
 
 @click.command()
