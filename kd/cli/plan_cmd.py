@@ -46,8 +46,11 @@ def plan_options(func: Callable) -> Callable:
     return functools.reduce(lambda f, d: d(f), reversed(decorators), func)
 
 
-def resolve_plan(plan_file, data_dir, work, only, corpora, seeds, epochs, max_train_sentences):
-    from kd.jobs.driver import resolve
+def resolve_plan(plan_file, data_dir, work, only, corpora, seeds, epochs, max_train_sentences, *,
+                 allow_missing: bool = False):
+    """The plan with the options applied; with `allow_missing` (`show`), corpora not downloaded yet
+    are kept with unknown sizes."""
+    from kd.jobs.driver import outline, resolve
     from kd.jobs.plan import load_plan, with_overrides
 
     from kd.cli.shipped import PLANS, find_shipped
@@ -55,7 +58,7 @@ def resolve_plan(plan_file, data_dir, work, only, corpora, seeds, epochs, max_tr
     path = find_shipped(plan_file, PLANS, "PLAN")
     plan = with_overrides(load_plan(path, data_dir or None), only=only or None, corpora=_names(corpora),
                           seeds=_seeds(seeds), epochs=epochs, max_train_sentences=max_train_sentences)
-    return resolve(plan, Path(work) if work else Path(".kd") / "plans" / plan.name)
+    return (outline if allow_missing else resolve)(plan, Path(work) if work else Path(".kd") / "plans" / plan.name)
 
 
 def absolute_tracking_uri() -> str:
@@ -80,13 +83,15 @@ def show(experiment, **options) -> None:
     """Cells per kind, tokens, and a cost estimate."""
     from kd.jobs.estimate import estimate
 
-    resolved = resolve_plan(**options)
+    resolved = resolve_plan(**options, allow_missing=True)
     found = estimate(resolved, tracking_client(), experiment)
     click.echo(f"plan {resolved.plan.name}: {len(resolved.cells)} cells "
                f"({', '.join(f'{n} {k}' for k, n in found.cells.items())}), "
                f"{len(resolved.plan.tables)} table{'s' if len(resolved.plan.tables) != 1 else ''} ({', '.join(resolved.plan.tables)})")
     for corpus, count in found.tokens.items():
         click.echo(f"  {corpus}: {count:,} tokens")
+    for corpus in found.unknown:
+        click.echo(f"  {corpus}: unknown (not downloaded: kd data download {corpus} --dest DIR)")
     click.echo(f"training: {found.epoch_tokens:,} token-epochs at {found.tokens_per_second:,.0f} tokens/s "
                f"({found.source}); caching: {found.cache_tokens:,} tokens")
     transformer = found.transformer
@@ -96,7 +101,9 @@ def show(experiment, **options) -> None:
         click.echo(f"transformer teachers: {transformer.epoch_tokens:,} token-epochs, caching through them: "
                    f"{transformer.cache_tokens:,} tokens, {rates} ({transformer.source})")
     unknown = " plus the transformer teachers (unknown)" if transformer.epoch_tokens and not transformer.known else ""
-    click.echo(f"estimate: {found.seconds / 3600:.2f} h for one worker{unknown}")
+    unknown += f" plus the training on {', '.join(found.unknown)} (unknown)" if found.unknown else ""
+    click.echo(f"start-up: {found.cell_seconds:.0f} s per cell")
+    click.echo(f"estimate: {found.seconds / 3600:.2f} h ({found.seconds:,.0f} s) for one worker{unknown}")
 
 
 @plan.command()

@@ -43,9 +43,11 @@ class Cell:
 
     @property
     def run_name(self) -> str:
-        """The run's name in MLflow: what tells the plan's runs apart first (`SM_alpha0 NCBI-disease s1`;
-        the runs list cut `model/SM_alpha0/NCBI-...` before the corpus and seed), the kind in its tags."""
-        parts = [self.name, self.corpus, "all seeds" if self.seed is None else f"s{self.seed}"]
+        """The run's name in MLflow: what tells the plan's runs apart first (`SM_alpha0 NCBI-disease s1`,
+        `mtm teacher s1`, `mtm cache all seeds`; the runs list cut `model/SM_alpha0/NCBI-...` before the
+        corpus and seed)."""
+        kind = None if self.kind == "model" else self.kind  # a teacher and its cache may share a name
+        parts = [self.name, self.corpus, kind, "all seeds" if self.seed is None else f"s{self.seed}"]
         return " ".join(p for p in parts if p)
 
 
