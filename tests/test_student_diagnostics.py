@@ -44,6 +44,17 @@ def test_plot_is_a_png_only_when_there_are_terms(tmp_path):
     assert not (tmp_path / "none.png").exists()
 
 
+def test_a_one_epoch_picture_shows_its_epoch_and_shares():
+    from kd.training.curves import loss_terms_figure
+
+    figure = loss_terms_figure(HISTORY[:1], {"hard": 0.5, "logits_mse": 0.5})
+    terms, shares = figure.axes
+    for axis in (terms, shares):
+        assert axis.get_xlim() == (0.5, 1.5)
+    heights = [bar.get_height() for bar in shares.patches]
+    assert heights == pytest.approx([5 / (5 + 148.5), 148.5 / (5 + 148.5)])  # 0.5 x 10 and 0.5 x 297
+
+
 def test_a_runs_f1_on_one_corpus_by_hand():
     from kd.training.student_diagnostics import TeacherCheck, corpus_f1
 
