@@ -75,7 +75,7 @@ def log_student_report(run: TrackedRun, client, assembly: Assembly, history: lis
         weighed = weigh_student(client, assembly.model, assembly.vocabularies, teacher.teacher_runs,
                                 teacher.teachers, teacher.task, assembly.evaluators[job.eval_split].datasets[
                                     teacher.task].sentences, job.eval_split, final[f"{job.eval_split}_f1"],
-                                assembly.device, job.training.precision)
+                                assembly.device, job.training.precision, job.train_splits)
     except KdError as error:
         # A cache can outlive its teacher runs; a trained student is not failed for a comparison.
         warn(f"warning: the student was not weighed against its teacher: {error}")

@@ -38,18 +38,24 @@ def tokens_per_second(teachers: Sequence[TeacherModel], task: str, sentences: Se
     return sum(len(s) for s in sentences) / (time.perf_counter() - started)
 
 
-def teacher_f1(client, teacher_runs: Sequence[str], task: str, split: str) -> float | None:
-    """The best F1 of the teacher runs on `task`'s `split`, read as the teacher check reads it."""
+def teacher_f1(client, teacher_runs: Sequence[str], task: str, split: str,
+               train_splits: Sequence[str]) -> tuple[float | None, bool]:
+    """The best F1 of the teacher runs on `task`'s `split`, read as the teacher check reads it, and
+    whether every teacher trained on the student's `train_splits`: a student trained on train over a
+    teacher trained on train+devel (issue 26) is not a fraction of like with like."""
     runs = [client.get_run(run_id) for run_id in teacher_runs]
+    alike = all(set(r.data.params.get("train_splits", "").split(",")) == set(train_splits) for r in runs)
     found = [f for f in (corpus_f1(r.data.metrics, r.data.tags, task, split) for r in runs) if f is not None]
-    return max(found) if found else None
+    return (max(found) if found else None), alike
 
 
 def weigh_student(client, student: torch.nn.Module, vocabularies: Any, teacher_runs: Sequence[str],
                   teachers: Sequence[TeacherModel] | None, task: str, sentences: Sequence[Sentence],
-                  split: str, student_f1: float, device: torch.device, precision: str) -> dict[str, float]:
+                  split: str, student_f1: float, device: torch.device, precision: str,
+                  train_splits: Sequence[str]) -> dict[str, float]:
     """Metrics comparing the student with its teacher(s): `teachers` when already loaded (live
-    distillation), else loaded from `teacher_runs`. Speeds are over `sentences` (the scored split)."""
+    distillation), else loaded from `teacher_runs`. Speeds are over `sentences` (the scored split);
+    `f1_fraction_of_teacher` only where the teachers trained on the student's `train_splits`."""
     if teachers is None:
         teachers = [load_teacher(run_id, client, client.tracking_uri, device) for run_id in teacher_runs]
     as_teacher = BiLSTMTeacher("student", student, vocabularies, [task], None)
@@ -59,8 +65,9 @@ def weigh_student(client, student: torch.nn.Module, vocabularies: Any, teacher_r
                "teacher_predict_tokens_per_second": tokens_per_second(teachers, task, sentences, device, precision)}
     metrics["size_ratio"] = metrics["teacher_bytes"] / metrics["student_bytes"]
     metrics["speedup"] = metrics["predict_tokens_per_second"] / metrics["teacher_predict_tokens_per_second"]
-    reference = teacher_f1(client, teacher_runs, task, split)
+    reference, alike = teacher_f1(client, teacher_runs, task, split, train_splits)
     if reference:
         metrics[f"teacher_{split}_f1"] = reference
-        metrics["f1_fraction_of_teacher"] = student_f1 / reference
+        if alike:
+            metrics["f1_fraction_of_teacher"] = student_f1 / reference
     return metrics
