@@ -289,7 +289,9 @@ def compare_runs(records: Sequence[RunRecord], metric: str = "test_f1", model_ke
     gains, _ = collect_cells(records, LATE_GAIN, model_keys, corpus_key)
     gains = {(renamed.get(m, m), c): runs for (m, c), runs in gains.items()}
     unconverged = unconverged_counts(gains, models, corpora)
-    notes += merge_notes + too_few_notes(len(models), len(corpora), alpha) + unconverged_note(unconverged)
+    # Every score equal: the degenerate note says no test means anything; what each test lacks is noise.
+    notes += merge_notes + ([] if degenerate else too_few_notes(len(models), len(corpora), alpha))
+    notes += unconverged_note(unconverged)
     with quiet_numerics():
         result = rank_models(table.mean, posthoc, alpha, test=not degenerate)
         comparison = Comparison(metric=metric, table=table, result=result, runs_used=used, dropped_models=dropped,

@@ -101,7 +101,9 @@ def pairwise_markdown(comparison: Comparison) -> list[str]:
         interval = f"[{row.low:+.2f}, {row.high:+.2f}]" if np.isfinite(row.low) else "n/a"
         lines.append(f"| {row.a} | {row.b} | {row.mean_difference:+.2f} | {interval} | "
                      f"{_p(row.wilcoxon_w)} | {_p(row.p_value)} | {_p(row.p_holm)}{mark} |")
-    lines.append(f"\n\\* A and B differ at alpha = {alpha:g}; the critical difference diagram joins the others.")
+    diagram = "; the critical difference diagram joins the others" if np.isfinite(
+        comparison.result.critical_difference) else ""
+    lines.append(f"\n\\* A and B differ at alpha = {alpha:g}{diagram}.")
     lines += _bayesian_markdown(comparison) + _seed_markdown(comparison)
     return lines
 
