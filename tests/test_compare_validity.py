@@ -96,7 +96,7 @@ def test_all_zero_runs_are_reported_as_degenerate_without_a_best_or_a_scipy_warn
     assert results["degenerate"] and results["friedman_p_value"] is None
     assert len(results["models"]) == 5  # all equal: said, not merged into one
     assert not (out / "cd_diagram.png").exists()
-    assert client.get_run(results["comparison_run_id"]).info.run_name == "compare-test_f1-5models-2corpora"
+    assert client.get_run(results["comparison_run_id"]).info.run_name == "compare 5x2 test_f1"
 
 
 def test_models_identical_on_every_cell_are_ranked_once():

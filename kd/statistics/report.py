@@ -255,8 +255,9 @@ def run_comparison(client, experiment: str, out: Path, *, metric: str = "test_f1
     if not log:
         return write_results_json(comparison, out, write_outputs(comparison, out, formats), None)
     models, corpora = comparison.table.mean.shape[1], comparison.table.mean.shape[0]
-    # A name, not MLflow's random one (`overjoyed-snail-925`): what was compared, and over how much.
-    name = f"compare-{metric}-{models}models-{corpora}corpora"
+    # A name, not MLflow's random one (`overjoyed-snail-925`): models x corpora and the metric, within
+    # the 22 or so characters the MLflow runs list shows (`compare-test_f1-3model...` was cut).
+    name = f"compare {models}x{corpora} {metric}"
     run = TrackedRun.start(client, experiment, name, {"model_kind": "comparison", "git_commit": git_commit()},
                            attach_to=attach_to)
     options = comparison.bayesian_options
