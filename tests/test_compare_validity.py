@@ -121,6 +121,15 @@ def test_few_corpora_are_said(corpora, interval, wilcoxon_note):
     assert any("unreliable below 5 corpora" in n for n in comparison.notes) == (corpora < 5)
 
 
+def test_headline_by_hand():
+    from kd.tracking.metrics import headline
+
+    final = {"test_f1": 0.8431, "devel_f1": 0.241, "best_epoch": 10.0, "epochs_trained": 10.0, LATE_GAIN: 0.192}
+    assert headline(final) == ("test F1 84.31, devel F1 24.10, best epoch 10 of 10, "
+                               "not converged: devel F1 rose +19.20 over the last 2 epochs")
+    assert headline({"test_f1": 0.5, LATE_GAIN: 0.004}) == "test F1 50.00"
+
+
 def test_late_gains_by_hand():
     history = [{"devel_f1": 0.0, "A/devel_f1": 0.5}, {"devel_f1": 0.0, "A/devel_f1": 0.6},
                {"devel_f1": 0.049, "A/devel_f1": 0.55}, {"devel_f1": 0.241, "A/devel_f1": 0.58}]

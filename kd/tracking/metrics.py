@@ -50,3 +50,20 @@ def late_gains(history: list[Mapping[str, float]], late_epochs: int = LATE_EPOCH
         if before:
             gains[name[: -len("devel_f1")] + LATE_GAIN] = float(last) - max(before)
     return gains
+
+
+# MLflow's run page lists metrics in the order they were first logged (system metrics and sizes first,
+# test F1 last of 22-130); its description, shown above them, carries the scores a user looks for.
+DESCRIPTION_TAG = "mlflow.note.content"
+
+
+def headline(final: Mapping[str, float]) -> str:
+    """One line of a finished run's scores in F1 points: test, devel with its best epoch, and a
+    warning while devel F1 still rose at the end (`late_gains`)."""
+    parts = [f"{split} F1 {100 * final[f'{split}_f1']:.2f}" for split in ("test", "devel") if f"{split}_f1" in final]
+    if "best_epoch" in final and "epochs_trained" in final:
+        parts.append(f"best epoch {final['best_epoch']:g} of {final['epochs_trained']:g}")
+    gain = final.get(LATE_GAIN)
+    if gain is not None and gain > UNCONVERGED_GAIN:
+        parts.append(f"not converged: devel F1 rose {100 * gain:+.2f} over the last {LATE_EPOCHS} epochs")
+    return ", ".join(parts)

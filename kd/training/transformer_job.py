@@ -19,7 +19,7 @@ from kd.models.predict import PREDICT_BATCH_TOKENS, decode_in_batches
 from kd.models.transformer import WORD_OUTPUT, SubwordDataset, TransformerTagger, build_transformer, save_transformer
 from kd.tracking.runs import TrackedRun, git_commit
 from kd.tracking.status import run_status
-from kd.tracking.metrics import corpus_metric, late_gains
+from kd.tracking.metrics import DESCRIPTION_TAG, corpus_metric, headline, late_gains
 from kd.training.evaluate import EntityScores, entity_scores, metric_names
 from kd.training.identity import default_run_name, identity_tags, transformer_definition
 from kd.training.jobs import RunPlan, load_tasks
@@ -149,6 +149,7 @@ def run_transformer_job(job: TransformerJob, client, *, callbacks: Sequence[Epoc
         final["epochs_trained"] = float(result.state.epoch)
         final.update(late_gains(result.state.history))
         run.log_metrics(final, step=result.state.epoch)
+        run.set_tags({DESCRIPTION_TAG: headline(final)})
         log_final_artifacts(run, lambda staging: run.log_artifact(save_transformer(model, tags, staging / "model"),
                                                                   "model"), asdict(job), evaluators, results)
     return RunSummary(run_id=run.run_id, metrics=final)
