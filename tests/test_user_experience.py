@@ -212,6 +212,29 @@ def test_display_shows_run_epoch_speed_losses_and_devel_f1(tracking):
     assert display.progress.tasks[1].completed == 1500 and display.progress.tasks[1].total == 2000
 
 
+def test_a_resumed_run_shows_its_last_devel_f1_and_the_end_says_what_follows(tracking):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking)
+    run = TrackedRun.start(client, "display", "stm-tiny-s1", {})
+    run.log_params({"epochs": 3})
+    run.log_metrics({"train_tokens": 1000})
+    run.log_metrics({"devel_f1": 0.42}, step=1)  # the epoch done before the run was stopped
+    output = io.StringIO()
+    with TrainingDisplay(client, tracking, live=True, console=Console(file=output, force_terminal=True,
+                                                                          width=160)) as display:
+        display.on_start(run.run_id)
+        display.on_batch(2, 500, {"loss": 1.0})  # resumed at epoch 2
+        time.sleep(0.3)
+        assert "devel F1 42.00 (epoch 1)" in ANSI.sub("", output.getvalue())
+        display.on_epoch(2, {"devel_f1": 0.5})
+        display.on_batch(3, 500, {"loss": 1.0})
+        display.on_epoch(3, {"devel_f1": 0.6})
+        time.sleep(0.3)
+    text = ANSI.sub("", output.getvalue())
+    assert "scoring the model and logging it" in text and "devel F1 60.00 (epoch 3)" in text
+
+
 def test_not_live_prints_nothing(tracking):
     """Redirected stderr (a log, a pipe) gets no display and no run line: scripts read --json."""
     from mlflow import MlflowClient
