@@ -77,6 +77,8 @@ def merged_label(group: Sequence[str]) -> str:
 def too_few_notes(models: int, corpora: int, alpha: float) -> list[str]:
     """Notes on the tests that cannot run, or cannot reach significance, with this many models and corpora."""
     notes = []
+    if models < 2:
+        return ["one model left: nothing to compare it with"]
     if models < 3:
         notes.append(f"Friedman test left out: it compares 3 or more models, here {models}; the pairwise tests "
                      "below answer whether one model beats the other")
