@@ -82,7 +82,7 @@ def test_the_tiny_plan_expands_into_its_cells(corpora, tmp_path):
 
 def test_run_names_start_with_what_tells_the_cells_apart(corpora, tmp_path):
     names = {cell.label: cell.run_name for cell in resolved(tmp_path, tiny_plan(corpora)).cells.values()}
-    assert names["model/SM/tiny/seed1"] == "SM tiny s1"
+    assert names["model/SM/tiny/seed1"] == "SM s1 tiny"
     assert names["teacher/mtm/seed2"] == "mtm teacher s2" and names["cache/mtm/seed2"] == "mtm cache s2"
     assert names["cache/mtm_seeds/seeds"] == "mtm_seeds cache all seeds"
     assert len(set(names.values())) == len(names)
