@@ -12,13 +12,15 @@ from kd.cli.main import cli
 from tests.conftest import REPO
 
 
-def test_a_shipped_plan_is_shown_from_another_folder(tmp_path, monkeypatch):
+def test_a_shipped_plan_is_found_from_another_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(cli, ["plan", "show", "experiments/information2023-cpu.yaml", "--data-dir",
-                                      str(tmp_path / "nowhere")])
+    nowhere = ["--data-dir", str(tmp_path / "nowhere")]
+    shown = CliRunner().invoke(cli, ["plan", "show", "experiments/information2023-cpu.yaml", *nowhere])
+    assert shown.exit_code == 0 and shown.output.startswith("plan information2023-cpu: "), shown.output
     # Found (the error is about its corpora, not the plan file), and named by its shipped path.
-    assert result.exit_code == 2 and "no such corpus" in result.output, result.output
-    assert str(REPO / "experiments" / "information2023-cpu.yaml") in result.output
+    status = CliRunner().invoke(cli, ["plan", "status", "experiments/information2023-cpu.yaml", *nowhere])
+    assert status.exit_code == 2 and "no such corpus" in status.output, status.output
+    assert str(REPO / "experiments" / "information2023-cpu.yaml") in status.output
 
 
 def test_a_missing_space_names_every_place_looked_in(tmp_path, monkeypatch):
