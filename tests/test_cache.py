@@ -279,6 +279,7 @@ def test_cache_run_records_what_it_holds(store, full):
     mtm = store.teachers["mtm"]
     assert tags["model_kind"] == "cache" and tags["ensemble"] == "single" and tags["teacher_runs"] == mtm
     assert tags["task"] == "tiny,other" and tags["output"] == "softmax"
+    assert run.info.run_name == "cache-2corpora-single"  # named, not MLflow's random words
     assert params["layers"] == ALL_LAYERS and params["dtype"] == "float32" and params["splits"] == "train,devel"
     manifest = reader_of(store, summary["run_id"]).manifest
     teacher = load_teacher(mtm, store.client, store.uri, CPU)

@@ -59,6 +59,7 @@ def test_a_tuned_model_is_its_search_space_whatever_was_tuned_per_corpus():
 def test_default_run_names():
     assert default_run_name("stm-crf", ["NCBI-disease"], 1) == "stm-crf-NCBI-disease-s1"
     assert default_run_name("mtm-softmax", ["A", "B", "C"], 2) == "mtm-softmax-3corpora-s2"
+    assert default_run_name("student-kl-a0.5-b0.5", ["NCBI-disease"], 1) == "kl-a0.5-b0.5-NCBI-disease-s1"
 
 
 def records_of(name: str, tags: dict[str, str], scores: list[float], seeds=(1, 2)) -> list[RunRecord]:

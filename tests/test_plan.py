@@ -80,6 +80,14 @@ def test_the_tiny_plan_expands_into_its_cells(corpora, tmp_path):
     assert labels["cache/mtm/seed1"].config["splits"] == ["train"]
 
 
+def test_run_names_start_with_what_tells_the_cells_apart(corpora, tmp_path):
+    names = {cell.label: cell.run_name for cell in resolved(tmp_path, tiny_plan(corpora)).cells.values()}
+    assert names["model/SM/tiny/seed1"] == "SM s1 tiny"
+    assert names["teacher/mtm/seed2"] == "mtm teacher s2" and names["cache/mtm/seed2"] == "mtm cache s2"
+    assert names["cache/mtm_seeds/seeds"] == "mtm_seeds cache all seeds"
+    assert len(set(names.values())) == len(names)
+
+
 def test_identities_are_stable_and_follow_what_a_cell_depends_on(corpora, tmp_path):
     plan = tiny_plan(corpora)
     base = ids(resolved(tmp_path, plan))

@@ -156,7 +156,7 @@ def test_bad_transformer_teachers_are_one_line_naming_file_line_and_key(corpora,
 
 
 def test_plan_show_says_a_transformers_cost_is_unknown_until_the_experiment_measured_one(corpora, tmp_path):
-    from kd.jobs.estimate import DEFAULT_CACHE_TOKENS_PER_SECOND, estimate
+    from kd.jobs.estimate import DEFAULT_CACHE_TOKENS_PER_SECOND, DEFAULT_CELL_SECONDS, estimate
     from kd.tracking.backend import open_client
 
     fake_base(tmp_path / "minilm")
@@ -165,7 +165,7 @@ def test_plan_show_says_a_transformers_cost_is_unknown_until_the_experiment_meas
     with isolated_store(tmp_path) as uri:
         output = CliRunner().invoke(cli, ["plan", "show", str(path), "--work", str(tmp_path / "work")]).output
         assert "at an unknown speed (no finished transformer teacher run to measure: give --experiment" in output, output
-        assert output.rstrip().endswith("for one worker plus the transformer teachers (unknown)"), output
+        assert output.rstrip().endswith("s) for one worker plus the transformer teachers (unknown)"), output
         sample = tmp_path / "work" / "data" / "sample-train40"
         train = sum(len(s) for c in ("tiny", "other") for s in load_split(sample / c, "train"))
 
@@ -181,7 +181,9 @@ def test_plan_show_says_a_transformers_cost_is_unknown_until_the_experiment_meas
             if predict:
                 client.log_metric(run.info.run_id, "predict_tokens_per_second", predict)
             client.set_terminated(run.info.run_id, "FINISHED", end_time=11_000)
-        found = estimate(resolved(tmp_path, plan), client, "measured")
+        resolved_plan = resolved(tmp_path, plan)
+        found_cells = resolved_plan.cells
+        found = estimate(resolved_plan, client, "measured")
     cost = found.transformer
     assert (cost.train_tokens_per_second, cost.predict_tokens_per_second, found.tokens_per_second) == (200, 500, 100)
     assert cost.epoch_tokens == 1 * train  # the teacher's 1 epoch over both corpora's train splits
@@ -190,7 +192,7 @@ def test_plan_show_says_a_transformers_cost_is_unknown_until_the_experiment_meas
     bilstm_epochs = 2 * train + 3 * train  # the MTM's 2 epochs, 3 models x 1 epoch on each corpus
     assert found.epoch_tokens == bilstm_epochs
     assert found.seconds == pytest.approx(bilstm_epochs / 100 + train / DEFAULT_CACHE_TOKENS_PER_SECOND
-                                          + train / 200 + 2 * train / 500)
+                                          + train / 200 + 2 * train / 500 + len(found_cells) * DEFAULT_CELL_SECONDS)
 
 
 def test_a_killed_transformer_cell_starts_again_instead_of_resuming(corpora, tmp_path):

@@ -44,6 +44,17 @@ def test_plot_is_a_png_only_when_there_are_terms(tmp_path):
     assert not (tmp_path / "none.png").exists()
 
 
+def test_a_one_epoch_picture_shows_its_epoch_and_shares():
+    from kd.training.curves import loss_terms_figure
+
+    figure = loss_terms_figure(HISTORY[:1], {"hard": 0.5, "logits_mse": 0.5})
+    terms, shares = figure.axes
+    for axis in (terms, shares):
+        assert axis.get_xlim() == (0.5, 1.5)
+    heights = [bar.get_height() for bar in shares.patches]
+    assert heights == pytest.approx([5 / (5 + 148.5), 148.5 / (5 + 148.5)])  # 0.5 x 10 and 0.5 x 297
+
+
 def test_a_runs_f1_on_one_corpus_by_hand():
     from kd.training.student_diagnostics import TeacherCheck, corpus_f1
 
@@ -56,3 +67,20 @@ def test_a_runs_f1_on_one_corpus_by_hand():
     assert check.weaker and not TeacherCheck("devel", 0.6, 0.6, "x").weaker
     assert check.message("A") == ("warning: the teacher's devel F1 on A is 50.00, below the single-task models' "
                                   "mean in this experiment (60.00): distilling from it is unlikely to help")
+
+
+@pytest.mark.parametrize("teacher_splits, alike_train, alike_both", [("train,devel", False, True), ("train", True, False),
+                                                                   ("devel,train", False, True)])
+def test_the_teacher_fraction_needs_a_teacher_trained_on_the_students_splits(tracking, teacher_splits, alike_train,
+                                                                             alike_both):
+    """A student trained on train over a teacher trained on train+devel is no fraction of like with like."""
+    from mlflow import MlflowClient
+
+    from kd.training.weighing import teacher_f1
+
+    client = MlflowClient(tracking)
+    run = client.create_run(client.create_experiment("t"), tags={"task": "A,B"})
+    client.log_param(run.info.run_id, "train_splits", teacher_splits)
+    client.log_metric(run.info.run_id, "A/test_f1", 0.8)
+    assert teacher_f1(client, [run.info.run_id], "A", "test", ["train"]) == (0.8, alike_train)
+    assert teacher_f1(client, [run.info.run_id], "A", "test", ["devel", "train"]) == (0.8, alike_both)

@@ -86,6 +86,12 @@ def test_held_out_devel_is_scored_each_epoch_and_best_epoch_kept(data_dir, track
     assert final.value == pytest.approx(best.value)
     assert client.get_run(summary["run_id"]).data.metrics["devel_f1"] == pytest.approx(best.value)
     assert summary["best_epoch"] == best.step
+    # Convergence (kd.tracking.metrics.late_gains): the last devel F1 minus the best before the last 2 epochs.
+    assert summary["devel_f1_late_gain"] == pytest.approx(per_epoch[-1].value - per_epoch[0].value)
+    # The scores a user looks for first, in the description MLflow shows above the metrics.
+    description = client.get_run(summary["run_id"]).data.tags["mlflow.note.content"]
+    assert description.startswith(f"test F1 {100 * summary['test_f1']:.2f}, devel F1 {100 * best.value:.2f}, "
+                                  f"best epoch {best.step} of 3")
     assert summary["devel_f1"] == pytest.approx(best.value)
     assert {"devel_precision", "devel_recall", "test_f1"} <= set(summary)
 

@@ -238,6 +238,29 @@ def test_display_shows_run_epoch_speed_losses_and_devel_f1(tracking):
     assert display.progress.tasks[1].completed == 1500 and display.progress.tasks[1].total == 2000
 
 
+def test_a_resumed_run_shows_its_last_devel_f1_and_the_end_says_what_follows(tracking):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking)
+    run = TrackedRun.start(client, "display", "stm-tiny-s1", {})
+    run.log_params({"epochs": 3})
+    run.log_metrics({"train_tokens": 1000})
+    run.log_metrics({"devel_f1": 0.42}, step=1)  # the epoch done before the run was stopped
+    output = io.StringIO()
+    with TrainingDisplay(client, tracking, live=True, console=Console(file=output, force_terminal=True,
+                                                                          width=160)) as display:
+        display.on_start(run.run_id)
+        display.on_batch(2, 500, {"loss": 1.0})  # resumed at epoch 2
+        time.sleep(0.3)
+        assert "devel F1 42.00 (epoch 1)" in ANSI.sub("", output.getvalue())
+        display.on_epoch(2, {"devel_f1": 0.5})
+        display.on_batch(3, 500, {"loss": 1.0})
+        display.on_epoch(3, {"devel_f1": 0.6})
+        time.sleep(0.3)
+    text = ANSI.sub("", output.getvalue())
+    assert "scoring the model and logging it" in text and "devel F1 60.00 (epoch 3)" in text
+
+
 def test_not_live_prints_nothing(tracking):
     """Redirected stderr (a log, a pipe) gets no display and no run line: scripts read --json."""
     from mlflow import MlflowClient
@@ -304,3 +327,20 @@ def test_small_model_options_parse():  # the shared sizes stay valid options of 
     for command in ("train", "train-teacher", "distill"):
         names = {opt for param in cli.commands[command].params for opt in param.opts}
         assert set(SMALL_MODEL[::2]) <= names
+
+
+def test_every_compare_option_is_reachable_through_mlflow_run():
+    """Declared, or optional without a default and listed in MLproject's header (`-P name=value`)."""
+    header = (REPO / "MLproject").read_text().split("name: kd")[0]
+    declared = set(MLPROJECT["compare"]["parameters"])
+    spelled = {param.opts[0].lstrip("-").replace("-", "_") for param in cli.commands["compare"].params}
+    for name in spelled - {"json", "progress", "no_progress"}:
+        assert name in declared or f"-P {name}=" in header, f"compare --{name.replace('_', '-')} is not reachable"
+
+
+def test_compare_flags_take_the_values_mlflow_run_passes(tracking, tmp_path):
+    for command in (f"compare --experiment none --drop-incomplete {value}" for value in ("true", "false")):
+        result = CliRunner().invoke(cli, command.split())
+        assert result.exit_code == 2 and "--experiment none: no such experiment" in result.output, result.output
+    result = CliRunner().invoke(cli, "compare --experiment none --drop-incomplete maybe".split())
+    assert result.exit_code == 2 and "'maybe' is not a valid boolean" in result.output

@@ -69,7 +69,9 @@ def build_cache(job: CacheJob, client, tracking_uri: str, attach_to: str | None 
     sentences = _sentences_to_cache(job, tasks, teachers)
     kind = ensemble_kind(teachers)
 
-    run = TrackedRun.start(client, job.experiment, job.run_name, {
+    # Named for what it caches (MLflow's random names told caches apart from nothing).
+    name = job.run_name or f"cache-{tasks[0] if len(tasks) == 1 else f'{len(tasks)}corpora'}-{kind}"
+    run = TrackedRun.start(client, job.experiment, name, {
         "model_kind": "cache", "task": ",".join(tasks), "teacher_runs": ",".join(job.teacher_runs),
         "ensemble": kind, "output": ",".join(t.output for t in teachers),
         "teacher_kind": ",".join(t.kind for t in teachers), "git_commit": git_commit()},

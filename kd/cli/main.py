@@ -193,13 +193,16 @@ def distill(task, cache_run, teachers, unlabelled, resume_run_id, **options) -> 
 @click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance level.")
 @click.option("--bayesian", "rope", type=float, default=0.5, show_default=True,
               help="ROPE in F1 points of the Bayesian signed-rank test per pair (0: off).")
-@click.option("--hierarchical", is_flag=True,
+# The flags also take a value (`--drop-incomplete true`), so that `mlflow run -e compare` can pass them.
+@click.option("--hierarchical", type=click.BOOL, is_flag=False, flag_value=True, default=False,
               help="Also baycomp's hierarchical test over corpora x seeds per pair (needs pystan; slow).")
 @click.option("--seed", type=WHOLE_NUMBER, default=0, show_default=True, help="Seed of the bootstrap and the Bayesian tests.")
 @click.option("--out", default=None, help="Output folder (default: comparison/<experiment>).")
 @click.option("--format", "formats", default="md,csv,tex,json", show_default=True)
-@click.option("--drop-incomplete", is_flag=True, help="Leave out models missing on some corpus instead of failing.")
-@click.option("--no-log", is_flag=True, help="Do not log a comparison run.")
+@click.option("--drop-incomplete", type=click.BOOL, is_flag=False, flag_value=True, default=False,
+              help="Leave out models missing on some corpus instead of failing.")
+@click.option("--no-log", type=click.BOOL, is_flag=False, flag_value=True, default=False,
+              help="Do not log a comparison run.")
 @run_options("json", "threads", "progress")
 @handle_errors
 def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, alpha, rope, hierarchical, seed, out,
@@ -224,13 +227,17 @@ def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, a
             formats=[f.strip() for f in formats.split(",") if f.strip()], drop_incomplete=drop_incomplete,
             log=not no_log, attach_to=project_run_id(), bayesian=BayesianOptions(rope=rope, hierarchical=hierarchical),
             seed=seed)
+    for note in results["validity"]:  # also in table.md; said here for a user reading only the terminal
+        click.echo(f"note: {note}", err=True)
     if as_json:
         click.echo(json_module.dumps({key: results[key] for key in (
             "friedman_statistic", "friedman_p_value", "critical_difference", "average_ranks", "files",
-            "comparison_run_id", "models", "corpora", "dropped_models")}, sort_keys=True))
+            "comparison_run_id", "models", "corpora", "dropped_models", "validity")}, sort_keys=True))
     else:
+        friedman = results["friedman_statistic"]
         click.echo(Path(results["files"]["md"]).read_text() if "md" in results["files"] else
-                   f"Friedman chi2 = {results['friedman_statistic']:.4f}, p = {results['friedman_p_value']:.4g}")
+                   f"Friedman chi2 = {friedman:.4f}, p = {results['friedman_p_value']:.4g}" if friedman is not None
+                   else f"average ranks: {results['average_ranks']}")
 
 
 def job_fields(options: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import click
 
 from kd.cli.one_line_errors import handle_errors
 from kd.cli.options import (WHOLE_NUMBER, as_path, data_dir_option, option_given, point_project_run, project_target,
-                            started_in,
                             tracking_client, tracking_uri)
 
 
@@ -47,16 +46,20 @@ def plan_options(func: Callable) -> Callable:
     return functools.reduce(lambda f, d: d(f), reversed(decorators), func)
 
 
-def resolve_plan(plan_file, data_dir, work, only, corpora, seeds, epochs, max_train_sentences):
-    from kd.jobs.driver import resolve
+def resolve_plan(options: dict, *, allow_missing: bool = False):
+    """The plan with the plan options (`plan_options`) applied; with `allow_missing` (`show`),
+    corpora not downloaded yet are kept with unknown sizes."""
+    from kd.jobs.driver import outline, resolve
     from kd.jobs.plan import load_plan, with_overrides
 
-    path = Path(plan_file)
-    if not path.exists() and (started_in() / path).is_file():  # under `kd -C DIR`, a plan shipped with kd
-        path = started_in() / path
-    plan = with_overrides(load_plan(path, data_dir or None), only=only or None, corpora=_names(corpora),
-                          seeds=_seeds(seeds), epochs=epochs, max_train_sentences=max_train_sentences)
-    return resolve(plan, Path(work) if work else Path(".kd") / "plans" / plan.name)
+    from kd.cli.shipped import PLANS, find_shipped
+
+    path = find_shipped(options["plan_file"], PLANS, "PLAN")
+    plan = with_overrides(load_plan(path, options["data_dir"] or None), only=options["only"] or None,
+                          corpora=_names(options["corpora"]), seeds=_seeds(options["seeds"]),
+                          epochs=options["epochs"], max_train_sentences=options["max_train_sentences"])
+    work = options["work"]
+    return (outline if allow_missing else resolve)(plan, Path(work) if work else Path(".kd") / "plans" / plan.name)
 
 
 def absolute_tracking_uri() -> str:
@@ -81,13 +84,15 @@ def show(experiment, **options) -> None:
     """Cells per kind, tokens, and a cost estimate."""
     from kd.jobs.estimate import estimate
 
-    resolved = resolve_plan(**options)
+    resolved = resolve_plan(options, allow_missing=True)
     found = estimate(resolved, tracking_client(), experiment)
     click.echo(f"plan {resolved.plan.name}: {len(resolved.cells)} cells "
                f"({', '.join(f'{n} {k}' for k, n in found.cells.items())}), "
-               f"{len(resolved.plan.tables)} tables ({', '.join(resolved.plan.tables)})")
+               f"{len(resolved.plan.tables)} table{'s' if len(resolved.plan.tables) != 1 else ''} ({', '.join(resolved.plan.tables)})")
     for corpus, count in found.tokens.items():
         click.echo(f"  {corpus}: {count:,} tokens")
+    for corpus in found.unknown:
+        click.echo(f"  {corpus}: unknown (not downloaded: kd data download {corpus} --dest DIR)")
     click.echo(f"training: {found.epoch_tokens:,} token-epochs at {found.tokens_per_second:,.0f} tokens/s "
                f"({found.source}); caching: {found.cache_tokens:,} tokens")
     transformer = found.transformer
@@ -97,7 +102,9 @@ def show(experiment, **options) -> None:
         click.echo(f"transformer teachers: {transformer.epoch_tokens:,} token-epochs, caching through them: "
                    f"{transformer.cache_tokens:,} tokens, {rates} ({transformer.source})")
     unknown = " plus the transformer teachers (unknown)" if transformer.epoch_tokens and not transformer.known else ""
-    click.echo(f"estimate: {found.seconds / 3600:.2f} h for one worker{unknown}")
+    unknown += f" plus the training on {', '.join(found.unknown)} (unknown)" if found.unknown else ""
+    click.echo(f"start-up: {found.cell_seconds:.0f} s per cell")
+    click.echo(f"estimate: {found.seconds / 3600:.2f} h ({found.seconds:,.0f} s) for one worker{unknown}")
 
 
 @plan.command()
@@ -116,7 +123,7 @@ def run(experiment, workers, cluster, threads, device, no_report, **options) -> 
     from kd.jobs.executor import ExecutorOptions
 
     executor = ExecutorOptions(workers=workers or None, cluster=cluster or None, threads=threads or None)
-    resolved = resolve_plan(**options)
+    resolved = resolve_plan(options)
 
     def progress(result, done: int, total: int) -> None:
         detail = f"run {result.run_id}" if result.ok else result.message
@@ -146,7 +153,7 @@ def status(experiment, watch, as_json, **options) -> None:
     """Done, running, failed and pending cells."""
     from kd.jobs.driver import plan_status
 
-    resolved = resolve_plan(**options)
+    resolved = resolve_plan(options)
     client = tracking_client()
     while True:
         states = plan_status(resolved, client, experiment)
@@ -175,7 +182,7 @@ def _count(state: str, cells: list) -> str:
 @handle_errors
 def report(experiment, out, **options) -> None:
     """Every table of the plan through kd compare, logged to the plan run."""
-    _report(resolve_plan(**options), experiment, out)
+    _report(resolve_plan(options), experiment, out)
 
 
 def _report(resolved, experiment: str, out: str | None) -> None:
@@ -184,7 +191,11 @@ def _report(resolved, experiment: str, out: str | None) -> None:
 
     client = tracking_client()
     plan_run = plan_run_or_error(client, experiment, resolved.plan_id, resolved.plan.path)
-    results = report_plan(resolved, client, experiment, plan_run.info.run_id,
-                          as_path(out) or resolved.work_dir / "reports")
-    for result in results.values():
+    # Per plan run: two runs of the plan with different options do not overwrite each other's reports.
+    folder = as_path(out) or resolved.work_dir / "reports" / plan_run.info.run_id
+    results = report_plan(resolved, client, experiment, plan_run.info.run_id, folder)
+    for name, result in results.items():
         click.echo(result["markdown"])
+        for note in result["validity"]:
+            click.echo(f"note: {name}: {note}", err=True)
+    click.echo(f"reports in {folder}", err=True)

@@ -104,6 +104,8 @@ class TrainingDisplay:
         self.epoch_tokens = float(run.data.metrics.get("train_tokens", 0.0)) or 0.0
         self.progress.update(self.run_task, total=self.epochs * self.epoch_tokens or None,
                              completed=(epoch - 1) * self.epoch_tokens)
+        if epoch > 1 and not self.devel and "devel_f1" in run.data.metrics:  # resumed: the last epoch's score
+            self.devel = f"devel F1 {100 * run.data.metrics['devel_f1']:.2f} (epoch {epoch - 1})"
 
     def on_batch(self, epoch: int, tokens: int, terms: Mapping[str, float]) -> None:
         if self.run_id is None:
@@ -127,12 +129,16 @@ class TrainingDisplay:
         self.progress.advance(self.run_task, tokens)
 
     def on_epoch(self, epoch: int, metrics: Mapping[str, float]) -> bool:
-        """An epoch callback: keeps the devel F1 of the epoch to show; never stops training."""
+        """An epoch callback: keeps the devel F1 of the epoch to show; after the last epoch, says
+        what the run does next (scoring and logging took about 10 s of a silent full bar); never
+        stops training."""
         if "devel_f1" in metrics:
             self.devel = f"devel F1 {100 * metrics['devel_f1']:.2f} (epoch {epoch})"
-            if self.epoch_task is not None:
-                info = " · ".join(part for part in (format_terms(self.sums, self.batches), self.devel) if part)
-                self.progress.update(self.epoch_task, info=info)
+        if self.epoch_task is not None:
+            info = " · ".join(part for part in (format_terms(self.sums, self.batches), self.devel) if part)
+            last = epoch == self.epochs
+            self.progress.update(self.epoch_task, info=info, **(
+                {"description": "scoring the model and logging it"} if last else {}))
         return False
 
     def message(self, text: str) -> None:

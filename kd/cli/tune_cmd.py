@@ -13,13 +13,11 @@ from kd.cli.progress import TuneDisplay, stop_cleanly, wants_live_display
 
 
 def find_space(space: str) -> str:
-    """The search space file: as given, or else relative to where kd was started, so that the spaces
-    kd ships (search_spaces/) are found under `mlflow run`, which starts kd in the project folder and
-    has it work in the user's (`-C`)."""
-    if Path(space).exists() or Path(space).is_absolute():
-        return space
-    shipped = started_in() / space
-    return str(shipped) if shipped.exists() else space
+    """The search space file: as given, where kd was started (under `mlflow run`, the project folder;
+    kd works in the user's, `-C`), or shipped with kd (`kd.cli.shipped`)."""
+    from kd.cli.shipped import SEARCH_SPACES, find_shipped
+
+    return str(find_shipped(space, SEARCH_SPACES, "--space"))
 
 
 @click.command()

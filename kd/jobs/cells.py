@@ -43,6 +43,17 @@ class Cell:
         parts = [self.kind, self.name, self.corpus, "seeds" if self.seed is None else f"seed{self.seed}"]
         return "/".join(p for p in parts if p)
 
+    @property
+    def run_name(self) -> str:
+        """The run's name in MLflow: what tells the plan's runs apart first (`SM_alpha0 s1 NCBI-disease`,
+        `mtm teacher s1`, `mtm cache all seeds`; the runs list cut `model/SM_alpha0/NCBI-...` before the
+        corpus and seed)."""
+        kind = None if self.kind == "model" else self.kind  # a teacher and its cache may share a name
+        # The seed before the corpus: the list shows about 20 characters, and a long corpus name
+        # (BioNLP13PC, BioNLP13CG) is told apart by its start as much as by its end.
+        parts = [self.name, kind, "all seeds" if self.seed is None else f"s{self.seed}", self.corpus]
+        return " ".join(p for p in parts if p)
+
 
 def identity(config: dict[str, Any], depends_on: tuple[str, ...]) -> str:
     text = json.dumps({"config": config, "depends_on": list(depends_on)}, sort_keys=True, separators=(",", ":"))

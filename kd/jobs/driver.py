@@ -47,6 +47,31 @@ def resolve(plan: Plan, work_dir: Path) -> ResolvedPlan:
                         work_dir=work_dir.resolve())
 
 
+def outline(plan: Plan, work_dir: Path) -> ResolvedPlan:
+    """`resolve`, except that corpora of kd's registry not found under the data folder (not
+    downloaded yet) are kept, with unknown sizes and digests: what `kd plan show` needs to count
+    cells before a download. Unknown corpus names are still an error."""
+    from kd.data.corpora import REGISTRY, find_local_corpus
+
+    known = {name.lower(): name for name in REGISTRY}
+    teacher_corpora = [c for t in plan.teachers.values() for c in t.corpora if c not in plan.corpora]
+    wanted = [*plan.corpora, *teacher_corpora]
+    missing = tuple(c for c in wanted if c.lower() in known and find_local_corpus(c, plan.data_dir) is None)
+    if not missing:
+        return resolve(plan, work_dir)
+    present = [c for c in wanted if c not in missing]
+    data = prepare_data(corpus_dirs(present, plan.data_dir, f"{plan.path}: corpora"), plan.subsample,
+                        work_dir.resolve()) if present else PlanData(plan.data_dir or Path("."), {}, {})
+    data = PlanData(data.data_dir, {**data.digests, **{c: "not-downloaded" for c in missing}},
+                    {**data.splits, **{c: ("train", "devel", "test") for c in missing}}, missing)
+    try:
+        graph = expand(plan, data.digests)
+    except KdError as error:
+        raise KdError(f"{plan.path}: {error}") from None
+    return ResolvedPlan(plan=plan, data=data, graph=graph, plan_id=plan_identity(graph.cells, plan.tables),
+                        work_dir=work_dir.resolve())
+
+
 @dataclass
 class PlanOutcome:
     plan_run_id: str

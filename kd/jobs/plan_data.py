@@ -22,6 +22,7 @@ class PlanData:
     data_dir: Path  # where the cells read their corpora (the plan's, or the subsampled copy)
     digests: dict[str, str]  # corpus -> sha256 of its split files
     splits: dict[str, tuple[str, ...]]  # corpus -> the splits it has
+    missing: tuple[str, ...] = ()  # known corpora not downloaded yet (`kd plan show` only)
 
 
 def corpus_dirs(corpora: list[str] | tuple[str, ...], data_dir: Path | None, where: str) -> dict[str, Path]:

@@ -3,6 +3,7 @@ the finished runs of the table's cells, written to the plan's work folder and lo
 under `reports/<table>`."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,8 @@ def table_records(resolved: ResolvedPlan, runs: dict[str, list], table: str) -> 
 
 def report_plan(resolved: ResolvedPlan, client, experiment: str, plan_run_id: str, out_dir: Path,
                 formats: tuple[str, ...] = FORMATS, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Each table's results.json contents, by table; the files go to `out_dir/<table>` and to the
-    plan run. Fails (one line) before writing anything when a table's cells are not all finished."""
+    """Each table's results.json contents, by table (with its validity notes under `validity`); the
+    files go to `out_dir/<table>` and to the plan run. Fails (one line) before writing anything when a table's cells are not all finished."""
     runs = runs_by_cell(client, experiment, resolved.cells)
     records = {name: table_records(resolved, runs, name) for name in resolved.plan.tables}
     plan_run = TrackedRun(client, plan_run_id)
@@ -45,8 +46,9 @@ def report_plan(resolved: ResolvedPlan, client, experiment: str, plan_run_id: st
     for name, spec in resolved.plan.tables.items():
         comparison = compare_runs(records[name], spec.metric, [f"tags.{MODEL_TAG}"], "tags.task", spec.posthoc,
                                   spec.alpha, bayesian=BayesianOptions(rope=spec.rope), seed=seed)
-        # Columns in the plan's order, not compare's alphabetical one.
-        order = [m for m in spec.models if m in comparison.table.mean.columns]
+        # Columns in the plan's order, not compare's alphabetical one (a merged "A = B" where A is).
+        columns = list(comparison.table.mean.columns)
+        order = [c for m in spec.models for c in columns if c.split(" = ")[0] == m]
         for frame in ("mean", "std", "var", "count"):
             setattr(comparison.table, frame, getattr(comparison.table, frame)[order])
         out = out_dir / name
@@ -55,6 +57,7 @@ def report_plan(resolved: ResolvedPlan, client, experiment: str, plan_run_id: st
         results[name]["markdown"] = (f"## {spec.title or name}\n\n" if spec.title else f"## {name}\n\n") + \
             render_markdown(comparison)
         plan_run.log_artifact(out, f"reports/{name}")
-        plan_run.log_metrics({f"{name}/friedman_p_value": comparison.result.p_value,
-                              f"{name}/friedman_statistic": comparison.result.statistic})
+        friedman = {f"{name}/friedman_p_value": comparison.result.p_value,
+                    f"{name}/friedman_statistic": comparison.result.statistic}
+        plan_run.log_metrics({key: value for key, value in friedman.items() if math.isfinite(value)})
     return results

@@ -123,7 +123,7 @@ class CellRunner:
     def claim(self) -> TrackedRun | None:
         """A new run for the cell, or None when another process claimed it first (its run is then
         waited for by the caller's next look)."""
-        mine = TrackedRun.start(self.client, self.context.experiment, self.cell.label, self.tags())
+        mine = TrackedRun.start(self.client, self.context.experiment, self.cell.run_name, self.tags())
         contenders = [r for r in cell_runs(self.client, self.context.experiment, self.cell.cell_id)
                       if r.info.status in ("RUNNING", "FINISHED")]
         first = min(contenders, key=run_order)
@@ -149,13 +149,13 @@ class CellRunner:
             job = CacheJob(teacher_runs=list(self.input_runs), tasks=list(cell.config["tasks"]),
                            splits=list(cell.config["splits"]), layers=list(cell.config["layers"]),
                            dtype=cell.config["dtype"], data_dir=context.data_dir, device=context.device,
-                           experiment=context.experiment, run_name=cell.label)
+                           experiment=context.experiment, run_name=cell.run_name)
             build_cache(job, self.client, context.tracking_uri, attach_to=run.run_id)
         elif cell.config["job"] == "transformer":
             from kd.training.transformer_job import run_transformer_job
 
             job = transformer_job(cell.config, cell.base or "", data_dir=context.data_dir,
-                                  experiment=context.experiment, run_name=cell.label, device=context.device)
+                                  experiment=context.experiment, run_name=cell.run_name, device=context.device)
             run_transformer_job(job, self.client, attach_to=run.run_id)
         else:
             from pathlib import Path
@@ -163,7 +163,7 @@ class CellRunner:
             from kd.training.tagger_job import RunPlacement, run_tagger_job
 
             job = tagger_job(cell.config, data_dir=context.data_dir, experiment=context.experiment,
-                             run_name=cell.label, device=context.device,
+                             run_name=cell.run_name, device=context.device,
                              cache_run=self.input_runs[0] if self.input_runs else None)
             run_tagger_job(job, self.client, Path(context.checkpoint_dir), placement=RunPlacement(attach_to=run.run_id))
         return run.run_id, time.perf_counter() - started

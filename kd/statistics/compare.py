@@ -1,7 +1,7 @@
 """`kd compare`: the results table and statistics of an experiment, straight from its runs.
 
-Runs are grouped into models and corpora, seeds are averaged per cell, and the models are
-compared over corpora with the Friedman test, post-hoc pairwise tests, average ranks and the
+Runs are grouped into models and corpora, seeds are averaged per cell, models identical on every
+cell are merged, and the models are compared over corpora with the Friedman test (3+ models), post-hoc pairwise tests, average ranks and the
 Nemenyi critical difference, plus per pair Wilcoxon-Holm tests, bootstrap intervals of the mean
 difference, Bayesian tests with a ROPE and per-corpus tests over seeds. `kd.statistics.comparison_report`
 writes them out.
@@ -16,11 +16,13 @@ import numpy as np
 import pandas as pd
 
 from kd.errors import KdError
-from kd.tracking.metrics import corpus_metric_value
+from kd.tracking.metrics import LATE_GAIN, corpus_metric_value
 from kd.statistics.bayesian import BayesianResult, bayesian_pairs, hierarchical, signed_rank
 from kd.statistics.pairwise import WilcoxonHolm, bootstrap_differences, model_pairs, wilcoxon_holm
 from kd.statistics.seeds import seed_tests
-from kd.statistics.tests import FriedmanResult, friedman
+from kd.statistics.tests import FriedmanResult, average_ranks, friedman
+from kd.statistics.validity import (INTERVAL_CORPORA, all_equal, degenerate_notes, identical_groups, merged_label,
+                                    quiet_numerics, too_few_notes, unconverged_counts, unconverged_note)
 
 PAGE_SIZE = 1000
 
@@ -74,6 +76,9 @@ class Comparison:
     bayesian_options: BayesianOptions = field(default_factory=BayesianOptions)
     warnings: list[str] = field(default_factory=list)  # duplicate seeds, unequal seed counts
     legend: dict[str, str] = field(default_factory=dict)  # model label -> its full definition
+    notes: list[str] = field(default_factory=list)  # what the numbers cannot say (kd.statistics.validity)
+    unconverged: pd.DataFrame | None = None  # corpus x model: seeds whose devel F1 still rose at the end
+    degenerate: bool = False  # every cell the same score: nothing ranked or tested
 
 
 def fetch_runs(client, experiment: str, filter_string: str | None) -> list[RunRecord]:
@@ -264,8 +269,8 @@ def cell_table(cells: Cells) -> CellTable:
 def compare_runs(records: Sequence[RunRecord], metric: str = "test_f1", model_keys: Sequence[str] | None = None,
                  corpus_key: str = "tags.task", posthoc: str = "wilcoxon-holm", alpha: float = 0.05,
                  drop_incomplete: bool = False, bayesian: BayesianOptions | None = None, seed: int = 0) -> Comparison:
-    """The cell table, Friedman test and post-hoc p-values, then the pairwise statistics
-    (`add_pairwise_statistics`)."""
+    """The cell table, its validity notes (`kd.statistics.validity`), the Friedman test and post-hoc
+    p-values where they apply, then the pairwise statistics (`add_pairwise_statistics`)."""
     if not records:
         raise KdError("no finished runs to compare (check --experiment and --filter)")
     warnings: list[str] = []
@@ -274,25 +279,74 @@ def compare_runs(records: Sequence[RunRecord], metric: str = "test_f1", model_ke
     if not cells:
         raise KdError(f"none of the {len(records)} runs has the metric {metric!r} and the keys "
                       f"{', '.join(model_keys or ['(kd tags)'])} / {corpus_key}")
-    table = cell_table(cells)
-    missing = table.mean.isna()
-    dropped: list[str] = []
-    if missing.any().any():
-        incomplete = {model: list(table.mean.index[missing[model]]) for model in table.mean.columns
-                      if missing[model].any()}
-        if not drop_incomplete:
-            detail = "; ".join(f"{model} lacks {', '.join(corpora)}" for model, corpora in incomplete.items())
-            raise KdError(f"models missing on some corpora: {detail} (use --drop-incomplete to leave them out)")
-        dropped = sorted(incomplete)
-        keep = [m for m in table.mean.columns if m not in incomplete]
-        table = CellTable(*(frame[keep] for frame in (table.mean, table.std, table.var, table.count)))
-    result = friedman(table.mean, posthoc=posthoc, alpha=alpha)
-    comparison = Comparison(metric=metric, table=table, result=result, runs_used=used, dropped_models=dropped,
-                            scale=display_scale(table.mean), seed=seed, bayesian_options=bayesian or BayesianOptions(),
-                            warnings=warnings + seed_count_warning(table.count),
-                            legend={m: legend[m] for m in table.mean.columns if m in legend})
-    add_pairwise_statistics(comparison, cells)
+    table, dropped = complete_table(cell_table(cells), drop_incomplete)
+    warnings = [w for w in warnings if not any(w.startswith(f"{model}: ") for model in dropped)]
+    scale = display_scale(table.mean)
+    degenerate = all_equal(table.mean)
+    table, cells, renamed, merge_notes = (table, cells, {}, []) if degenerate else merge_identical(table, cells)
+    notes = degenerate_notes(table.mean, scale)  # after merging: a tie of one model with itself is no note
+    models, corpora = list(table.mean.columns), list(table.mean.index)
+    gains, _ = collect_cells(records, LATE_GAIN, model_keys, corpus_key)
+    gains = {(renamed.get(m, m), c): runs for (m, c), runs in gains.items()}
+    unconverged = unconverged_counts(gains, models, corpora)
+    # Every score equal: the degenerate note says no test means anything; what each test lacks is noise.
+    notes += merge_notes + ([] if degenerate else too_few_notes(len(models), len(corpora), alpha))
+    notes += unconverged_note(unconverged)
+    with quiet_numerics():
+        result = rank_models(table.mean, posthoc, alpha, test=not degenerate)
+        comparison = Comparison(metric=metric, table=table, result=result, runs_used=used, dropped_models=dropped,
+                                scale=scale, seed=seed, bayesian_options=bayesian or BayesianOptions(),
+                                warnings=warnings + seed_count_warning(table.count),
+                                legend={renamed.get(m, m): d for m, d in legend.items() if renamed.get(m, m) in models},
+                                notes=notes, unconverged=unconverged, degenerate=degenerate)
+        add_pairwise_statistics(comparison, cells)
     return comparison
+
+
+def complete_table(table: CellTable, drop_incomplete: bool) -> tuple[CellTable, list[str]]:
+    """The table without the models missing on some corpus (with `drop_incomplete`; else an error
+    naming them) and the names of those dropped."""
+    missing = table.mean.isna()
+    if not missing.any().any():
+        return table, []
+    incomplete = {model: list(table.mean.index[missing[model]]) for model in table.mean.columns if missing[model].any()}
+    if not drop_incomplete:
+        detail = "; ".join(f"{model} lacks {', '.join(corpora)}" for model, corpora in incomplete.items())
+        raise KdError(f"models missing on some corpora: {detail} (use --drop-incomplete to leave them out)")
+    keep = [m for m in table.mean.columns if m not in incomplete]
+    if not keep:
+        raise KdError("no model has a score on every corpus: nothing is left to compare after --drop-incomplete")
+    return CellTable(*(frame[keep] for frame in (table.mean, table.std, table.var, table.count))), sorted(incomplete)
+
+
+def merge_identical(table: CellTable, cells: Cells) -> tuple[CellTable, Cells, dict[str, str], list[str]]:
+    """Models with the same score on every corpus and seed are one model: kept once, under the
+    label `A = B`, so that they are not ranked as two. Returns the table, the cells, {old label:
+    new label} and a note per group."""
+    groups = identical_groups(cells, list(table.mean.columns), list(table.mean.index))
+    if not groups:
+        return table, cells, {}, []
+    renamed = {model: merged_label(group) for group in groups for model in group}
+    dropped = {model for group in groups for model in group[1:]}
+    keep = [m for m in table.mean.columns if m not in dropped]
+    table = CellTable(*(frame[keep].rename(columns=renamed) for frame in (table.mean, table.std, table.var, table.count)))
+    cells = {(renamed.get(m, m), c): runs for (m, c), runs in cells.items() if m not in dropped}
+    notes = [f"{', '.join(group[1:])} scored exactly as {group[0]} on every corpus and seed: one model, shown and "
+             f"ranked once as \"{merged_label(group)}\"" for group in groups]
+    return table, cells, renamed, notes
+
+
+def rank_models(means: pd.DataFrame, posthoc: str, alpha: float, *, test: bool) -> FriedmanResult:
+    """The Friedman test and post-hoc p-values with 3+ models on 2+ corpora (and `test`); else the
+    average ranks and Holm-adjusted Wilcoxon p-values alone (NaN with one corpus), no Friedman."""
+    corpora, models = means.shape
+    if test and models >= 3 and corpora >= 2:
+        return friedman(means, posthoc=posthoc, alpha=alpha)
+    if not 0 < alpha < 1:
+        raise KdError(f"--alpha {alpha}: must be between 0 and 1")
+    return FriedmanResult(statistic=math.nan, p_value=math.nan, average_ranks=average_ranks(means),
+                          p_values=wilcoxon_holm(means).adjusted, critical_difference=math.nan, alpha=alpha,
+                          posthoc="wilcoxon-holm")
 
 
 def display_scale(means: pd.DataFrame) -> float:
@@ -311,8 +365,10 @@ def add_pairwise_statistics(comparison: Comparison, cells: Cells) -> None:
     pairs = model_pairs(models)
     comparison.wilcoxon = wilcoxon_holm(table.mean)
     comparison.effects = bootstrap_differences(points, pairs, seed=comparison.seed)
+    if len(corpora) < INTERVAL_CORPORA:
+        comparison.effects[["low", "high"]] = math.nan
     comparison.seed_tests = seed_tests(cells, models, corpora, pairs, comparison.scale, comparison.result.alpha)
-    if options.rope == 0:
+    if options.rope == 0 or comparison.degenerate or len(corpora) < 2:
         return
     for a, b in bayesian_pairs(models, dict(comparison.result.average_ranks), options.all_pairs_up_to):
         comparison.bayesian.append(signed_rank(a, b, points[a].to_numpy(), points[b].to_numpy(), options.rope,

@@ -32,7 +32,32 @@ def _cell(value: float) -> str:
 
 
 def best_columns(row: pd.Series) -> set[str]:
-    return set(row.index[np.isclose(row.to_numpy(), row.max())])
+    """The models with the row's highest value; none when every model has it (nothing is best)."""
+    values = row.to_numpy(dtype=np.float64)
+    best = np.isclose(values, np.nanmax(values)) if np.isfinite(values).any() else np.zeros(len(values), bool)
+    return set() if best.all() else set(row.index[best])
+
+
+def shown_cells(comparison: Comparison, corpus: str, row: pd.Series, bold: str) -> list[str]:
+    """A row's cells as text: best in `bold` (a format with one {}), † after an unconverged cell."""
+    best = best_columns(row) if corpus != "Average variance" and not comparison.degenerate else set()
+    unconverged = comparison.unconverged
+    marked = set() if unconverged is None or corpus not in unconverged.index else \
+        {m for m in row.index if unconverged.loc[corpus, m]}
+    return [(bold.format(f"{row[m]:.2f}") if m in best else _cell(row[m])) + (" †" if m in marked else "")
+            for m in row.index]
+
+
+def friedman_line(comparison: Comparison) -> list[str]:
+    r = comparison.result
+    if not np.isfinite(r.statistic):
+        return []
+    lines = [f"Friedman chi2 = {r.statistic:.4f}, p = {r.p_value:.4g}; Nemenyi critical difference = "
+             f"{r.critical_difference:.3f} ranks."]
+    if r.p_value >= r.alpha:
+        lines.append(f"The Friedman test does not reject equal performance at alpha = {r.alpha:g}: "
+                     "post-hoc differences are not evidence on their own.")
+    return lines
 
 
 def render_markdown(comparison: Comparison) -> str:
@@ -41,22 +66,18 @@ def render_markdown(comparison: Comparison) -> str:
     scale_note = " (x100)" if comparison.scale == 100 else ""
     lines = [f"| corpus | {' | '.join(models)} |", "|---|" + "---:|" * len(models)]
     for corpus, row in rows.iterrows():
-        best = best_columns(row) if corpus != "Average variance" else set()
-        cells = [f"**{row[m]:.2f}**" if m in best else _cell(row[m]) for m in models]
-        lines.append(f"| {corpus} | {' | '.join(cells)} |")
+        lines.append(f"| {corpus} | {' | '.join(shown_cells(comparison, str(corpus), row, '**{}**'))} |")
     ranks = comparison.result.average_ranks
     lines.append(f"| Average rank | {' | '.join(f'{ranks[m]:.2f}' for m in models)} |")
-    r = comparison.result
-    lines += ["", f"{comparison.metric}{scale_note}, mean over seeds; best per row in bold.",
-              f"Friedman chi2 = {r.statistic:.4f}, p = {r.p_value:.4g}; Nemenyi critical difference = "
-              f"{r.critical_difference:.3f} ranks."]
-    if r.p_value >= r.alpha:
-        lines.append(f"The Friedman test does not reject equal performance at alpha = {r.alpha:g}: "
-                     "post-hoc differences are not evidence on their own.")
-    lines += [f"Warning: {w}." for w in comparison.warnings]
+    lines += ["", f"{comparison.metric}{scale_note}, mean over seeds; best per row in bold."]
+    lines += friedman_line(comparison)
+    if comparison.notes:
+        lines += ["", "Read with care:", ""] + [f"- {note}." for note in comparison.notes]
+    if comparison.warnings:
+        lines += [""] + [f"Warning: {w}." for w in comparison.warnings]
     lines += legend_markdown(comparison)
     if comparison.table.var.isna().any().any():
-        lines.append("Average variance is over the cells with 2 or more seeds (n/a: none).")
+        lines += ["", "Average variance is over the cells with 2 or more seeds (n/a: none)."]
     return "\n".join(lines + pairwise_markdown(comparison)) + "\n"
 
 
@@ -82,8 +103,7 @@ def render_latex(comparison: Comparison) -> str:
     for corpus, row in rows.iterrows():
         if corpus == "Average":
             lines.append(r"\hline")
-        best = best_columns(row) if corpus != "Average variance" else set()
-        cells = [rf"\textbf{{{row[m]:.2f}}}" if m in best else _cell(row[m]) for m in models]
+        cells = [c.replace("†", r"$^\dagger$") for c in shown_cells(comparison, str(corpus), row, r"\textbf{{{}}}")]
         lines.append(_tex_escape(str(corpus)) + " & " + " & ".join(cells) + r" \\")
     lines += [r"\hline", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -93,9 +113,13 @@ def results_json(comparison: Comparison, files: Mapping[str, str], run_id: str |
     r, t = comparison.result, comparison.table
     plots = {k: v for k, v in files.items() if k.startswith("bayesian_")}
     return {**pairwise_json(comparison, plots), "posthoc": r.posthoc, "alpha": r.alpha,
-        "metric": comparison.metric, "friedman_statistic": r.statistic, "friedman_p_value": r.p_value,
-        "critical_difference": r.critical_difference, "average_ranks": {m: float(v) for m, v in r.average_ranks.items()},
-        "posthoc_p_values": {m: {n: float(v) for n, v in row.items()} for m, row in r.p_values.iterrows()},
+        "metric": comparison.metric, "friedman_statistic": finite_or_none(r.statistic),
+        "friedman_p_value": finite_or_none(r.p_value), "critical_difference": finite_or_none(r.critical_difference),
+        "validity": comparison.notes, "degenerate": comparison.degenerate,
+        "unconverged": {} if comparison.unconverged is None else {
+            corpus: {m: int(n) for m, n in row.items() if n} for corpus, row in comparison.unconverged.iterrows()
+            if row.any()}, "average_ranks": {m: float(v) for m, v in r.average_ranks.items()},
+        "posthoc_p_values": {m: {n: finite_or_none(v) for n, v in row.items()} for m, row in r.p_values.iterrows()},
         "cells": {corpus: {model: {"mean": float(t.mean.loc[corpus, model]), "std": finite_or_none(t.std.loc[corpus, model]),
                                    "var": finite_or_none(t.var.loc[corpus, model]), "n": int(t.count.loc[corpus, model])}
                            for model in t.mean.columns} for corpus in t.mean.index},
@@ -120,6 +144,12 @@ def write_figures(comparison: Comparison, out: Path) -> dict[str, str]:
 
     r = comparison.result
     models = len(r.average_ranks)
+    if not np.isfinite(r.critical_difference):
+        # No Friedman test (2 models, 1 corpus, or every score equal): no rank diagram to draw, and
+        # scikit-posthocs would draw one with an axis of 2.99-3.01; remove a previous comparison's.
+        for stale in ("cd_diagram.png", "significance.png"):
+            (out / stale).unlink(missing_ok=True)
+        return {}
     label_inches = CHARACTER_INCHES * max(len(str(m)) for m in r.average_ranks.index)
     written = {}
     # The diagram puts half the labels on each side, one row each.
@@ -168,8 +198,10 @@ def write_outputs(comparison: Comparison, out: Path, formats: Sequence[str]) -> 
         rows.loc["Average rank"] = comparison.result.average_ranks
         files["csv"] = _write_text(out / "table.csv", rows.to_csv(index_label="corpus", float_format="%.6g"))
         t = comparison.table
-        long = pd.DataFrame([{"corpus": c, "model": m, "mean": t.mean.loc[c, m], "std": t.std.loc[c, m],
-                              "var": t.var.loc[c, m], "n": int(t.count.loc[c, m])}
+        scale = comparison.scale  # in F1 points, as the tables
+        long = pd.DataFrame([{"corpus": c, "model": m, "mean": t.mean.loc[c, m] * scale,
+                              "std": t.std.loc[c, m] * scale, "var": t.var.loc[c, m] * scale * scale,
+                              "n": int(t.count.loc[c, m])}
                              for c in t.mean.index for m in t.mean.columns])
         files["cells_csv"] = _write_text(out / "cells.csv", long.to_csv(index=False, float_format="%.8g"))
         files["pvalues_csv"] = _write_text(out / "posthoc_pvalues.csv",
@@ -178,10 +210,14 @@ def write_outputs(comparison: Comparison, out: Path, formats: Sequence[str]) -> 
                                                                                               float_format="%.6g"))
         files["seed_tests_csv"] = _write_text(out / "seed_tests.csv",
                                               comparison.seed_tests.to_csv(index=False, float_format="%.6g"))
-        files["bayesian_csv"] = _write_text(out / "bayesian.csv", bayesian_table(comparison).to_csv(
+    plots = write_bayesian_plots(comparison, out)
+    if "csv" in formats:
+        # Plot paths relative to the csv, so that they hold in the run's artifacts too.
+        relative = {key: str(Path(path).relative_to(out)) for key, path in plots.items()}
+        files["bayesian_csv"] = _write_text(out / "bayesian.csv", bayesian_table(comparison, relative).to_csv(
             index=False, float_format="%.6g"))
     files.update(write_figures(comparison, out))
-    files.update(write_bayesian_plots(comparison, out))
+    files.update(plots)
     return files
 
 
@@ -218,7 +254,11 @@ def run_comparison(client, experiment: str, out: Path, *, metric: str = "test_f1
                               bayesian=bayesian, seed=seed)
     if not log:
         return write_results_json(comparison, out, write_outputs(comparison, out, formats), None)
-    run = TrackedRun.start(client, experiment, None, {"model_kind": "comparison", "git_commit": git_commit()},
+    models, corpora = comparison.table.mean.shape[1], comparison.table.mean.shape[0]
+    # A name, not MLflow's random one (`overjoyed-snail-925`): models x corpora and the metric, within
+    # the 22 or so characters the MLflow runs list shows (`compare-test_f1-3model...` was cut).
+    name = f"compare {models}x{corpora} {metric}"
+    run = TrackedRun.start(client, experiment, name, {"model_kind": "comparison", "git_commit": git_commit()},
                            attach_to=attach_to)
     options = comparison.bayesian_options
     with run_status(run):
@@ -229,8 +269,9 @@ def run_comparison(client, experiment: str, out: Path, *, metric: str = "test_f1
         files = write_outputs(comparison, out, formats)
         results = write_results_json(comparison, out, files, run.run_id)
         r = comparison.result
-        run.log_metrics({"friedman_statistic": r.statistic, "friedman_p_value": r.p_value,
-                         "critical_difference": r.critical_difference, "models": len(r.average_ranks),
+        statistics = {"friedman_statistic": r.statistic, "friedman_p_value": r.p_value,
+                      "critical_difference": r.critical_difference}
+        run.log_metrics({**{k: v for k, v in statistics.items() if np.isfinite(v)}, "models": len(r.average_ranks),
                          "corpora": len(comparison.table.mean.index),
                          "pairs_differing": int((comparison.wilcoxon.adjusted.to_numpy() < alpha).sum() // 2)})
         for key, path in (*files.items(), ("json", str(out / "results.json"))):

@@ -75,13 +75,16 @@ class WilcoxonHolm:
 def wilcoxon_holm(scores: pd.DataFrame) -> WilcoxonHolm:
     """`scores`: one row per corpus, one column per model. scipy's `wilcoxon` with its defaults
     (zero differences dropped, exact distribution for small samples without ties or zeros, the
-    normal approximation otherwise); a pair equal on every corpus gets p = 1."""
+    normal approximation otherwise); a pair equal on every corpus gets p = 1, every pair p = NaN
+    (untested) with one corpus."""
     models = list(scores.columns)
     matrix = scores.to_numpy(dtype=np.float64)
     unit = 1e-10 * max(float(np.nanmax(np.abs(matrix))), 1e-300)
     k = len(models)
     statistic, p_values, adjusted = np.full((k, k), np.nan), np.eye(k), np.eye(k)
-    pairs = list(itertools.combinations(range(k), 2))
+    pairs = list(itertools.combinations(range(k), 2)) if len(matrix) > 1 else []  # one corpus: nothing to test
+    if not pairs:
+        p_values[~np.eye(k, dtype=bool)] = adjusted[~np.eye(k, dtype=bool)] = np.nan
     first, second = (np.array(side, dtype=int) for side in zip(*pairs)) if pairs else (np.zeros(0, int),) * 2
     differences = snap(matrix[:, first] - matrix[:, second], unit).T  # pairs x corpora
     for rows, (w, p) in _grouped_wilcoxon(differences):

@@ -98,9 +98,12 @@ def pairwise_markdown(comparison: Comparison) -> list[str]:
              "| A | B | mean difference | 95% interval | W | p | p (Holm) |", "|---|---|---:|---|---:|---:|---:|"]
     for row in pairwise_table(comparison).itertuples():
         mark = " *" if row.p_holm < alpha else ""
-        lines.append(f"| {row.a} | {row.b} | {row.mean_difference:+.2f} | [{row.low:+.2f}, {row.high:+.2f}] | "
+        interval = f"[{row.low:+.2f}, {row.high:+.2f}]" if np.isfinite(row.low) else "n/a"
+        lines.append(f"| {row.a} | {row.b} | {row.mean_difference:+.2f} | {interval} | "
                      f"{_p(row.wilcoxon_w)} | {_p(row.p_value)} | {_p(row.p_holm)}{mark} |")
-    lines.append(f"\n\\* A and B differ at alpha = {alpha:g}; the critical difference diagram joins the others.")
+    diagram = "; the critical difference diagram joins the others" if np.isfinite(
+        comparison.result.critical_difference) else ""
+    lines.append(f"\n\\* A and B differ at alpha = {alpha:g}{diagram}.")
     lines += _bayesian_markdown(comparison) + _seed_markdown(comparison)
     return lines
 
@@ -108,7 +111,8 @@ def pairwise_markdown(comparison: Comparison) -> list[str]:
 def _bayesian_markdown(comparison: Comparison) -> list[str]:
     options = comparison.bayesian_options
     if not comparison.bayesian:
-        return ["", "Bayesian tests: off (--bayesian 0)."]
+        why = "off (--bayesian 0)" if options.rope == 0 else "left out (see the notes above)"
+        return ["", f"Bayesian tests: {why}."]
     lines = ["", f"## Bayesian tests (ROPE = {options.rope:g} F1 points, {options.samples} posterior samples, "
                  f"seed {comparison.seed})", "",
              "| test | A | B | P(A better) | P(practically equal) | P(B better) |", "|---|---|---|---:|---:|---:|"]

@@ -22,6 +22,7 @@ from kd.errors import KdError
 from kd.models.device import resolve_device
 from kd.models.predict import predict_tags
 from kd.models.tagger import Tagger
+from kd.tracking.metrics import late_gains
 from kd.training.distillation import StudentModel, distillation_loss
 from kd.training.evaluate import EntityScores, Evaluator, metric_names
 from kd.training.job_definition import RunPlan, TaggerJob, TaskData, build_tagger, load_tasks
@@ -96,6 +97,7 @@ def score_splits(evaluators: dict[str, Any], state: TrainingState,
     if state.best_epoch is not None:
         final["best_epoch"] = float(state.best_epoch)
     final["epochs_trained"] = float(state.epoch)
+    final.update(late_gains(state.history))
     return final, results
 
 

@@ -27,9 +27,9 @@ def weighted_shares(terms: Mapping[str, Sequence[float]], weights: Mapping[str, 
             for name, values in weighted.items()}
 
 
-def plot_loss_terms(history: Sequence[Mapping[str, float]], weights: Mapping[str, float], path: Path) -> Path | None:
-    """Writes a PNG: each term per epoch (log scale), and each weighted term's share of the loss.
-    Returns None when the history has no per-term values to show."""
+def loss_terms_figure(history: Sequence[Mapping[str, float]], weights: Mapping[str, float]):
+    """Each term per epoch (log scale) and each weighted term's share of the loss, as stacked bars
+    (a stacked area of one epoch was an empty panel, issue 26); None without per-term values."""
     terms = loss_terms(history)
     if not terms:
         return None
@@ -47,12 +47,26 @@ def plot_loss_terms(history: Sequence[Mapping[str, float]], weights: Mapping[str
     axes[0][0].set(xlabel="epoch", ylabel="per sentence (unweighted)", title="Loss terms", yscale="log")
     axes[0][0].legend()
     if shares:
-        axes[0][1].stackplot(epochs, *shares.values(), labels=[f"{n} (x{weights[n]:g})" for n in shares])
+        bottom = [0.0] * len(epochs)
+        for name, values in shares.items():
+            axes[0][1].bar(epochs, values, bottom=bottom, width=0.8, label=f"{name} (x{weights[name]:g})")
+            bottom = [b + v for b, v in zip(bottom, values)]
         axes[0][1].set(xlabel="epoch", ylabel="share of the weighted loss", ylim=(0, 1),
                        title="Share of the weighted loss")
         axes[0][1].legend(loc="lower left")
     for axis in axes[0]:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlim(0.5, len(epochs) + 0.5)  # whole epochs, not matplotlib's 0.945-1.05 around one point
+    return figure
+
+
+def plot_loss_terms(history: Sequence[Mapping[str, float]], weights: Mapping[str, float], path: Path) -> Path | None:
+    """Writes `loss_terms_figure` as a PNG; None (nothing written) without per-term values."""
+    figure = loss_terms_figure(history, weights)
+    if figure is None:
+        return None
+    import matplotlib.pyplot as plt
+
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)

@@ -102,6 +102,8 @@ def identity_tags(definition: dict[str, Any]) -> dict[str, str]:
 
 
 def default_run_name(name: str, corpora: list[str], seed: int) -> str:
-    """`stm-crf-NCBI-disease-s1`; a run over several corpora says how many (`mtm-softmax-6corpora-s1`)."""
+    """`stm-crf-NCBI-disease-s1`; a run over several corpora says how many (`mtm-softmax-6corpora-s1`).
+    A student's name starts with its loss and weights (`kl-a0.5-b0.5-NCBI-disease-s1`): `student-`
+    first pushed the weights out of the MLflow runs list's column; its tags say it is a student."""
     where = Path(corpora[0]).name if len(corpora) == 1 else f"{len(corpora)}corpora"
-    return f"{name}-{where}-s{seed}"
+    return f"{name.removeprefix('student-')}-{where}-s{seed}"

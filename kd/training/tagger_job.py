@@ -25,6 +25,7 @@ from kd.tracking.runs import TrackedRun, git_commit
 from kd.tracking.status import run_status
 from kd.training.assemble import Assembly, SplitResults, assemble, load_job_tasks
 from kd.training.evaluate import EntityScores
+from kd.tracking.metrics import DESCRIPTION_TAG, headline
 from kd.training.identity import default_run_name, identity_tags, tagger_definition
 from kd.training.job_definition import TaggerJob, checkpoint_file, resume_state
 from kd.training.loop import HookChain, TrainingHooks, TrainingState
@@ -139,6 +140,7 @@ def train_tracked(run: TrackedRun, assembly: Assembly, state: TrainingState, che
     result = assembly.train(hooks=HookChain(EpochLog(run), hooks), checkpoint_path=checkpoint, state=state)
     final, results = assembly.score(result)
     run.log_metrics(final, step=result.state.epoch)
+    run.set_tags({DESCRIPTION_TAG: headline(final)})
     return result.state.history, final, results
 
 

@@ -19,7 +19,7 @@ from kd.models.transformer import WORD_OUTPUT, SubwordDataset, TransformerTagger
 from kd.option_schema import check_fields, default
 from kd.tracking.runs import TrackedRun, git_commit
 from kd.tracking.status import run_status
-from kd.tracking.metrics import corpus_metric
+from kd.tracking.metrics import DESCRIPTION_TAG, corpus_metric, headline
 from kd.training.evaluate import EntityScores, Evaluator, metric_names
 from kd.training.identity import default_run_name, identity_tags, transformer_definition
 from kd.training.job_definition import RunPlan
@@ -109,6 +109,7 @@ def run_transformer_job(job: TransformerJob, client, *, hooks: TrainingHooks | N
                        hooks=HookChain(EpochLog(run), hooks))
         final, results = score_splits(evaluators, result.state, per_corpus_metrics, timed_split=job.eval_split)
         run.log_metrics(final, step=result.state.epoch)
+        run.set_tags({DESCRIPTION_TAG: headline(final)})
         log_final_artifacts(run, lambda staging: run.log_artifact(save_transformer(model, tags, staging / "model"),
                                                                   "model"), asdict(job), evaluators, results)
     return RunSummary(run_id=run.run_id, metrics=final)

@@ -38,16 +38,21 @@ def tokens_per_second(teachers: Sequence[TeacherModel], task: str, sentences: Se
     return sum(len(s) for s in sentences) / (time.perf_counter() - started)
 
 
-def teacher_f1(client, teacher_runs: Sequence[str], task: str, split: str) -> float | None:
-    """The best F1 of the teacher runs on `task`'s `split`, read as the teacher check reads it."""
+def teacher_f1(client, teacher_runs: Sequence[str], task: str, split: str,
+               train_splits: Sequence[str]) -> tuple[float | None, bool]:
+    """The best F1 of the teacher runs on `task`'s `split`, read as the teacher check reads it, and
+    whether every teacher trained on the student's `train_splits`: a student trained on train over a
+    teacher trained on train+devel (issue 26) is not a fraction of like with like."""
     runs = [client.get_run(run_id) for run_id in teacher_runs]
+    alike = all(set(r.data.params.get("train_splits", "").split(",")) == set(train_splits) for r in runs)
     found = [f for f in (corpus_f1(r.data.metrics, r.data.tags, task, split) for r in runs) if f is not None]
-    return max(found) if found else None
+    return (max(found) if found else None), alike
 
 
 def weigh_student(client, assembly: Assembly, student_f1: float) -> dict[str, float]:
     """Metrics comparing a student's assembly with its teacher(s): the teachers when already loaded
-    (live distillation), else loaded from their runs. Speeds are over the scored split."""
+    (live distillation), else loaded from their runs. Speeds are over the scored split;
+    `f1_fraction_of_teacher` only where the teachers trained on the student's training splits."""
     teacher, split, device = assembly.teacher, assembly.job.eval_split, assembly.device
     task, teachers, teacher_runs, precision = (teacher.task, teacher.teachers, teacher.teacher_runs,
                                                assembly.job.training.precision)
@@ -62,8 +67,9 @@ def weigh_student(client, assembly: Assembly, student_f1: float) -> dict[str, fl
                "teacher_predict_tokens_per_second": tokens_per_second(teachers, task, sentences, device, precision)}
     metrics["size_ratio"] = metrics["teacher_bytes"] / metrics["student_bytes"]
     metrics["speedup"] = metrics["predict_tokens_per_second"] / metrics["teacher_predict_tokens_per_second"]
-    reference = teacher_f1(client, teacher_runs, task, split)
+    reference, alike = teacher_f1(client, teacher_runs, task, split, assembly.job.train_splits)
     if reference:
         metrics[f"teacher_{split}_f1"] = reference
-        metrics["f1_fraction_of_teacher"] = student_f1 / reference
+        if alike:
+            metrics["f1_fraction_of_teacher"] = student_f1 / reference
     return metrics
