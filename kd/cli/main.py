@@ -12,6 +12,7 @@ from rich.console import Console
 from kd import __version__
 from kd.cli.data_cmd import data
 from kd.cli.errors import OneLineErrors, handle_errors
+from kd.cli.export_cmd import export
 from kd.cli.plan_cmd import plan
 from kd.errors import KdError
 from kd.cli.options import (WHOLE_NUMBER, apply_threads, as_path, build_model_options, build_training_options,
@@ -32,6 +33,7 @@ def cli() -> None:
 
 
 cli.add_command(data)
+cli.add_command(export)
 cli.add_command(plan)
 cli.add_command(tune)
 
@@ -307,17 +309,29 @@ def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_split
 @click.option("--task", default=None, help="Which corpus's head to use, for a multi-task model.")
 @click.option("--device", default="cpu", show_default=True)
 @precision_option()
+@click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="onnx: ONNX Runtime on CPU with the run's exported model (kd export) or --onnx; same tags.")
+@click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False), default=None,
+              help="--runtime onnx: this exported file instead of the run's; refused unless exported from --model.")
 @handle_errors
-def predict(model_ref, input_path, out_path, task, device, precision) -> None:
+def predict(model_ref, input_path, out_path, task, device, precision, runtime, onnx_file) -> None:
     """Tag sentences with a trained model and write CoNLL (token<TAB>tag)."""
     from kd.data.conll import read_sentences_for_tagging, write_conll
-    from kd.models.inference import SavedTagger
-    from kd.tracking.models import load_logged_tagger
-    from kd.models.device import resolve_device
 
     sentences = read_sentences_for_tagging(input_path)
-    device = resolve_device(device)
-    tagger = SavedTagger(load_logged_tagger(model_ref, tracking_uri(), device), device, task, precision)
+    if runtime == "onnx":
+        from kd.tracking.onnx_model import load_onnx_tagger
+
+        tagger = load_onnx_tagger(model_ref, tracking_uri(), onnx_file, task)
+    else:
+        from kd.models.device import resolve_device
+        from kd.models.inference import SavedTagger
+        from kd.tracking.models import load_logged_tagger
+
+        if onnx_file:
+            raise KdError("--onnx applies to --runtime onnx")
+        device = resolve_device(device)
+        tagger = SavedTagger(load_logged_tagger(model_ref, tracking_uri(), device), device, task, precision)
     tags = tagger.tag(sentences)
     write_conll(sentences, tags, out_path if out_path else sys.stdout)
 
