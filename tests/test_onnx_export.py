@@ -170,6 +170,9 @@ def test_refusals_are_one_line(crf_run, shared_teachers):
     # A model folder or URI has no run to log to: the file must be named.
     message = one_line_error(kd("export", "runs:/" + run_id + "/model", "--format", "onnx"))
     assert "--out" in message
+    # An --out that cannot be written (its folder is a file): nothing is logged either.
+    message = one_line_error(kd("export", run_id, "--out", sentences / "x.onnx"))
+    assert message.startswith(f"error: --out {sentences / 'x.onnx'}: cannot write")
     # An ONNX file exported from another model (the session's STM on the same corpus).
     run_kd("export", shared_teachers.stm, "--out", root / "other.onnx", "--json")
     message = one_line_error(kd("predict", "--model", run_id, "--input", sentences, "--runtime", "onnx",
@@ -182,3 +185,15 @@ def test_refusals_are_one_line(crf_run, shared_teachers):
     assert "junk.onnx" in message
     message = one_line_error(kd("predict", "--model", shared_teachers.mtm, "--input", sentences, "--runtime", "onnx"))
     assert "no ONNX model" in message and "kd export" in message
+
+
+@pytest.mark.slow
+def test_the_export_entry_point_logs_the_onnx_model(crf_run):
+    from mlflow import MlflowClient
+
+    from tests.conftest import mlflow_run
+
+    root, uri, run_id = crf_run
+    result = mlflow_run("export", {"model": run_id, "out": "entry.onnx"}, "exports", root, uri)
+    assert result["files"] == ["entry.onnx"] and (root / "entry.onnx").is_file()
+    assert MlflowClient(uri).get_logged_model(result["logged_model_id"]).source_run_id == run_id

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kd.errors import FieldError
+from kd.errors import FieldError, KdError
 from kd.models.bilstm import BiLSTM
 from kd.models.io import FORMAT_VERSION, SavedModel
 from kd.models.tagger import Tagger
@@ -111,6 +111,7 @@ def export_onnx(saved: SavedModel, task: str | None, path: str | Path) -> Path:
     task = task or tasks[0]
     if task not in tasks:
         raise FieldError("task", task, f"the model has no such task; it has {', '.join(tasks)}")
+    require("onnx")  # before any work
     graph = TaggerGraph(saved.model.cpu().eval(), task).eval()
     path = Path(path)
     with atomic_path(path) as staging:
@@ -133,9 +134,18 @@ def _write_graph(graph: TaggerGraph, inputs: tuple[torch.Tensor, ...], target: P
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
 
 
-def _add_metadata(target: Path, saved: SavedModel, task: str) -> None:
-    import onnx
+def require(module: str):
+    """An optional ONNX module, imported; a one-line error naming the extra where it is missing."""
+    import importlib
 
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise KdError(f"ONNX export and the onnx runtime need {module}: pip install 'kd[onnx]'") from None
+
+
+def _add_metadata(target: Path, saved: SavedModel, task: str) -> None:
+    onnx = require("onnx")
     model = onnx.load(str(target))
     description = {"format_version": FORMAT_VERSION, "config": saved.model.config.to_json(),
                    "vocabularies": saved.vocabularies.to_json()}

@@ -15,7 +15,7 @@ from kd.data.vocab import Vocabularies
 from kd.errors import FieldError, KdError
 from kd.models.io import SavedModel
 from kd.models.onnx_export import (INPUT_NAMES, METADATA_CRF, METADATA_DESCRIPTION, METADATA_FINGERPRINT,
-                                   METADATA_TASK, model_fingerprint)
+                                   METADATA_TASK, model_fingerprint, require)
 from kd.models.predict import PREDICT_BATCH_TOKENS, as_sentences
 
 
@@ -47,8 +47,7 @@ class OnnxTagger:
     """An exported tagger loaded in ONNX Runtime; `tag` as kd.models.inference.SavedTagger's."""
 
     def __init__(self, path: str | Path, shown_as: str | None = None, threads: int | None = None) -> None:
-        import onnxruntime
-
+        onnxruntime = require("onnxruntime")
         self.shown_as = shown_as or str(path)
         options = onnxruntime.SessionOptions()
         if threads:

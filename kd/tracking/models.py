@@ -110,11 +110,11 @@ def logged_model_location(tracking_uri: str, run_id: str, name: str = MODEL_ARTI
 
     client = MlflowClient(tracking_uri)
     outputs = client.get_run(run_id).outputs
-    for output in (outputs.model_outputs if outputs else []) or []:
-        logged = client.get_logged_model(output.model_id)
-        if logged.name == name:
-            return logged.artifact_location
-    return None
+    found = [logged for logged in (client.get_logged_model(output.model_id)
+                                   for output in (outputs.model_outputs if outputs else []) or [])
+             if logged.name == name]
+    # The newest, when a model was logged again (kd export of another task).
+    return max(found, key=lambda logged: logged.creation_timestamp).artifact_location if found else None
 
 
 @contextlib.contextmanager

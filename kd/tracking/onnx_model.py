@@ -10,7 +10,7 @@ from pathlib import Path
 from kd.errors import FieldError, KdError
 from kd.models.inference import SavedTransformer, load_saved_tagger
 from kd.models.io import SavedModel
-from kd.tracking.models import RUN_ID, fetched_model, log_model_folder, logged_model_location
+from kd.tracking.models import MODEL_ARTIFACT, RUN_ID, fetched_model, log_model_folder, logged_model_location
 from kd.tracking.runs import TrackedRun
 
 ONNX_MODEL = "model_onnx"
@@ -27,11 +27,26 @@ class ExportSummary:
 
 def fetch_bilstm_model(model: str, tracking_uri: str) -> tuple[SavedModel, str]:
     """The BiLSTM tagger named by a run id, MLflow URI or folder, and how errors name it."""
+    if RUN_ID.match(model) and not Path(model).is_dir() and not run_has_model(model, tracking_uri):
+        raise KdError(f"{model}: the run has no model (only training runs have one; is it a cache?)")
     with fetched_model(model, tracking_uri) as (directory, shown_as):
         saved = load_saved_tagger(directory, "cpu", shown_as=shown_as)
     if isinstance(saved, SavedTransformer):
         raise KdError(f"{model}: a transformer teacher; ONNX export is for kd's BiLSTM taggers")
     return saved, shown_as
+
+
+def run_has_model(run_id: str, tracking_uri: str) -> bool:
+    """Whether a run has a logged model `model` or (runs before logged models) an artifact of that
+    name; a run that does not exist counts as having one, so that fetching it says so."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return logged_model_location(tracking_uri, run_id) is not None or any(
+            entry.path == MODEL_ARTIFACT for entry in MlflowClient(tracking_uri).list_artifacts(run_id))
+    except MlflowException:
+        return True
 
 
 def export_run_onnx(model: str, tracking_uri: str, client, task: str | None, out: str | Path | None) -> ExportSummary:
@@ -48,13 +63,21 @@ def export_run_onnx(model: str, tracking_uri: str, client, task: str | None, out
     with tempfile.TemporaryDirectory(prefix="kd-onnx-") as staging:
         exported = export_onnx(saved, task, Path(staging) / ONNX_FILE)
         task = OnnxTagger(exported).task
-        logged = log_onnx_model(TrackedRun(client, model), exported) if is_run else None
         if out is not None:
-            from kd.utils.atomic import atomic_path
-
-            with atomic_path(out) as target:
-                shutil.copyfile(exported, target)
+            _copy_out(exported, Path(out))
+        logged = log_onnx_model(TrackedRun(client, model), exported) if is_run else None
     return ExportSummary(task=task, files=[str(out)] if out is not None else [], logged_model_id=logged)
+
+
+def _copy_out(exported: Path, out: Path) -> None:
+    from kd.errors import disk_full_names
+    from kd.utils.atomic import atomic_path
+
+    try:
+        with disk_full_names(out), atomic_path(out) as target:
+            shutil.copyfile(exported, target)
+    except OSError as error:
+        raise FieldError("out", str(out), f"cannot write ({error.strerror or error})") from None
 
 
 def log_onnx_model(run: TrackedRun, onnx_path: Path) -> str:
