@@ -25,7 +25,9 @@ from kd.cli.main import cli
 from kd.data.corpora import load_split
 from kd.data.types import Sentence
 from kd.errors import KdError
+from kd.models.inference import find_saved_tagger
 from kd.models.transformer import SubwordDataset, build_transformer, load_transformer, save_transformer
+from kd.tracking.models import fetched_model
 from kd.training.schedule import task_optimizers
 from tests.conftest import SMALL_MODEL, isolated_store, mlflow_run, one_line_error, run_kd, write_corpus
 
@@ -186,8 +188,10 @@ def test_the_transformer_teacher_is_logged_like_the_mtm(world, tmp_path):
     assert (teacher.kind, bilstm.kind) == ("transformer", "bilstm") and teacher.task_names == ["tiny", "other"]
     assert metrics["num_parameters"] == sum(p.numel() for p in teacher.model.parameters())
     assert metrics["predict_tokens_per_second"] > 0
-    files = {a.path for a in world.client.list_artifacts(world.teacher, "model")}
-    assert {"model/model.safetensors", "model/transformer.json", "model/tokenizer"} <= files
+    # The saved folder is the artifact of the run's logged model `model` (an MLflow pyfunc).
+    with fetched_model(world.teacher, world.uri) as (folder, _):
+        files = {path.name for path in find_saved_tagger(folder).iterdir()}
+    assert {"model.safetensors", "transformer.json", "tokenizer"} <= files
     # The logged predictions are what the reloaded teacher predicts, word by word.
     test = load_split(world.data_dir / "tiny", "test")
     logged = Path(world.client.download_artifacts(world.teacher, "predictions/test/tiny.conll", str(tmp_path)))
@@ -259,10 +263,11 @@ def test_live_and_cached_students_of_the_transformer_learn_the_same_and_weigh_it
     assert histories[0] == pytest.approx(histories[1], rel=1e-5)
     run = world.client.get_run(cached["run_id"])
     metrics = run.data.metrics
-    teacher_weights = Path(world.client.download_artifacts(world.teacher, "model/model.safetensors"))
     from safetensors.numpy import load_file
 
-    assert metrics["teacher_bytes"] == sum(a.nbytes for a in load_file(str(teacher_weights)).values())
+    with fetched_model(world.teacher, world.uri) as (folder, _):
+        teacher_arrays = load_file(str(find_saved_tagger(folder) / "model.safetensors"))
+    assert metrics["teacher_bytes"] == sum(a.nbytes for a in teacher_arrays.values())
     assert world.client.get_run(world.teacher).data.metrics["model_bytes"] == metrics["teacher_bytes"]
     assert metrics["student_bytes"] == 4 * metrics["num_parameters"]
     assert metrics["size_ratio"] == pytest.approx(metrics["teacher_bytes"] / metrics["student_bytes"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import tempfile
@@ -12,18 +13,30 @@ import torch
 
 import kd
 from kd.errors import KdError, disk_full_names
-from kd.models.inference import SavedTransformer, load_saved_tagger
-from kd.models.io import SavedModel, load_model
+from kd.models.inference import SavedTransformer, find_saved_tagger, load_saved_tagger
+from kd.models.io import CONFIG_FILE, SavedModel, load_model
 from kd.tracking.runs import TrackedRun
 
 MODEL_ARTIFACT = "model"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def _requirements() -> list[str]:
+def _requirements(transformer: bool) -> list[str]:
     from importlib.metadata import version
 
-    return [f"{name}=={version(name)}" for name in ("torch", "mlflow", "numpy", "seqeval", "pandas")]
+    names = ("torch", "mlflow", "numpy", "seqeval", "pandas") + (
+        ("transformers", "safetensors", "tokenizers") if transformer else ())
+    return [f"{name}=={version(name)}" for name in names]
+
+
+def _saved_tasks(model_directory: Path) -> tuple[list[str], bool]:
+    """The tasks of a saved model folder of either kind, in head order, and whether it is a transformer."""
+    from kd.models import transformer
+
+    found = find_saved_tagger(model_directory)
+    is_transformer = (found / transformer.CONFIG_FILE).is_file()
+    description = json.loads((found / (transformer.CONFIG_FILE if is_transformer else CONFIG_FILE)).read_text())
+    return list(description["config"]["tasks"]), is_transformer
 
 
 # Shown on the logged model's page and checked when it is logged (MLflow runs the model on it).
@@ -72,7 +85,7 @@ def log_model_folder(run: TrackedRun, name: str, model_type: str,
 
 def _save_pyfunc(target: Path, model_directory: Path, mlflow_model) -> None:
     """The MLflow model folder: this package's pyfunc_model.py as "model from code", the saved tagger
-    as its artifact, a signature and an input example (which MLflow checks by running the model, about
+    (either kind) as its artifact, a signature and an input example (which MLflow checks by running the model, about
     a second for a default-size tagger)."""
     import logging
     import warnings
@@ -80,11 +93,14 @@ def _save_pyfunc(target: Path, model_directory: Path, mlflow_model) -> None:
     import mlflow.pyfunc
     import pandas as pd
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+    from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
     package = Path(kd.__file__).resolve().parent
+    tasks, is_transformer = _saved_tasks(model_directory)
+    # A multi-task model tags with the head of the corpus `task` names, its first by default.
     signature = ModelSignature(inputs=Schema([ColSpec(Array(DataType.string), "tokens")]),
-                               outputs=Schema([ColSpec(Array(DataType.string))]))
+                               outputs=Schema([ColSpec(Array(DataType.string))]),
+                               params=ParamSchema([ParamSpec("task", DataType.string, tasks[0])]))
     mlflow_logger = logging.getLogger("mlflow")
     level = mlflow_logger.level
     mlflow_logger.setLevel(logging.WARNING)  # the check logs a line per step at INFO
@@ -94,7 +110,7 @@ def _save_pyfunc(target: Path, model_directory: Path, mlflow_model) -> None:
             mlflow.pyfunc.save_model(
                 path=str(target), python_model=str(package / "tracking" / "pyfunc_model.py"),
                 artifacts={"tagger": str(model_directory)}, code_paths=[str(package)], signature=signature,
-                input_example=pd.DataFrame({"tokens": [EXAMPLE_SENTENCE]}), pip_requirements=_requirements(),
+                input_example=pd.DataFrame({"tokens": [EXAMPLE_SENTENCE]}), pip_requirements=_requirements(is_transformer),
                 mlflow_model=mlflow_model)
     finally:
         mlflow_logger.setLevel(level)

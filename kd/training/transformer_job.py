@@ -17,6 +17,7 @@ from kd.errors import FieldError
 from kd.models.device import resolve_device
 from kd.models.predict import PREDICT_BATCH_TOKENS, decode_in_batches
 from kd.models.transformer import WORD_OUTPUT, SubwordDataset, TransformerTagger, build_transformer, save_transformer
+from kd.tracking.models import log_tagger_model
 from kd.tracking.runs import TrackedRun, git_commit
 from kd.tracking.status import run_status
 from kd.tracking.metrics import corpus_metric
@@ -97,8 +98,9 @@ def per_corpus_metrics(split: str, scores: dict[str, EntityScores]) -> dict[str,
 def run_transformer_job(job: TransformerJob, client, *, callbacks: Sequence[EpochCallback] = (),
                         attach_to: str | None = None, on_start: Callable[[str], None] | None = None,
                         on_batch: BatchCallback | None = None) -> RunSummary:
-    """Fine-tunes, evaluates and logs one transformer teacher; the model artifact `model/` is the
-    folder of kd.models.transformer.save_transformer (safetensors, JSON, tokenizer files).
+    """Fine-tunes, evaluates and logs one transformer teacher; its logged model `model` (MLflow pyfunc,
+    as a BiLSTM's) holds the folder of kd.models.transformer.save_transformer (safetensors, JSON,
+    tokenizer files).
     `on_start` hears the run id as soon as the run exists, `on_batch` every training batch."""
     device = resolve_device(job.device)
     held_out_devel = "devel" not in job.train_splits
@@ -148,6 +150,6 @@ def run_transformer_job(job: TransformerJob, client, *, callbacks: Sequence[Epoc
             final["best_epoch"] = float(result.state.best_epoch)
         final["epochs_trained"] = float(result.state.epoch)
         run.log_metrics(final, step=result.state.epoch)
-        log_final_artifacts(run, lambda staging: run.log_artifact(save_transformer(model, tags, staging / "model"),
-                                                                  "model"), asdict(job), evaluators, results)
+        log_final_artifacts(run, lambda staging: log_tagger_model(run, save_transformer(model, tags, staging / "model")),
+                            asdict(job), evaluators, results)
     return RunSummary(run_id=run.run_id, metrics=final)
