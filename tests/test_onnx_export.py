@@ -197,3 +197,20 @@ def test_the_export_entry_point_logs_the_onnx_model(crf_run):
     result = mlflow_run("export", {"model": run_id, "out": "entry.onnx"}, "exports", root, uri)
     assert result["files"] == ["entry.onnx"] and (root / "entry.onnx").is_file()
     assert MlflowClient(uri).get_logged_model(result["logged_model_id"]).source_run_id == run_id
+
+
+@pytest.mark.slow
+def test_a_student_exported_at_the_end_of_its_run_tags_as_torch(crf_run, shared_teachers):
+    from mlflow import MlflowClient
+
+    root, uri, _ = crf_run
+    result = run_kd("distill", "--task", "tiny", "--data-dir", shared_teachers.data_dir, "--cache",
+                    shared_teachers.stm_cache, "--epochs", "1", *SMALL_MODEL, "--export", "onnx", "--json")
+    logged = MlflowClient(uri).get_logged_model(result["onnx_model_id"])
+    assert (logged.name, logged.source_run_id) == ("model_onnx", result["run_id"])
+    test_file = shared_teachers.data_dir / "tiny" / "test.tsv"
+    for runtime in ("torch", "onnx"):
+        outcome = kd("predict", "--model", result["run_id"], "--input", test_file, "--out", root / f"student.{runtime}",
+                     "--runtime", runtime)
+        assert outcome.exit_code == 0, outcome.output
+    assert read_tags(root / "student.onnx") == read_tags(root / "student.torch")

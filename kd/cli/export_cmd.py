@@ -1,6 +1,8 @@
 """`kd export`: a run's tagger as a file other runtimes load (ONNX)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 
 from kd.cli.errors import handle_errors
@@ -31,3 +33,28 @@ def export(model, export_format, out, task, as_json, threads) -> None:
                            "logged_model_id": summary.logged_model_id})
     else:
         click.echo(f"exported {model} ({summary.task}) to {' and '.join(places)}")
+
+
+def export_at_end_option(func: Callable) -> Callable:
+    """`--export onnx` of the single-task training commands (`train`, `distill`)."""
+    return click.option("--export", "export_format", type=click.Choice(["onnx"]), default=None,
+                        help="When the run has finished, export its model as `kd export RUN --format onnx` does "
+                             "(logged model `model_onnx`); needs kd[onnx], checked before training.")(func)
+
+
+def check_export_available(export_format: str | None) -> None:
+    """Refuses `--export` before any training where its packages are missing."""
+    if export_format == "onnx":
+        from kd.models.onnx_export import require
+
+        require("onnx")
+        require("onnxruntime")
+
+
+def export_finished_run(export_format: str | None, run_id: str) -> dict:
+    """The export of a finished run, as fields of the command's JSON result (none without --export)."""
+    if export_format != "onnx":
+        return {}
+    from kd.tracking.onnx_model import export_run_onnx
+
+    return {"onnx_model_id": export_run_onnx(run_id, tracking_uri(), tracking_client(), None, None).logged_model_id}

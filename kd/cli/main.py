@@ -12,7 +12,7 @@ from rich.console import Console
 from kd import __version__
 from kd.cli.data_cmd import data
 from kd.cli.errors import OneLineErrors, handle_errors
-from kd.cli.export_cmd import export
+from kd.cli.export_cmd import check_export_available, export, export_at_end_option, export_finished_run
 from kd.cli.plan_cmd import plan
 from kd.errors import KdError
 from kd.cli.options import (WHOLE_NUMBER, apply_threads, as_path, build_model_options, build_training_options,
@@ -44,14 +44,15 @@ cli.add_command(tune)
 @split_options
 @model_options
 @training_options
+@export_at_end_option
 @handle_errors
 def train(task, data_dir, train_splits, eval_split, resume_run_id, device, threads, experiment, run_name,
-          checkpoint_dir, as_json, **kwargs) -> None:
+          checkpoint_dir, as_json, export_format, **kwargs) -> None:
     """Train a single-task model (STM) on one corpus."""
     if not resume_run_id and not task:
         raise click.UsageError("--task is required (or --resume RUN_ID)")
     run_job([task] if task else [], "uniform", data_dir, train_splits, eval_split, resume_run_id, device, threads,
-            experiment, run_name, checkpoint_dir, as_json, kwargs)
+            experiment, run_name, checkpoint_dir, as_json, kwargs, export_format=export_format)
 
 
 @cli.command("train-teacher")
@@ -197,9 +198,10 @@ def cache_logits(teachers, tasks, data_dir, splits, unlabelled, layers, dtype, b
 @split_options
 @model_options
 @training_options
+@export_at_end_option
 @handle_errors
 def distill(task, cache_run, teachers, loss, alpha, beta, gamma, kappa, tau, unlabelled, data_dir, train_splits, eval_split,
-            resume_run_id, device, threads, experiment, run_name, checkpoint_dir, as_json, **kwargs) -> None:
+            resume_run_id, device, threads, experiment, run_name, checkpoint_dir, as_json, export_format, **kwargs) -> None:
     """Train a single-task student from a teacher's cache or live teacher(s)."""
     from kd.training.distillation import DistillOptions
 
@@ -212,7 +214,7 @@ def distill(task, cache_run, teachers, loss, alpha, beta, gamma, kappa, tau, unl
                                  teacher_runs=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None,
                                  unlabelled=resolved_file(unlabelled))
     run_job([task] if task else [], "uniform", data_dir, train_splits, eval_split, resume_run_id, device, threads,
-            experiment, run_name, checkpoint_dir, as_json, kwargs, distill=options)
+            experiment, run_name, checkpoint_dir, as_json, kwargs, distill=options, export_format=export_format)
 
 
 @cli.command()
@@ -272,12 +274,14 @@ def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, a
 
 def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_splits: str, eval_split: str,
             resume_run_id: str | None, device: str, threads: int | None, experiment: str, run_name: str | None,
-            checkpoint_dir: str, as_json: bool, kwargs: dict, distill=None, optimizer_state: str = "shared") -> None:
+            checkpoint_dir: str, as_json: bool, kwargs: dict, distill=None, optimizer_state: str = "shared",
+            export_format: str | None = None) -> None:
     """Shared by `train`, `train-teacher` and `distill`: one corpus makes an STM, several an MTM,
-    distillation options a student."""
+    distillation options a student; `export_format` exports the finished model (kd export)."""
     from kd.training.jobs import parse_splits
     from kd.training.tagger_job import TaggerJob, run_tagger_job
 
+    check_export_available(export_format)
     apply_threads(threads)
     job = None
     if not resume_run_id:
@@ -298,7 +302,8 @@ def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_split
                                  on_start=display.on_start, on_batch=display.on_batch, callbacks=[display.on_epoch],
                                  warn=display.message)
     point_project_run(client, experiment, summary.run_id)
-    echo_result(as_json, {"run_id": summary.run_id, **summary.metrics})
+    echo_result(as_json, {"run_id": summary.run_id, **summary.metrics,
+                          **export_finished_run(export_format, summary.run_id)})
 
 
 @cli.command()
