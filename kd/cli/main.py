@@ -83,9 +83,10 @@ def train_teacher(tasks, data_dir, sampling, optimizer_state, kind, base, train_
     corpora = [] if not tasks else (
         [str(p) for p in discover_corpora(as_path(data_dir))] if tasks.strip() == "all"
         else [t.strip() for t in tasks.split(",") if t.strip()])
-    if kind == "transformer":
+    if kind == "transformer" or (resume_run_id and is_transformer_run(resume_run_id)):
         return run_transformer_teacher(corpora, base, data_dir, sampling, optimizer_state, train_splits, eval_split,
-                                       resume_run_id, device, threads, experiment, run_name, as_json, kwargs)
+                                       resume_run_id, device, threads, experiment, run_name, checkpoint_dir, as_json,
+                                       kwargs)
     if base:
         raise KdError("--base applies to --kind transformer")
     if not resume_run_id and len(corpora) < 2:
@@ -94,12 +95,21 @@ def train_teacher(tasks, data_dir, sampling, optimizer_state, kind, base, train_
             run_name, checkpoint_dir, as_json, kwargs, optimizer_state=optimizer_state)
 
 
+def is_transformer_run(run_id: str) -> bool:
+    """Whether a run to resume is a transformer teacher's (`kd train-teacher --resume` needs no --kind)."""
+    try:
+        return tracking_client().get_run(run_id).data.tags.get("teacher_kind") == "transformer"
+    except Exception:  # no such run: the resume itself says so
+        return False
+
+
 def run_transformer_teacher(corpora: list[str], base: str | None, data_dir: str | None, sampling: str,
                             optimizer_state: str, train_splits: str, eval_split: str, resume_run_id: str | None,
-                            device: str, threads: int | None, experiment: str, run_name: str | None, as_json: bool,
-                            kwargs: dict) -> None:
+                            device: str, threads: int | None, experiment: str, run_name: str | None,
+                            checkpoint_dir: str, as_json: bool, kwargs: dict) -> None:
     """`kd train-teacher --kind transformer`: the BiLSTM's size options do not apply; the learning
-    rate, epochs and dropout default to fine-tuning values unless given."""
+    rate, epochs and dropout default to fine-tuning values unless given. `--resume` continues a
+    stopped run with its own options."""
     from click.core import ParameterSource
 
     from kd.training.jobs import parse_splits
@@ -108,8 +118,6 @@ def run_transformer_teacher(corpora: list[str], base: str | None, data_dir: str 
 
     context = click.get_current_context()
     given = {name for name in kwargs if context.get_parameter_source(name) != ParameterSource.DEFAULT}
-    if resume_run_id:
-        raise KdError("--resume: transformer teachers are not resumable; start the run again")
     for name in ("word_dim", "char_dim", "char_hidden", "shared_hidden", "task_hidden", "hidden_dim", "embeddings"):
         if name in given:
             raise KdError(f"--{name.replace('_', '-')} applies to --kind bilstm, not transformer")
@@ -119,16 +127,17 @@ def run_transformer_teacher(corpora: list[str], base: str | None, data_dir: str 
     apply_threads(threads)
     client = tracking_client()
     experiment, attach_to = project_target(client, experiment, option_given("experiment"))
-    job = TransformerJob(corpora=corpora, base=base or "", data_dir=data_dir or None, output=kwargs["output"],
-                         dropout=kwargs["dropout"], training=build_training_options(kwargs),
-                         train_splits=parse_splits(train_splits, "--train-splits"),
-                         eval_split=parse_splits(eval_split, "--eval-split")[0], sampling=sampling,
-                         optimizer_state=optimizer_state, device=device, experiment=experiment, run_name=run_name)
+    job = None if resume_run_id else TransformerJob(
+        corpora=corpora, base=base or "", data_dir=data_dir or None, output=kwargs["output"],
+        dropout=kwargs["dropout"], training=build_training_options(kwargs),
+        train_splits=parse_splits(train_splits, "--train-splits"),
+        eval_split=parse_splits(eval_split, "--eval-split")[0], sampling=sampling,
+        optimizer_state=optimizer_state, device=device, experiment=experiment, run_name=run_name)
     display = TrainingDisplay(client, tracking_uri(), wants_live_display(kwargs.pop("progress")))
-    # Transformer teachers are not resumable: a stopped one is started again.
-    with stop_cleanly(display, lambda run_id: f"run {run_id} is marked KILLED; start it again to train it"):
-        summary = run_transformer_job(job, client, attach_to=attach_to, on_start=display.on_start,
-                                      on_batch=display.on_batch, callbacks=[display.on_epoch])
+    with stop_cleanly(display, resume_hint("train-teacher")):
+        summary = run_transformer_job(job, client, Path(checkpoint_dir), resume_run_id=resume_run_id,
+                                      attach_to=attach_to, on_start=display.on_start, on_batch=display.on_batch,
+                                      callbacks=[display.on_epoch])
     point_project_run(client, experiment, summary.run_id)
     echo_result(as_json, {"run_id": summary.run_id, **summary.metrics})
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from kd.data.vocab import tag_list
-from kd.errors import FieldError
+from kd.errors import FieldError, KdError
 from kd.models.device import resolve_device
 from kd.models.predict import PREDICT_BATCH_TOKENS, decode_in_batches
 from kd.models.transformer import WORD_OUTPUT, SubwordDataset, TransformerTagger, build_transformer, save_transformer
@@ -23,8 +23,8 @@ from kd.tracking.status import run_status
 from kd.tracking.metrics import corpus_metric
 from kd.training.evaluate import EntityScores, entity_scores, metric_names
 from kd.training.identity import default_run_name, identity_tags, transformer_definition
-from kd.training.jobs import RunPlan, load_tasks
-from kd.training.loop import BatchCallback, EpochCallback, TrainingOptions, train
+from kd.training.jobs import RunPlan, checkpoint_file, load_tasks, resume_state
+from kd.training.loop import BatchCallback, EpochCallback, TrainingOptions, TrainingState, train
 from kd.training.schedule import alternating_plan, check_schedule, supervised_loss, task_optimizers
 from kd.training.tagger_job import RunSummary, log_final_artifacts
 from kd.training.weighing import model_bytes
@@ -55,6 +55,11 @@ class TransformerJob(RunPlan):
         if not 0 <= self.dropout < 1:
             raise FieldError("dropout", self.dropout, "must be in [0, 1)")
         check_schedule(self.sampling, self.optimizer_state)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TransformerJob":
+        """The job a checkpoint keeps (`asdict` of it), for `--resume`."""
+        return cls(**{**data, "training": TrainingOptions(**data["training"])})
 
     def params(self) -> dict[str, Any]:
         return {"kind": "transformer", "corpora": ",".join(self.corpora), "base": self.base,
@@ -95,13 +100,23 @@ def per_corpus_metrics(split: str, scores: dict[str, EntityScores]) -> dict[str,
     return metrics
 
 
-def run_transformer_job(job: TransformerJob, client, *, callbacks: Sequence[EpochCallback] = (),
+def run_transformer_job(job: TransformerJob | None, client, checkpoint_dir: Path, *,
+                        callbacks: Sequence[EpochCallback] = (), resume_run_id: str | None = None,
                         attach_to: str | None = None, on_start: Callable[[str], None] | None = None,
                         on_batch: BatchCallback | None = None) -> RunSummary:
     """Fine-tunes, evaluates and logs one transformer teacher; its logged model `model` (MLflow pyfunc,
     as a BiLSTM's) holds the folder of kd.models.transformer.save_transformer (safetensors, JSON,
-    tokenizer files).
-    `on_start` hears the run id as soon as the run exists, `on_batch` every training batch."""
+    tokenizer files). A checkpoint under `checkpoint_dir` after every epoch lets `resume_run_id`
+    continue a stopped run with the options it was started with (`job` is then ignored), as
+    tagger_job's runs do. `on_start` hears the run id as soon as the run exists, `on_batch` every
+    training batch."""
+    state: TrainingState | None = None
+    if resume_run_id:
+        run = TrackedRun.resume(client, resume_run_id)
+        state, checkpoint = resume_state(run)
+        job = TransformerJob.from_dict(state.job)
+    if job is None:
+        raise KdError("no job to run: give a job or a run to resume")
     device = resolve_device(job.device)
     held_out_devel = "devel" not in job.train_splits
     tasks = load_tasks(job.corpora, Path(job.data_dir) if job.data_dir else None,
@@ -115,13 +130,10 @@ def run_transformer_job(job: TransformerJob, client, *, callbacks: Sequence[Epoc
     evaluators = {split: TransformerEvaluator(model, tags, {name: model.encode(data.splits[split], tags[name])
                                                             for name, data in tasks.items()},
                                               device, job.training.precision) for split in splits}
-    identity = identity_tags(transformer_definition(job))
-    run = TrackedRun.start(client, job.experiment, job.run_name or default_run_name(
-        identity["model_name"], list(tasks), job.training.seed), {
-        "task": ",".join(tasks), "model_kind": "mtm", "teacher_kind": "transformer", "output": job.output,
-        "seed": job.training.seed, "word_output": WORD_OUTPUT, "git_commit": git_commit(), **identity},
-        attach_to=attach_to)
-    run.log_params(job.params())
+    if state is None:
+        run, checkpoint = start_transformer_run(job, client, list(tasks), checkpoint_dir, attach_to)
+        state = TrainingState(job=asdict(job))
+        state.save(checkpoint)  # a run killed in its first epoch resumes from scratch
     if on_start is not None:
         on_start(run.run_id)
     with run_status(run):
@@ -136,7 +148,7 @@ def run_transformer_job(job: TransformerJob, client, *, callbacks: Sequence[Epoc
                        alternating_plan(train_data, job.training.batch_size, job.sampling), supervised_loss(model),
                        job.training, device, evaluate_epoch=evaluate_devel if held_out_devel else None,
                        selection_metric="devel_f1" if held_out_devel else None, callbacks=callbacks,
-                       log_metrics=run.log_metrics, on_batch=on_batch)
+                       log_metrics=run.log_metrics, checkpoint_path=checkpoint, state=state, on_batch=on_batch)
         final: dict[str, float] = {}
         results = {}
         for split, evaluator in evaluators.items():
@@ -152,4 +164,21 @@ def run_transformer_job(job: TransformerJob, client, *, callbacks: Sequence[Epoc
         run.log_metrics(final, step=result.state.epoch)
         log_final_artifacts(run, lambda staging: log_tagger_model(run, save_transformer(model, tags, staging / "model")),
                             asdict(job), evaluators, results)
+    checkpoint.unlink(missing_ok=True)
+    client.delete_tag(run.run_id, "checkpoint")
     return RunSummary(run_id=run.run_id, metrics=final)
+
+
+def start_transformer_run(job: TransformerJob, client, tasks: list[str], checkpoint_dir: Path,
+                          attach_to: str | None) -> tuple[TrackedRun, Path]:
+    """A new run of the job, tagged like the MTM, its params logged and its checkpoint path tagged."""
+    identity = identity_tags(transformer_definition(job))
+    run = TrackedRun.start(client, job.experiment, job.run_name or default_run_name(
+        identity["model_name"], tasks, job.training.seed), {
+        "task": ",".join(tasks), "model_kind": "mtm", "teacher_kind": "transformer", "output": job.output,
+        "seed": job.training.seed, "word_output": WORD_OUTPUT, "git_commit": git_commit(), **identity},
+        attach_to=attach_to)
+    run.log_params(job.params())
+    checkpoint = checkpoint_file(checkpoint_dir, run.run_id).resolve()
+    run.set_tags({"checkpoint": str(checkpoint)})
+    return run, checkpoint
