@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from kd.data.vocab import tag_list
-from kd.errors import FieldError, KdError
+from kd.errors import FieldError
 from kd.models.device import resolve_device
 from kd.models.predict import PREDICT_BATCH_TOKENS, decode_in_batches
 from kd.models.transformer import WORD_OUTPUT, SubwordDataset, TransformerTagger, build_transformer, save_transformer
@@ -23,7 +23,7 @@ from kd.tracking.status import run_status
 from kd.tracking.metrics import corpus_metric
 from kd.training.evaluate import EntityScores, entity_scores, metric_names
 from kd.training.identity import default_run_name, identity_tags, transformer_definition
-from kd.training.jobs import RunPlan, checkpoint_file, load_tasks, resume_state
+from kd.training.jobs import RunPlan, checkpoint_file, job_to_run, load_tasks
 from kd.training.loop import BatchCallback, EpochCallback, TrainingOptions, TrainingState, train
 from kd.training.schedule import alternating_plan, check_schedule, supervised_loss, task_optimizers
 from kd.training.tagger_job import RunSummary, log_final_artifacts
@@ -100,6 +100,21 @@ def per_corpus_metrics(split: str, scores: dict[str, EntityScores]) -> dict[str,
     return metrics
 
 
+def score_splits(evaluators: dict[str, TransformerEvaluator], eval_split: str) -> tuple[dict[str, float], dict]:
+    """The final per-corpus metrics of every evaluated split, with the words per second of tagging
+    `eval_split`, and each split's scores and predictions."""
+    final: dict[str, float] = {}
+    results = {}
+    for split, evaluator in evaluators.items():
+        started = time.perf_counter()
+        results[split] = evaluator.run()
+        if split == eval_split:
+            words = sum(d.num_tokens for d in evaluator.datasets.values())
+            final["predict_tokens_per_second"] = words / (time.perf_counter() - started)
+        final.update(per_corpus_metrics(split, results[split][0]))
+    return final, results
+
+
 def run_transformer_job(job: TransformerJob | None, client, checkpoint_dir: Path, *,
                         callbacks: Sequence[EpochCallback] = (), resume_run_id: str | None = None,
                         attach_to: str | None = None, on_start: Callable[[str], None] | None = None,
@@ -110,13 +125,7 @@ def run_transformer_job(job: TransformerJob | None, client, checkpoint_dir: Path
     continue a stopped run with the options it was started with (`job` is then ignored), as
     tagger_job's runs do. `on_start` hears the run id as soon as the run exists, `on_batch` every
     training batch."""
-    state: TrainingState | None = None
-    if resume_run_id:
-        run = TrackedRun.resume(client, resume_run_id)
-        state, checkpoint = resume_state(run)
-        job = TransformerJob.from_dict(state.job)
-    if job is None:
-        raise KdError("no job to run: give a job or a run to resume")
+    job, run, state, checkpoint = job_to_run(client, job, resume_run_id, TransformerJob.from_dict)
     device = resolve_device(job.device)
     held_out_devel = "devel" not in job.train_splits
     tasks = load_tasks(job.corpora, Path(job.data_dir) if job.data_dir else None,
@@ -149,15 +158,7 @@ def run_transformer_job(job: TransformerJob | None, client, checkpoint_dir: Path
                        job.training, device, evaluate_epoch=evaluate_devel if held_out_devel else None,
                        selection_metric="devel_f1" if held_out_devel else None, callbacks=callbacks,
                        log_metrics=run.log_metrics, checkpoint_path=checkpoint, state=state, on_batch=on_batch)
-        final: dict[str, float] = {}
-        results = {}
-        for split, evaluator in evaluators.items():
-            started = time.perf_counter()
-            results[split] = evaluator.run()
-            if split == job.eval_split:
-                words = sum(d.num_tokens for d in evaluator.datasets.values())
-                final["predict_tokens_per_second"] = words / (time.perf_counter() - started)
-            final.update(per_corpus_metrics(split, results[split][0]))
+        final, results = score_splits(evaluators, job.eval_split)
         if result.state.best_epoch is not None:
             final["best_epoch"] = float(result.state.best_epoch)
         final["epochs_trained"] = float(result.state.epoch)
