@@ -9,11 +9,15 @@ after one warm-up round, so that a load that comes and goes falls on all of them
 is reported, with the tags compared with torch fp32's (ONNX must match exactly; bf16 may differ).
 
     python bench/predict_runtimes.py [--data-dir ../shared/datasets] [--corpus NCBI-disease]
-        [--output crf] [--model FOLDER] [--threads 1,2] [--calls 3]
+        [--output crf] [--model FOLDER] [--threads 1,2] [--calls 3] [--onnx-budgets 1024,4096]
+
+ONNX Runtime runs once per batch budget of --onnx-budgets (padded words per batch; torch uses kd's
+default, PREDICT_BATCH_TOKENS).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import tempfile
@@ -46,6 +50,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="A saved single-task tagger folder (tagger.json).")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--calls", type=int, default=3)
+    parser.add_argument("--onnx-budgets", default="1024,4096")
     args = parser.parse_args()
 
     data = load_task(args.corpus, args.data_dir, ["train", "test"])
@@ -60,7 +65,9 @@ def main() -> None:
             for precision in ("fp32", "bf16"):
                 tagger = SavedTagger(saved, "cpu", task, precision)
                 settings[(f"torch {precision}", threads)] = tagger.tag
-            settings[("onnxruntime", threads)] = OnnxTagger(onnx_file, threads=threads).tag
+            onnx_tagger = OnnxTagger(onnx_file, threads=threads)
+            for budget in (int(b) for b in args.onnx_budgets.split(",")):
+                settings[(f"onnxruntime b{budget}", threads)] = functools.partial(onnx_tagger.tag, batch_tokens=budget)
         seconds = {key: [] for key in settings}
         tags = {}
         for round_number in range(args.calls + 1):
@@ -78,7 +85,7 @@ def main() -> None:
         base = statistics.median(seconds["torch fp32", threads])
         rows.append({"runtime": runtime, "threads": threads, "seconds": median, "words_per_s": words / median,
                      "x_torch_fp32": base / median, "tags_differ": differ})
-        print(f"{runtime:12s} {threads} thread(s) {words / median:9.0f} words/s  x{base / median:5.2f} of torch fp32  "
+        print(f"{runtime:18s} {threads} thread(s) {words / median:9.0f} words/s  x{base / median:5.2f} of torch fp32  "
               f"{differ} of {words} tags differ", flush=True)
     print(json.dumps({"corpus": data.name, "test_words": words, "output": saved.model.config.output,
                       "trained": bool(args.model), "calls": args.calls, "rows": rows}))
