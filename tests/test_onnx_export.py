@@ -185,6 +185,12 @@ def test_refusals_are_one_line(crf_run, shared_teachers):
     assert "junk.onnx" in message
     message = one_line_error(kd("predict", "--model", shared_teachers.mtm, "--input", sentences, "--runtime", "onnx"))
     assert "no ONNX model" in message and "kd export" in message
+    # Torch's options with ONNX Runtime, ONNX's with torch.
+    message = one_line_error(kd("predict", "--model", run_id, "--input", sentences, "--runtime", "onnx",
+                                "--precision", "bf16"))
+    assert "--precision" in message
+    message = one_line_error(kd("predict", "--model", run_id, "--input", sentences, "--onnx", root / "other.onnx"))
+    assert "--onnx applies to --runtime onnx" in message
 
 
 @pytest.mark.slow

@@ -336,6 +336,8 @@ def predict(model_ref, input_path, out_path, task, device, precision, runtime, o
     if runtime == "onnx":
         from kd.tracking.onnx_model import load_onnx_tagger
 
+        if precision != "fp32" or device != "cpu":
+            raise KdError("--precision and --device apply to --runtime torch (ONNX Runtime runs fp32 on CPU)")
         tagger = load_onnx_tagger(model_ref, tracking_uri(), onnx_file, task)
     else:
         from kd.models.device import resolve_device
