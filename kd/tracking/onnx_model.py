@@ -6,12 +6,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kd.errors import FieldError, KdError
 from kd.models.inference import SavedTransformer, load_saved_tagger
 from kd.models.io import SavedModel
 from kd.tracking.models import MODEL_ARTIFACT, RUN_ID, fetched_model, log_model_folder, logged_model_location
 from kd.tracking.runs import TrackedRun
+
+if TYPE_CHECKING:  # onnxruntime loads only in the commands that use it
+    from kd.models.onnx_runtime import OnnxTagger
 
 ONNX_MODEL = "model_onnx"
 # The file name MLflow's ONNX flavour gives the graph in its model folder.
@@ -103,7 +107,7 @@ def log_onnx_model(run: TrackedRun, onnx_path: Path) -> str:
 
 
 def load_onnx_tagger(model: str, tracking_uri: str, onnx_file: str | None = None, task: str | None = None,
-                     threads: int | None = None):
+                     threads: int | None = None) -> OnnxTagger:
     """The ONNX tagger of `model` (a run id, MLflow URI or folder): the file `onnx_file` or else
     the run's logged `model_onnx`, refused (KdError) unless it was exported from the model's weights
     and vocabularies and tags `task` (when given)."""
