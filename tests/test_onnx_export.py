@@ -149,6 +149,15 @@ def test_export_logs_an_onnx_model_whose_tags_are_torchs(crf_run, shared_teacher
     assert logged.name == "model_onnx" and logged.source_run_id == run_id
     onnx_graph = mlflow.onnx.load_model(logged.model_uri)
     assert [i.name for i in onnx_graph.graph.input] == list(INPUT_NAMES)
+    # MLflow's pyfunc of the flavour takes the index arrays and gives the file's scores.
+    import mlflow.pyfunc
+
+    tagger = OnnxTagger(root / "tiny.onnx")
+    batch = EncodedDataset(as_sentences([["aspirin", "for", "fever"], ["x"]]), tagger.vocabularies, "tiny",
+                           with_tags=False).batch([0, 1])
+    feeds = {name: getattr(batch, name).numpy() for name in INPUT_NAMES}
+    served = mlflow.pyfunc.load_model(logged.model_uri).predict(feeds)["logits"]
+    assert np.array_equal(served, tagger.session.run(None, feeds)[0])
 
     for runtime_args, out in ((["--runtime", "torch"], "torch.tsv"), (["--runtime", "onnx"], "onnx.tsv"),
                               (["--runtime", "onnx", "--onnx", root / "tiny.onnx"], "file.tsv")):
