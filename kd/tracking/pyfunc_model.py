@@ -1,8 +1,11 @@
-"""MLflow "model from code" for a kd tagger: MLflow stores this file, not a pickle, so loading a
-logged model runs only kd's own code and reads weights with `weights_only=True`.
+"""MLflow "model from code" for a kd tagger, a BiLSTM tagger or a transformer teacher: MLflow stores
+this file, not a pickle, so loading a logged model runs only kd's own code and reads weights with
+`weights_only=True` (BiLSTM) or from safetensors (transformer).
 
 Input: a DataFrame with a column `tokens` (one list of tokens per sentence), or a list of token
-lists. Output: one list of IOB2 tags per sentence.
+lists. Output: one list of IOB2 tags per sentence. Parameter `task`: which corpus's head tags, for
+a multi-task model (default: its first, as the signature says). Other input columns are left for
+other kinds of input (raw text) to come.
 """
 from __future__ import annotations
 
@@ -17,9 +20,19 @@ from mlflow.pyfunc import PythonModel
 with warnings.catch_warnings(record=True):
     class KdTaggerModel(PythonModel):
         def load_context(self, context) -> None:
+            from kd.models.inference import load_saved_tagger
+
+            self.saved = load_saved_tagger(context.artifacts["tagger"])
+            self.taggers = {}
+
+        def tagger(self, task):
+            """The tagger of one task (None: the model's first), made once."""
             from kd.models.inference import SavedTagger
 
-            self.tagger = SavedTagger(context.artifacts["tagger"])
+            task = task or self.saved.model.task_names[0]
+            if task not in self.taggers:
+                self.taggers[task] = SavedTagger(self.saved, "cpu", task)
+            return self.taggers[task]
 
         def predict(self, context, model_input, params=None):
             if hasattr(model_input, "columns"):
@@ -27,7 +40,7 @@ with warnings.catch_warnings(record=True):
                 sentences = [list(tokens) for tokens in model_input[column]]
             else:
                 sentences = [list(tokens) for tokens in model_input]
-            return self.tagger.tag(sentences)
+            return self.tagger((params or {}).get("task")).tag(sentences)
 
 
 mlflow.models.set_model(KdTaggerModel())

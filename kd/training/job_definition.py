@@ -2,7 +2,7 @@
 loading, model construction and checkpoint bookkeeping."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -159,6 +159,19 @@ def encode(task: str, sentences: Sequence[Sentence], vocabularies: Vocabularies)
 
 def checkpoint_file(checkpoint_dir: Path, run_id: str) -> Path:
     return checkpoint_dir / f"{run_id}.pt"
+
+
+def job_to_run(client, job: Any, resume_run_id: str | None, from_dict: Callable[[dict[str, Any]], Any],
+               ) -> tuple[Any, TrackedRun | None, TrainingState | None, Path | None]:
+    """The job a training run does: `job`, or with `resume_run_id` the one that run's checkpoint
+    keeps (`from_dict` rebuilds it), with the resumed run, its training state and checkpoint path."""
+    if resume_run_id:
+        run = TrackedRun.resume(client, resume_run_id)
+        state, checkpoint = resume_state(run)
+        return from_dict(state.job), run, state, checkpoint
+    if job is None:
+        raise KdError("no job to run: give a job or a run to resume")
+    return job, None, None, None
 
 
 def resume_state(run: TrackedRun) -> tuple[TrainingState, Path]:

@@ -27,7 +27,7 @@ from kd.training.assemble import Assembly, SplitResults, assemble, load_job_task
 from kd.training.evaluate import EntityScores
 from kd.tracking.metrics import DESCRIPTION_TAG, headline
 from kd.training.identity import default_run_name, identity_tags, tagger_definition
-from kd.training.job_definition import TaggerJob, checkpoint_file, resume_state
+from kd.training.job_definition import TaggerJob, checkpoint_file, job_to_run
 from kd.training.loop import HookChain, TrainingHooks, TrainingState
 from kd.training.student_diagnostics import log_student_diagnostics
 from kd.training.weighing import weigh_student
@@ -153,13 +153,7 @@ def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *, hooks
     (trials keep only their metrics). `hooks` hear the run id as soon as the run exists, every
     batch and epoch, and a teacher-quality warning."""
     hooks = hooks or TrainingHooks()
-    state: TrainingState | None = None
-    if resume_run_id:
-        run = TrackedRun.resume(client, resume_run_id)
-        state, checkpoint = resume_state(run)
-        job = TaggerJob.from_dict(state.job)
-    if job is None:
-        raise KdError("no job to run: give a job or a run to resume")
+    job, run, state, checkpoint = job_to_run(client, job, resume_run_id, TaggerJob.from_dict)
     tasks = load_job_tasks(job)
     teacher = (TeacherKnowledge.gather(job.distill, job.distill.target_splits(job.train_splits), client,
                                        next(iter(tasks)), resolve_device(job.device)) if job.distill else None)

@@ -17,14 +17,15 @@ from kd.models.device import resolve_device
 from kd.models.predict import PREDICT_BATCH_TOKENS, decode_in_batches
 from kd.models.transformer import WORD_OUTPUT, SubwordDataset, TransformerTagger, build_transformer, save_transformer
 from kd.option_schema import check_fields, default
+from kd.tracking.logged_models import log_tagger_model
 from kd.tracking.runs import TrackedRun, git_commit
 from kd.tracking.status import run_status
 from kd.tracking.metrics import DESCRIPTION_TAG, corpus_metric, headline
 from kd.training.evaluate import EntityScores, Evaluator, metric_names
 from kd.training.identity import default_run_name, identity_tags, transformer_definition
-from kd.training.job_definition import RunPlan
+from kd.training.job_definition import RunPlan, checkpoint_file, job_to_run
 from kd.training.assemble import devel_selection, load_job_tasks, score_splits, scored_splits
-from kd.training.loop import HookChain, Trainable, TrainingHooks, TrainingOptions, train
+from kd.training.loop import HookChain, Trainable, TrainingHooks, TrainingOptions, TrainingState, train
 from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
 from kd.training.tagger_job import EpochLog, RunSummary, log_final_artifacts
 from kd.training.weighing import model_bytes
@@ -52,6 +53,11 @@ class TransformerJob(RunPlan):
             raise FieldError("base", None, "give the encoder to fine-tune (a model folder or hub id)")
         check_fields(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TransformerJob":
+        """The job a checkpoint keeps (`asdict` of it), for `--resume`."""
+        return cls(**{**data, "training": TrainingOptions(**data["training"])})
+
     def params(self) -> dict[str, Any]:
         return {"kind": "transformer", "corpora": ",".join(self.corpora), "base": self.base,
                 "data_dir": str(Path(self.data_dir).resolve()) if self.data_dir else "",
@@ -75,13 +81,18 @@ def per_corpus_metrics(split: str, scores: dict[str, EntityScores]) -> dict[str,
     return metrics
 
 
-def run_transformer_job(job: TransformerJob, client, *, hooks: TrainingHooks | None = None,
+def run_transformer_job(job: TransformerJob | None, client, checkpoint_dir: Path, *,
+                        hooks: TrainingHooks | None = None, resume_run_id: str | None = None,
                         attach_to: str | None = None) -> RunSummary:
-    """Fine-tunes, evaluates and logs one transformer teacher; the model artifact `model/` is the
-    folder of kd.models.transformer.save_transformer (safetensors, JSON, tokenizer files). Devel
-    selection and the final scores are the BiLSTM assembly's (kd.training.assemble). `hooks` hear
-    the run id as soon as the run exists, every batch and every epoch."""
+    """Fine-tunes, evaluates and logs one transformer teacher; its logged model `model` (MLflow pyfunc,
+    as a BiLSTM's) holds the folder of kd.models.transformer.save_transformer (safetensors, JSON,
+    tokenizer files). Devel selection and the final scores are the BiLSTM assembly's
+    (kd.training.assemble). A checkpoint under `checkpoint_dir` after every epoch lets
+    `resume_run_id` continue a stopped run with the options it was started with (`job` is then
+    ignored), as tagger_job's runs do. `hooks` hear the run id as soon as the run exists, every
+    batch and every epoch."""
     hooks = hooks or TrainingHooks()
+    job, run, state, checkpoint = job_to_run(client, job, resume_run_id, TransformerJob.from_dict)
     device = resolve_device(job.device)
     tasks = load_job_tasks(job)
     held_out_devel, splits = scored_splits(job, tasks)
@@ -92,13 +103,10 @@ def run_transformer_job(job: TransformerJob, client, *, hooks: TrainingHooks | N
     evaluators = {split: Evaluator(lambda task, dataset: predict_transformer_tags(
         model, dataset, tags[task], task, device, job.training.precision),
         {name: model.encode(data.splits[split], tags[name]) for name, data in tasks.items()}) for split in splits}
-    identity = identity_tags(transformer_definition(job))
-    run = TrackedRun.start(client, job.experiment, job.run_name or default_run_name(
-        identity["model_name"], list(tasks), job.training.seed), {
-        "task": ",".join(tasks), "model_kind": "mtm", "teacher_kind": "transformer", "output": job.output,
-        "seed": job.training.seed, "word_output": WORD_OUTPUT, "git_commit": git_commit(), **identity},
-        attach_to=attach_to)
-    run.log_params(job.params())
+    if state is None:
+        run, checkpoint = start_transformer_run(job, client, list(tasks), checkpoint_dir, attach_to)
+        state = TrainingState(job=asdict(job))
+        state.save(checkpoint)  # a run killed in its first epoch resumes from scratch
     hooks.on_start(run.run_id)
     with run_status(run):
         run.log_metrics({"num_parameters": float(model.num_parameters()), "model_bytes": float(model_bytes(model)),
@@ -106,10 +114,27 @@ def run_transformer_job(job: TransformerJob, client, *, hooks: TrainingHooks | N
         trainable = Trainable(model, task_optimizers(model, job.training.learning_rate, job.optimizer_state),
                               alternating_plan(train_data, job.training.batch_size, job.sampling), supervised_loss(model))
         result = train(trainable, job.training, device, **devel_selection(evaluators, held_out_devel),
-                       hooks=HookChain(EpochLog(run), hooks))
+                       checkpoint_path=checkpoint, state=state, hooks=HookChain(EpochLog(run), hooks))
         final, results = score_splits(evaluators, result.state, per_corpus_metrics, timed_split=job.eval_split)
         run.log_metrics(final, step=result.state.epoch)
         run.set_tags({DESCRIPTION_TAG: headline(final)})
-        log_final_artifacts(run, lambda staging: run.log_artifact(save_transformer(model, tags, staging / "model"),
-                                                                  "model"), asdict(job), evaluators, results)
+        log_final_artifacts(run, lambda staging: log_tagger_model(run, save_transformer(model, tags, staging / "model")),
+                            asdict(job), evaluators, results)
+    checkpoint.unlink(missing_ok=True)
+    client.delete_tag(run.run_id, "checkpoint")
     return RunSummary(run_id=run.run_id, metrics=final)
+
+
+def start_transformer_run(job: TransformerJob, client, tasks: list[str], checkpoint_dir: Path,
+                          attach_to: str | None) -> tuple[TrackedRun, Path]:
+    """A new run of the job, tagged like the MTM, its params logged and its checkpoint path tagged."""
+    identity = identity_tags(transformer_definition(job))
+    run = TrackedRun.start(client, job.experiment, job.run_name or default_run_name(
+        identity["model_name"], tasks, job.training.seed), {
+        "task": ",".join(tasks), "model_kind": "mtm", "teacher_kind": "transformer", "output": job.output,
+        "seed": job.training.seed, "word_output": WORD_OUTPUT, "git_commit": git_commit(), **identity},
+        attach_to=attach_to)
+    run.log_params(job.params())
+    checkpoint = checkpoint_file(checkpoint_dir, run.run_id).resolve()
+    run.set_tags({"checkpoint": str(checkpoint)})
+    return run, checkpoint
