@@ -135,6 +135,26 @@ def test_full_cache_staging_folder(world, monkeypatch):
     assert not Path(message.removeprefix("error: ").split(":")[0]).exists(), "the staging folder is removed"
 
 
+def test_a_short_write_without_errno_in_the_cache_staging_folder_is_a_full_disk(world, monkeypatch):
+    """numpy words a write that did not fit as `OSError: N requested and M written`, errno None."""
+    save = np.save
+
+    def short(path, array, *args, **kwargs):
+        if "/.cache." in str(path) and str(path).endswith("logits.npy"):
+            whole = __import__("io").BytesIO()
+            save(whole, array)
+            Path(path).write_bytes(whole.getvalue()[:len(whole.getvalue()) // 2])
+            raise OSError(f"{len(whole.getvalue())} requested and {len(whole.getvalue()) // 2} written")
+        return save(path, array, *args, **kwargs)
+    monkeypatch.setattr(np, "save", short)
+    result = CliRunner().invoke(cli, ["cache-logits", "--teacher", world.teacher, "--data-dir", str(world.data_dir),
+                                      "--experiment", "short-cache"])
+    message = one_line(result, "no space left on device", "/.cache.")
+    run = only_run(world, "short-cache")
+    assert run.info.status == "FAILED" and "cache" not in {a.path for a in world.client.list_artifacts(run.info.run_id)}
+    assert not Path(message.removeprefix("error: ").split(":")[0]).exists(), "the staging folder is removed"
+
+
 # --- killed processes ----------------------------------------------------------------------------------
 
 # Runs `kd ARGS` in a process that kills itself (SIGKILL: no handler runs) when it reaches PATCH.
