@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from kd.cli.main import cli
-from tests.conftest import REPO, SMALL_MODEL, make_corpora, run_kd, subprocess_env
+from tests.conftest import REPO, SMALL_MODEL, die_after_epoch, make_corpora, run_kd, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -206,3 +206,26 @@ def test_a_run_whose_process_is_alive_is_not_taken_over(world):
     result = CliRunner().invoke(cli, ["train", "--resume", run.info.run_id])
     one_line(result, "still running")
     assert world.client.get_run(run.info.run_id).info.status == "RUNNING"
+
+
+# --- a refused resume ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_refused_resume_leaves_the_run_as_it_found_it(world, monkeypatch, damage):
+    die_after_epoch(monkeypatch, 1)
+    result = CliRunner().invoke(cli, world.train_args(f"refused-resume-{damage}", "--epochs", "3"))
+    assert isinstance(result.exception, KeyboardInterrupt) or result.exit_code != 0, result.output
+    monkeypatch.undo()
+    before = only_run(world, f"refused-resume-{damage}")
+    checkpoint = Path(before.data.tags["checkpoint"])
+    if damage == "truncated":
+        checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    else:
+        checkpoint.unlink()
+    result = CliRunner().invoke(cli, ["train", "--resume", before.info.run_id])
+    one_line(result, str(checkpoint))
+    after = world.client.get_run(before.info.run_id)
+    assert after.info.status == before.info.status == "KILLED"
+    assert {k: v for k, v in after.data.tags.items() if k.startswith("kd.")} == \
+        {k: v for k, v in before.data.tags.items() if k.startswith("kd.")}, "the owner tags are unchanged"

@@ -144,7 +144,8 @@ def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
     `on_start` hears the run id as soon as the run exists, `on_batch` every training batch; `warn` hears a teacher-quality warning."""
     state: TrainingState | None = None
     if resume_run_id:
-        run = TrackedRun.resume(client, resume_run_id)
+        # Taken over only once its checkpoint, data and teacher are read: a refused resume leaves it as it was.
+        run = TrackedRun.resumable(client, resume_run_id)
         state, checkpoint = resume_state(run)
         job = TaggerJob.from_dict(state.job)
     if job is None:
@@ -156,6 +157,8 @@ def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
     if state is None:
         run, checkpoint = start_run(client, assembly, checkpoint_dir, extra_tags, parent_run_id, attach_to)
         state = TrainingState(job=job.to_dict())
+    else:
+        run.take_over()
     if on_start is not None:
         on_start(run.run_id)
     with run_status(run):
