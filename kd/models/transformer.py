@@ -26,6 +26,7 @@ from kd.data.types import Sentence
 from kd.errors import KdError
 from kd.models.crf import CRF
 from kd.models.tagger import HeadsByTask
+from kd.models.weights import check_safetensors, check_weights_folder
 from kd.utils.atomic import atomic_directory
 
 FORMAT_VERSION = 1
@@ -207,14 +208,16 @@ def build_transformer(base: str, tasks: dict[str, int], output: str, dropout: fl
     # The load report lists the pooler weights left out on purpose, and a progress bar: noise in a kd run.
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    if Path(base).is_dir():
+        check_weights_folder(Path(base), f"--base {base}")
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(base)
         encoder_config = transformers.AutoConfig.from_pretrained(base)
         torch.manual_seed(seed)
-        try:
-            encoder = transformers.AutoModel.from_pretrained(base, add_pooling_layer=False)
+        try:  # safetensors only, also from a hub: never a pickle
+            encoder = transformers.AutoModel.from_pretrained(base, add_pooling_layer=False, use_safetensors=True)
         except TypeError:
-            encoder = transformers.AutoModel.from_pretrained(base)
+            encoder = transformers.AutoModel.from_pretrained(base, use_safetensors=True)
     except (OSError, ValueError) as error:
         raise KdError(f"--base {base}: cannot load a Hugging Face encoder ({str(error).splitlines()[0]})") from None
     finally:
@@ -259,6 +262,7 @@ def load_transformer(directory: str | Path, device: str | torch.device = "cpu",
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise KdError(f"{where}/{CONFIG_FILE}: invalid transformer model ({str(error).splitlines()[0]})") from None
     model = TransformerTagger(config, tokenizer, _encoder_from_config(transformers, encoder_config))
+    check_safetensors(directory / WEIGHTS_FILE, f"{where}/{WEIGHTS_FILE}")
     try:
         load_model(model, str(directory / WEIGHTS_FILE), device=str(device))
     except (OSError, RuntimeError, ValueError) as error:
