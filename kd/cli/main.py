@@ -318,7 +318,7 @@ def predict(model_ref, input_path, out_path, task, device, precision) -> None:
     sentences = read_sentences_for_tagging(input_path)
     device = resolve_device(device)
     tagger = SavedTagger(load_logged_tagger(model_ref, tracking_uri(), device), device, task, precision)
-    tags = tagger.tag(sentences)
+    tags = tagger.tag(sentences, source=input_path)
     write_conll(sentences, tags, out_path if out_path else sys.stdout)
 
 

@@ -36,6 +36,16 @@ TOKENIZER_FOLDER = "tokenizer"
 WORD_OUTPUT = "first-subword"  # which sub-word speaks for a word; logged with every transformer run
 
 
+class SentenceTooLong(KdError):
+    """A sentence with more words than the encoder has positions; `index` counts from 0 among the
+    sentences given, `source` (the file they came from) is named first where known."""
+
+    def __init__(self, index: int, words: int, limit: int, source: str | Path | None = None) -> None:
+        self.index, self.words, self.limit = index, words, limit
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}sentence {index + 1} has {words} words; the encoder takes at most {limit} per sentence")
+
+
 def require_transformers() -> Any:
     try:
         import transformers
@@ -114,8 +124,7 @@ class SubwordDataset:
                 # Too long whole: the first sub-word of each word is what the outputs are read from.
                 word_pieces = [p[:1] for p in word_pieces]
             if len(word_pieces) + 2 > max_positions:
-                raise KdError(f"sentence {number} has {len(word_pieces)} words; the encoder takes at most "
-                              f"{max_positions - 2} per sentence")
+                raise SentenceTooLong(number - 1, len(word_pieces), max_positions - 2)
             sizes = np.array([len(p) for p in word_pieces], dtype=np.int64)
             self.firsts.append(1 + np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64))
             self.rows.append(np.array([self.cls, *(i for p in word_pieces for i in p), self.sep], dtype=np.int64))
