@@ -163,3 +163,7 @@ def test_refusals_are_one_line(store, tmp_path):
     message = refused("--model", store.folder, "--input", long, "--task", "tiny", "--out", out)
     assert message == f"error: {long}: sentence 2 has 511 words; the encoder takes at most 510 per sentence"
     assert not out.exists()
+    # The same sentence given to the teacher's cache (kd cache-logits --unlabelled): the file is named too.
+    message = one_line_error(runner.invoke(cli, ["cache-logits", "--teacher", store.teacher, "--data-dir",
+                                                 str(store.data_dir), "--splits", "test", "--unlabelled", str(long)]))
+    assert message == f"error: {long}: sentence 2 has 511 words; the encoder takes at most 510 per sentence"
