@@ -273,8 +273,13 @@ def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_split
             checkpoint_dir: str, as_json: bool, kwargs: dict, distill=None, optimizer_state: str = "shared") -> None:
     """Shared by `train`, `train-teacher` and `distill`: one corpus makes an STM, several an MTM,
     distillation options a student."""
-    from kd.training.jobs import parse_splits
-    from kd.training.tagger_job import TaggerJob, run_tagger_job
+    from kd.data.corpora import resolve_corpus_dir
+
+    # Corpora that are not there are refused before torch, scikit-learn and MLflow load: they were
+    # 3.8 of the 3.9 s such a refusal took on an idle 2-core machine (bench/README.md, "Start-up").
+    for corpus in corpora:
+        resolve_corpus_dir(corpus, as_path(data_dir))
+    from kd.training.jobs import TaggerJob, parse_splits
 
     apply_threads(threads)
     job = None
@@ -285,7 +290,12 @@ def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_split
             eval_split=parse_splits(eval_split, "--eval-split")[0], sampling=sampling,
             optimizer_state=optimizer_state, device=device,
             experiment=experiment, run_name=run_name, distill=distill)
-    # The store is opened once the options are known to be valid: a refused command leaves no mlflow.db.
+    # The store is opened once the options and the corpora are known to be valid: a refused command
+    # leaves no mlflow.db, and is refused before MLflow loads (bench/README.md, "Start-up").
+    from kd.training.assemble import load_job_tasks
+    from kd.training.tagger_job import run_tagger_job
+
+    tasks = load_job_tasks(job) if job is not None else None
     client = tracking_client()
     experiment, attach_to = project_target(client, experiment, option_given("experiment"))
     if job is not None:
@@ -294,7 +304,7 @@ def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_split
     with stop_cleanly(display, resume_hint(click.get_current_context().info_name)):
         summary = run_tagger_job(job, client, Path(checkpoint_dir), resume_run_id=resume_run_id, attach_to=attach_to,
                                  on_start=display.on_start, on_batch=display.on_batch, callbacks=[display.on_epoch],
-                                 warn=display.message)
+                                 warn=display.message, tasks=tasks)
     point_project_run(client, experiment, summary.run_id)
     echo_result(as_json, {"run_id": summary.run_id, **summary.metrics})
 
@@ -311,11 +321,12 @@ def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_split
 def predict(model_ref, input_path, out_path, task, device, precision) -> None:
     """Tag sentences with a trained model and write CoNLL (token<TAB>tag)."""
     from kd.data.conll import read_sentences_for_tagging, write_conll
+
+    sentences = read_sentences_for_tagging(input_path)  # a bad input file is refused before torch loads
+    from kd.models.device import resolve_device
     from kd.models.inference import SavedTagger
     from kd.tracking.models import load_logged_tagger
-    from kd.models.device import resolve_device
 
-    sentences = read_sentences_for_tagging(input_path)
     device = resolve_device(device)
     tagger = SavedTagger(load_logged_tagger(model_ref, tracking_uri(), device), device, task, precision)
     tags = tagger.tag(sentences, source=input_path)

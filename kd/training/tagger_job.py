@@ -135,13 +135,15 @@ def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
                    attach_to: str | None = None, parent_run_id: str | None = None,
                    extra_tags: dict[str, Any] | None = None, log_model: bool = True,
                    on_start: Callable[[str], None] | None = None, on_batch: BatchCallback | None = None,
-                   warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> RunSummary:
+                   warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+                   tasks: dict[str, Any] | None = None) -> RunSummary:
     """Trains, evaluates and logs one STM, MTM or student. With `resume_run_id`, continues that run
     from its checkpoint with the options it was started with (`job` is then ignored); `attach_to`
     logs into an existing run (the one `mlflow run` made) instead of creating one; `parent_run_id`
     nests the run (tuning trials); `extra_tags` add to or override the standard tags; without
     `log_model` the model and predictions are not logged (trials keep only their metrics);
-    `on_start` hears the run id as soon as the run exists, `on_batch` every training batch; `warn` hears a teacher-quality warning."""
+    `on_start` hears the run id as soon as the run exists, `on_batch` every training batch; `warn` hears a teacher-quality warning;
+    `tasks`: the job's corpora, where the caller read them already (load_job_tasks)."""
     state: TrainingState | None = None
     if resume_run_id:
         # Taken over only once its checkpoint, data and teacher are read: a refused resume leaves it as it was.
@@ -150,7 +152,7 @@ def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *,
         job = TaggerJob.from_dict(state.job)
     if job is None:
         raise KdError("no job to run: give a job or a run to resume")
-    tasks = load_job_tasks(job)
+    tasks = load_job_tasks(job) if tasks is None or resume_run_id else tasks
     teacher = (TeacherKnowledge.gather(job.distill, job.distill.target_splits(job.train_splits), client,
                                        next(iter(tasks)), resolve_device(job.device)) if job.distill else None)
     assembly = assemble(job, teacher, tasks=tasks)
