@@ -310,3 +310,16 @@ def test_mlflow_run_train_transformer_entry_point(world, tmp_path):
     # The entry point's fine-tuning defaults, not the BiLSTM's.
     assert float(run.data.params["learning_rate"]) == 5e-5 and float(run.data.params["dropout"]) == 0.1
     assert run.data.params["epochs"] == "1" and "tiny/test_f1" in run.data.metrics
+
+
+def test_a_sentence_too_long_for_the_encoder_names_its_file_and_number(tmp_path):
+    data_dir = tmp_path / "corpora"
+    write_corpus(data_dir / "tiny", {"train": 6, "devel": 3, "test": 3}, seed=0)
+    long = write_corpus(data_dir / "long", {"train": 4, "devel": 3, "test": 3}, seed=1)
+    (long / "devel.tsv").write_text((long / "devel.tsv").read_text() + "\n".join(["fever\tO"] * 511) + "\n\n")
+    with isolated_store(tmp_path), pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        result = CliRunner().invoke(cli, ["train-teacher", "--kind", "transformer", "--base", BASE, "--tasks",
+                                          "tiny,long", "--data-dir", str(data_dir), "--train-splits", "train,devel"])
+    assert one_line_error(result) == (f"error: {long / 'devel.tsv'}: sentence 4 has 511 words; the encoder takes at "
+                                      f"most 510 per sentence")

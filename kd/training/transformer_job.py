@@ -16,7 +16,9 @@ from kd.data.vocab import tag_list
 from kd.errors import FieldError
 from kd.models.device import resolve_device
 from kd.models.predict import PREDICT_BATCH_TOKENS, decode_in_batches
-from kd.models.transformer import WORD_OUTPUT, SubwordDataset, TransformerTagger, build_transformer, save_transformer
+from kd.data.corpora import split_path
+from kd.models.transformer import (WORD_OUTPUT, SentenceTooLong, SubwordDataset, TransformerTagger,
+                                    build_transformer, save_transformer)
 from kd.tracking.runs import TrackedRun, git_commit
 from kd.tracking.status import run_status
 from kd.tracking.metrics import corpus_metric
@@ -94,6 +96,20 @@ def per_corpus_metrics(split: str, scores: dict[str, EntityScores]) -> dict[str,
     return metrics
 
 
+def encode_splits(model: TransformerTagger, data: Any, splits: Sequence[str], tags: list[str]) -> SubwordDataset:
+    """The sentences of a corpus's `splits` (kd.training.jobs.TaskData), encoded; a sentence too long
+    for the encoder is named by its split's file and its number there."""
+    try:
+        return model.encode(data.sentences(splits), tags)
+    except SentenceTooLong as error:
+        index = error.index
+        for split in splits:
+            if index < len(data.splits[split]):
+                raise SentenceTooLong(index, error.words, error.limit, split_path(data.directory, split)) from None
+            index -= len(data.splits[split])
+        raise
+
+
 def run_transformer_job(job: TransformerJob, client, *, callbacks: Sequence[EpochCallback] = (),
                         attach_to: str | None = None, on_start: Callable[[str], None] | None = None,
                         on_batch: BatchCallback | None = None) -> RunSummary:
@@ -108,9 +124,9 @@ def run_transformer_job(job: TransformerJob, client, *, callbacks: Sequence[Epoc
     tags = {name: tag_list(data.sentences(job.train_splits)) for name, data in tasks.items()}
     model = build_transformer(job.base, {name: len(t) for name, t in tags.items()}, job.output, job.dropout,
                               job.training.seed).to(device)
-    train_data = {name: model.encode(data.sentences(job.train_splits), tags[name]) for name, data in tasks.items()}
+    train_data = {name: encode_splits(model, data, job.train_splits, tags[name]) for name, data in tasks.items()}
     splits = [job.eval_split] + (["devel"] if held_out_devel and job.eval_split != "devel" else [])
-    evaluators = {split: TransformerEvaluator(model, tags, {name: model.encode(data.splits[split], tags[name])
+    evaluators = {split: TransformerEvaluator(model, tags, {name: encode_splits(model, data, [split], tags[name])
                                                             for name, data in tasks.items()},
                                               device, job.training.precision) for split in splits}
     identity = identity_tags(transformer_definition(job))
