@@ -6,6 +6,7 @@ A full disk is simulated: the write raises OSError(ENOSPC)."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import shutil
 import socket
@@ -119,38 +120,30 @@ def test_full_predict_output(world, tmp_path, monkeypatch):
     assert list(out.parent.iterdir()) == [], "neither the output nor its temporary file is left"
 
 
-def test_full_cache_staging_folder(world, monkeypatch):
+def short_write(save, path, array) -> None:
+    """What numpy does when the disk fills mid-array: part of the file, and `OSError: N requested and
+    M written` without errno."""
+    whole = io.BytesIO()
+    save(whole, array)
+    Path(path).write_bytes(whole.getvalue()[:len(whole.getvalue()) // 2])
+    raise OSError(f"{len(whole.getvalue())} requested and {len(whole.getvalue()) // 2} written")
+
+
+@pytest.mark.parametrize("how", ["enospc", "short-write"])
+def test_full_cache_staging_folder(world, monkeypatch, how):
     save = np.save
 
     def full(path, array, *args, **kwargs):
-        if "/.cache." in str(path):
-            raise FULL
+        if "/.cache." in str(path) and str(path).endswith("logits.npy"):
+            if how == "enospc":
+                raise FULL
+            short_write(save, path, array)
         return save(path, array, *args, **kwargs)
     monkeypatch.setattr(np, "save", full)
     result = CliRunner().invoke(cli, ["cache-logits", "--teacher", world.teacher, "--data-dir", str(world.data_dir),
-                                      "--experiment", "full-cache"])
+                                      "--experiment", f"full-cache-{how}"])
     message = one_line(result, "no space left on device", "/.cache.")
-    run = only_run(world, "full-cache")
-    assert run.info.status == "FAILED" and "cache" not in {a.path for a in world.client.list_artifacts(run.info.run_id)}
-    assert not Path(message.removeprefix("error: ").split(":")[0]).exists(), "the staging folder is removed"
-
-
-def test_a_short_write_without_errno_in_the_cache_staging_folder_is_a_full_disk(world, monkeypatch):
-    """numpy words a write that did not fit as `OSError: N requested and M written`, errno None."""
-    save = np.save
-
-    def short(path, array, *args, **kwargs):
-        if "/.cache." in str(path) and str(path).endswith("logits.npy"):
-            whole = __import__("io").BytesIO()
-            save(whole, array)
-            Path(path).write_bytes(whole.getvalue()[:len(whole.getvalue()) // 2])
-            raise OSError(f"{len(whole.getvalue())} requested and {len(whole.getvalue()) // 2} written")
-        return save(path, array, *args, **kwargs)
-    monkeypatch.setattr(np, "save", short)
-    result = CliRunner().invoke(cli, ["cache-logits", "--teacher", world.teacher, "--data-dir", str(world.data_dir),
-                                      "--experiment", "short-cache"])
-    message = one_line(result, "no space left on device", "/.cache.")
-    run = only_run(world, "short-cache")
+    run = only_run(world, f"full-cache-{how}")
     assert run.info.status == "FAILED" and "cache" not in {a.path for a in world.client.list_artifacts(run.info.run_id)}
     assert not Path(message.removeprefix("error: ").split(":")[0]).exists(), "the staging folder is removed"
 
