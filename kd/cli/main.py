@@ -81,6 +81,7 @@ def train_teacher(tasks, data_dir, sampling, optimizer_state, kind, base, train_
         [str(p) for p in discover_corpora(as_path(data_dir))] if tasks.strip() == "all"
         else [t.strip() for t in tasks.split(",") if t.strip()])
     if kind == "transformer":
+        refuse_missing_corpora(corpora, data_dir)
         return run_transformer_teacher(corpora, base, data_dir, sampling, optimizer_state, train_splits, eval_split,
                                        resume_run_id, device, threads, experiment, run_name, as_json, kwargs)
     if base:
@@ -199,12 +200,13 @@ def cache_logits(teachers, tasks, data_dir, splits, unlabelled, layers, dtype, b
 def distill(task, cache_run, teachers, loss, alpha, beta, gamma, kappa, tau, unlabelled, data_dir, train_splits, eval_split,
             resume_run_id, device, threads, experiment, run_name, checkpoint_dir, as_json, **kwargs) -> None:
     """Train a single-task student from a teacher's cache or live teacher(s)."""
-    from kd.training.distillation import DistillOptions
-
     options = None
     if not resume_run_id:
         if not task:
             raise click.UsageError("--task is required (or --resume RUN_ID)")
+        refuse_missing_corpora([task], data_dir)
+        from kd.training.distillation import DistillOptions
+
         options = DistillOptions(loss=loss, alpha=alpha, beta=None if beta is None or beta < 0 else beta, gamma=gamma, kappa=kappa, tau=tau,
                                  cache_run=cache_run or None,
                                  teacher_runs=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None,
@@ -268,17 +270,21 @@ def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, a
                    f"Friedman chi2 = {results['friedman_statistic']:.4f}, p = {results['friedman_p_value']:.4g}")
 
 
+def refuse_missing_corpora(corpora: list[str], data_dir: str | None) -> None:
+    """Corpora that are not there are refused before torch, scikit-learn and MLflow load: they were
+    3.8 of the 3.9 s such a refusal took on an idle 2-core machine (bench/README.md, "Start-up")."""
+    from kd.data.corpora import resolve_corpus_dir
+
+    for corpus in corpora:
+        resolve_corpus_dir(corpus, as_path(data_dir))
+
+
 def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_splits: str, eval_split: str,
             resume_run_id: str | None, device: str, threads: int | None, experiment: str, run_name: str | None,
             checkpoint_dir: str, as_json: bool, kwargs: dict, distill=None, optimizer_state: str = "shared") -> None:
     """Shared by `train`, `train-teacher` and `distill`: one corpus makes an STM, several an MTM,
     distillation options a student."""
-    from kd.data.corpora import resolve_corpus_dir
-
-    # Corpora that are not there are refused before torch, scikit-learn and MLflow load: they were
-    # 3.8 of the 3.9 s such a refusal took on an idle 2-core machine (bench/README.md, "Start-up").
-    for corpus in corpora:
-        resolve_corpus_dir(corpus, as_path(data_dir))
+    refuse_missing_corpora(corpora, data_dir)
     from kd.training.jobs import TaggerJob, parse_splits
 
     apply_threads(threads)
