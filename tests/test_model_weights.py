@@ -121,3 +121,14 @@ def test_a_saved_transformer_with_damaged_weights_is_one_line_naming_the_file(tm
     with pytest.raises(KdError) as raised:
         load_transformer(folder, shown_as="runs:/abc/model")
     assert str(raised.value).startswith(f"runs:/abc/model/{WEIGHTS_FILE}: damaged safetensors file"), str(raised.value)
+
+
+def test_a_pickle_beside_sound_safetensors_is_never_read(tmp_path, monkeypatch):
+    """Hub folders often ship both: the safetensors load, and the pickle is not opened at all."""
+    folder = base_folder(tmp_path, {"pytorch_model.bin": torch_pickle()})
+    (folder / "model.safetensors").symlink_to(BASE / "model.safetensors")
+    opened = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: opened.append(a) or real_load(*a, **k))
+    model = build_transformer(str(folder), {"tiny": 5}, "softmax", 0.1, seed=1)
+    assert opened == [] and model.config.hidden_size == 384
