@@ -17,8 +17,8 @@ from kd.jobs.cells import Cell
 from kd.jobs.runner import CellContext, CellResult, run_cell
 
 CONNECT_TIMEOUT_S = 10
-# A Dask scheduler's first message, its handshake (compression, python, pickle-protocol), is about
-# 60 bytes in msgpack (distributed 2025); anything much larger is not a scheduler speaking.
+# A Dask scheduler's first message, its handshake (compression, python, pickle-protocol), measured 58
+# bytes with distributed 2026.8.0; anything much larger is not a scheduler speaking.
 MAX_HANDSHAKE_BYTES = 1 << 16
 HANDSHAKE_KEYS = {"compression", "python", "pickle-protocol"}
 DASHBOARD_ADDRESS = "127.0.0.1:8787"
