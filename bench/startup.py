@@ -28,7 +28,7 @@ CASES = {
     "train: no such corpus": ["train", "--task", "nowhere", "--data-dir", "{tmp}"],
     "train: --epochs 0": ["train", "--task", "tiny", "--data-dir", "{tmp}", "--epochs", "0"],
     "train: a bad line in the corpus": ["train", "--task", "bad", "--data-dir", "{tmp}"],
-    "distill: --alpha 1.5": ["distill", "--task", "nowhere", "--cache", "f" * 32, "--alpha", "1.5"],
+    "distill: --alpha 1.5": ["distill", "--task", "tiny", "--data-dir", "{tmp}", "--cache", "f" * 32, "--alpha", "1.5"],
     "cache-logits: unknown teacher": ["cache-logits", "--teacher", "f" * 32],
     "predict: no input file": ["predict", "--model", "f" * 32, "--input", "{tmp}/nowhere.txt"],
     "plan show: no plan file": ["plan", "show", "{tmp}/nowhere.yaml"],
