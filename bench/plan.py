@@ -60,8 +60,9 @@ def run_once(resolved, client, uri: str, experiment: str, workers: int, threads:
     from kd.jobs.driver import run_plan
     from kd.jobs.executor import ExecutorOptions
 
-    outcome = run_plan(resolved, client, uri, experiment, ExecutorOptions(workers=workers, threads=threads),
-                       device="cpu", on_result=lambda r, done, total: print(
+    outcome = run_plan(resolved, client, uri, experiment, ExecutorOptions(workers=workers, threads=threads,
+                                                                                device="cpu"),
+                       on_result=lambda r, done, total: print(
                            f"[{done}/{total}] {r.status:8} {r.label} {r.seconds:.2f} s "
                            f"(library {r.library_seconds:.2f} s)", file=sys.stderr))
     if not outcome.ok:

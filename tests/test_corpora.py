@@ -169,6 +169,16 @@ def test_verify_checksums_reports_mismatch_and_missing(tmp_path: Path) -> None:
     assert verify_checksums(folder / "SHA256SUMS") == ["train.tsv: checksum mismatch", "gone.tsv: missing"]
 
 
+@pytest.mark.parametrize("name", ["../outside.tsv", "/etc/hostname", "link.tsv"])
+def test_a_checksum_line_leading_outside_the_corpus_is_refused_naming_its_line(tmp_path: Path, name: str) -> None:
+    folder = make_corpus(tmp_path)
+    (tmp_path / "outside.tsv").write_text("secret\n")
+    (folder / "link.tsv").symlink_to(tmp_path / "outside.tsv")
+    (folder / "SHA256SUMS").write_text(f"{'0' * 64}  train.tsv\n{'0' * 64}  {name}\n", encoding="utf-8")
+    with pytest.raises(KdError, match=rf"^{folder / 'SHA256SUMS'}:2: {name}: leads outside {folder}$"):
+        verify_checksums(folder / "SHA256SUMS")
+
+
 def count_blocks(path: Path) -> int:
     blocks, inside = 0, False
     for line in path.read_text(encoding="utf-8").split("\n"):

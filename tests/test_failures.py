@@ -6,6 +6,7 @@ A full disk is simulated: the write raises OSError(ENOSPC)."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import shutil
 import socket
@@ -20,7 +21,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from kd.cli.main import cli
-from tests.conftest import REPO, SMALL_MODEL, make_corpora, run_kd, subprocess_env
+from tests.conftest import REPO, SMALL_MODEL, die_after_epoch, make_corpora, run_kd, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -119,18 +120,30 @@ def test_full_predict_output(world, tmp_path, monkeypatch):
     assert list(out.parent.iterdir()) == [], "neither the output nor its temporary file is left"
 
 
-def test_full_cache_staging_folder(world, monkeypatch):
+def short_write(save, path, array) -> None:
+    """What numpy does when the disk fills mid-array: part of the file, and `OSError: N requested and
+    M written` without errno."""
+    whole = io.BytesIO()
+    save(whole, array)
+    Path(path).write_bytes(whole.getvalue()[:len(whole.getvalue()) // 2])
+    raise OSError(f"{len(whole.getvalue())} requested and {len(whole.getvalue()) // 2} written")
+
+
+@pytest.mark.parametrize("how", ["enospc", "short-write"])
+def test_full_cache_staging_folder(world, monkeypatch, how):
     save = np.save
 
     def full(path, array, *args, **kwargs):
-        if "/.cache." in str(path):
-            raise FULL
+        if "/.cache." in str(path) and str(path).endswith("logits.npy"):
+            if how == "enospc":
+                raise FULL
+            short_write(save, path, array)
         return save(path, array, *args, **kwargs)
     monkeypatch.setattr(np, "save", full)
     result = CliRunner().invoke(cli, ["cache-logits", "--teacher", world.teacher, "--data-dir", str(world.data_dir),
-                                      "--experiment", "full-cache"])
+                                      "--experiment", f"full-cache-{how}"])
     message = one_line(result, "no space left on device", "/.cache.")
-    run = only_run(world, "full-cache")
+    run = only_run(world, f"full-cache-{how}")
     assert run.info.status == "FAILED" and "cache" not in {a.path for a in world.client.list_artifacts(run.info.run_id)}
     assert not Path(message.removeprefix("error: ").split(":")[0]).exists(), "the staging folder is removed"
 
@@ -186,3 +199,26 @@ def test_a_run_whose_process_is_alive_is_not_taken_over(world):
     result = CliRunner().invoke(cli, ["train", "--resume", run.info.run_id])
     one_line(result, "still running")
     assert world.client.get_run(run.info.run_id).info.status == "RUNNING"
+
+
+# --- a refused resume ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_refused_resume_leaves_the_run_as_it_found_it(world, monkeypatch, damage):
+    die_after_epoch(monkeypatch, 1)
+    result = CliRunner().invoke(cli, world.train_args(f"refused-resume-{damage}", "--epochs", "3"))
+    assert isinstance(result.exception, KeyboardInterrupt) or result.exit_code != 0, result.output
+    monkeypatch.undo()
+    before = only_run(world, f"refused-resume-{damage}")
+    checkpoint = Path(before.data.tags["checkpoint"])
+    if damage == "truncated":
+        checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    else:
+        checkpoint.unlink()
+    result = CliRunner().invoke(cli, ["train", "--resume", before.info.run_id])
+    one_line(result, str(checkpoint))
+    after = world.client.get_run(before.info.run_id)
+    assert after.info.status == before.info.status == "KILLED"
+    assert {k: v for k, v in after.data.tags.items() if k.startswith("kd.")} == \
+        {k: v for k, v in before.data.tags.items() if k.startswith("kd.")}, "the owner tags are unchanged"

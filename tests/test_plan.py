@@ -163,10 +163,17 @@ def break_plan(plan: dict, how: str) -> tuple[str, str]:
         plan["models"]["Self"] = {"kind": "student", "cache": "own"}
         plan["tables"]["table1"]["models"].append("Self")
         return "cache: own", "models.Self.cache: cycle Self -> own -> Self"
+    if how == "name leaves its folder":
+        plan["name"] = "../../../X"
+        return "name: ../../../X", "name: '../../../X': expected a name that is a single folder name"
+    if how == "table name leaves its folder":
+        plan["tables"] = {"/tmp/t": plan["tables"]["table1"]}
+        return "/tmp/t:", "tables./tmp/t: '/tmp/t': expected a name that is a single folder name"
     raise AssertionError(how)
 
 
-BREAKS = ["unknown key", "bad type", "bad weight", "unknown cache", "unknown teacher", "missing model", "cycle"]
+BREAKS = ["unknown key", "bad type", "bad weight", "unknown cache", "unknown teacher", "missing model", "cycle",
+          "name leaves its folder", "table name leaves its folder"]
 
 
 @pytest.mark.parametrize("how", BREAKS)
@@ -201,6 +208,20 @@ def test_the_cli_refuses_bad_input_before_any_cell_starts(corpora, tmp_path):
         from kd.tracking.backend import open_client
 
         assert open_client(uri).get_experiment_by_name("e") is None  # nothing was started
+
+
+@pytest.mark.parametrize("name", ["../../../X", "..", "a/b", "{tmp_path}/abs"])
+def test_a_plan_name_that_is_not_one_folder_is_refused_before_anything_is_written(corpora, tmp_path, name):
+    plan = tiny_plan(corpora)  # subsampled: `plan show` writes the sample into the work folder
+    plan["name"] = name.format(tmp_path=tmp_path)  # absolute: inside tmp_path, should a broken kd write there
+    cwd = tmp_path / "a" / "b" / "c"
+    cwd.mkdir(parents=True)
+    path = write_plan(cwd / "plan.yaml", plan)
+    with isolated_store(cwd):
+        message = one_line_error(CliRunner().invoke(cli, ["plan", "show", str(path)]))
+    assert f"{path}:" in message and "single folder name" in message, message
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert written == ["a", "a/b", "a/b/c", "a/b/c/plan.yaml"], written
 
 
 def test_the_shipped_plans_load(tmp_path):

@@ -164,11 +164,15 @@ def test_refusals_are_one_line(store, tmp_path):
     (tmp_path / "empty").mkdir()
     assert "no saved kd model" in refused("--model", tmp_path / "empty", "--input", text)
     long = tmp_path / "long.txt"
-    long.write_text("aspirin helps\n" + " ".join(["fever"] * 511) + "\n")
+    long.write_text("aspirin helps\n\n" + " ".join(["fever"] * 511) + "\n")  # a blank line is no sentence
     out = tmp_path / "tags.conll"
     message = refused("--model", store.folder, "--input", long, "--task", "tiny", "--out", out)
-    assert message == "error: sentence 2 has 511 words; the encoder takes at most 510 per sentence"
+    assert message == f"error: {long}: sentence 2 has 511 words; the encoder takes at most 510 per sentence"
     assert not out.exists()
+    # The same sentence given to the teacher's cache (kd cache-logits --unlabelled): the file is named too.
+    message = one_line_error(runner.invoke(cli, ["cache-logits", "--teacher", store.teacher, "--data-dir",
+                                                 str(store.data_dir), "--splits", "test", "--unlabelled", str(long)]))
+    assert message == f"error: {long}: sentence 2 has 511 words; the encoder takes at most 510 per sentence"
 
 
 @pytest.mark.slow

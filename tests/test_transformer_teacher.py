@@ -342,3 +342,16 @@ def test_a_stopped_transformer_run_resumes_to_the_same_result(world, monkeypatch
     assert losses(stopped.info.run_id) == losses(straight["run_id"]) and len(losses(straight["run_id"])) == 2
     assert not checkpoint.exists() and "checkpoint" not in world.client.get_run(resumed["run_id"]).data.tags
     assert logged_model_location(world.uri, resumed["run_id"]) is not None
+
+
+def test_a_sentence_too_long_for_the_encoder_names_its_file_and_number(tmp_path):
+    data_dir = tmp_path / "corpora"
+    write_corpus(data_dir / "tiny", {"train": 6, "devel": 3, "test": 3}, seed=0)
+    long = write_corpus(data_dir / "long", {"train": 4, "devel": 3, "test": 3}, seed=1)
+    (long / "devel.tsv").write_text((long / "devel.tsv").read_text() + "\n".join(["fever\tO"] * 511) + "\n\n")
+    with isolated_store(tmp_path), pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        result = CliRunner().invoke(cli, ["train-teacher", "--kind", "transformer", "--base", BASE, "--tasks",
+                                          "tiny,long", "--data-dir", str(data_dir), "--train-splits", "train,devel"])
+    assert one_line_error(result) == (f"error: {long / 'devel.tsv'}: sentence 4 has 511 words; the encoder takes at "
+                                      f"most 510 per sentence")

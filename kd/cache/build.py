@@ -11,12 +11,13 @@ from kd.cache.store import DTYPES, LAYERS, CacheWriter, Manifest
 from kd.cache.teachers import (check_ensemble, ensemble_kind, layer_widths, load_teacher, teacher_corpus,
                                teacher_outputs_for_sentences)
 from kd.data.conll import read_unlabelled
-from kd.data.corpora import load_split
+from kd.data.corpora import load_split, split_path
 from kd.data.types import UNLABELLED_SPLIT
 from kd.errors import FieldError
 from kd.tracking.runs import TrackedRun, fail_if_abandoned, git_commit
 from kd.tracking.status import run_status
 from kd.models.device import resolve_device
+from kd.models.transformer import SentenceTooLong
 
 CACHE_ARTIFACT = "cache"
 
@@ -68,18 +69,7 @@ def build_cache(job: CacheJob, client, tracking_uri: str, attach_to: str | None 
         raise FieldError("tasks", None, f"the teacher has no {', '.join(missing)}; it has {', '.join(all_tasks)}")
     sentences = _sentences_to_cache(job, tasks, teachers)
     kind = ensemble_kind(teachers)
-
-    # Named for what it caches (MLflow's random names told caches apart from nothing).
-    name = job.run_name or f"cache-{tasks[0] if len(tasks) == 1 else f'{len(tasks)}corpora'}-{kind}"
-    run = TrackedRun.start(client, job.experiment, name, {
-        "model_kind": "cache", "task": ",".join(tasks), "teacher_runs": ",".join(job.teacher_runs),
-        "ensemble": kind, "output": ",".join(t.output for t in teachers),
-        "teacher_kind": ",".join(t.kind for t in teachers), "git_commit": git_commit()},
-        attach_to=attach_to)
-    run.log_params({"teacher_runs": ",".join(job.teacher_runs), "tasks": ",".join(tasks),
-                    "splits": ",".join(job.splits), "layers": ",".join(job.layers), "dtype": job.dtype,
-                    "precision": job.precision, "batch_size": job.batch_size, "device": job.device,
-                    **({"unlabelled": str(Path(job.unlabelled).resolve())} if job.unlabelled else {})})
+    run = _start_cache_run(job, client, tasks, teachers, attach_to)
     with run_status(run), tempfile.TemporaryDirectory() as staging:
         started = time.perf_counter()
         writer = CacheWriter(Path(staging) / CACHE_ARTIFACT, job.dtype)
@@ -89,8 +79,12 @@ def build_cache(job: CacheJob, client, tracking_uri: str, attach_to: str | None 
                 entries[task] = {}
                 for split in job.cached_splits:
                     split_sentences = [s.tokens for s in sentences[task][split]]
-                    rows = teacher_outputs_for_sentences(teachers, task, sentences[task][split], job.layers, device,
-                                                         job.precision, job.batch_size)
+                    try:
+                        rows = teacher_outputs_for_sentences(teachers, task, sentences[task][split], job.layers,
+                                                             device, job.precision, job.batch_size)
+                    except SentenceTooLong as error:  # a transformer teacher's: named by its file
+                        raise SentenceTooLong(error.index, error.words, error.limit,
+                                              _source_file(job, task, split, teachers)) from None
                     entries[task][split] = writer.write_split(task, split, split_sentences, rows)
                     tokens += entries[task][split].tokens
             manifest = Manifest(
@@ -114,6 +108,30 @@ def build_cache(job: CacheJob, client, tracking_uri: str, attach_to: str | None 
         run.log_artifact(directory, CACHE_ARTIFACT)
         run.log_json(asdict(job), "config.json")
     return CacheSummary(run_id=run.run_id, manifest=manifest, metrics=metrics)
+
+
+def _start_cache_run(job: CacheJob, client, tasks: list[str], teachers, attach_to: str | None) -> TrackedRun:
+    """The cache's run, tagged and with its parameters logged."""
+    kind = ensemble_kind(teachers)
+    # Named for what it caches (MLflow's random names told caches apart from nothing).
+    name = job.run_name or f"cache-{tasks[0] if len(tasks) == 1 else f'{len(tasks)}corpora'}-{kind}"
+    run = TrackedRun.start(client, job.experiment, name, {
+        "model_kind": "cache", "task": ",".join(tasks), "teacher_runs": ",".join(job.teacher_runs),
+        "ensemble": kind, "output": ",".join(t.output for t in teachers),
+        "teacher_kind": ",".join(t.kind for t in teachers), "git_commit": git_commit()},
+        attach_to=attach_to)
+    run.log_params({"teacher_runs": ",".join(job.teacher_runs), "tasks": ",".join(tasks),
+                    "splits": ",".join(job.splits), "layers": ",".join(job.layers), "dtype": job.dtype,
+                    "precision": job.precision, "batch_size": job.batch_size, "device": job.device,
+                    **({"unlabelled": str(Path(job.unlabelled).resolve())} if job.unlabelled else {})})
+    return run
+
+
+def _source_file(job: CacheJob, task: str, split: str, teachers) -> Path | None:
+    """The file the sentences of `task`'s `split` were read from (the unlabelled file for its split)."""
+    if split == UNLABELLED_SPLIT:
+        return Path(job.unlabelled) if job.unlabelled else None
+    return split_path(teacher_corpus(task, teachers, Path(job.data_dir) if job.data_dir else None), split)
 
 
 def _sentences_to_cache(job: CacheJob, tasks: list[str], teachers) -> dict[str, dict[str, list]]:

@@ -17,6 +17,7 @@ so an interrupted caching never leaves something that looks like a cache.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,7 +29,7 @@ import torch
 
 from kd.cache.integrity import check_manifest_data, check_offsets, check_split_files
 from kd.data.types import SPLITS, UNLABELLED_SPLIT
-from kd.errors import FieldError, KdError, disk_full_names
+from kd.errors import DiskFullError, FieldError, KdError, disk_full_names, is_disk_full
 from kd.utils.atomic import atomic_directory
 
 FORMAT_VERSION = 1
@@ -82,6 +83,26 @@ class Manifest:
         return cls(**data)
 
 
+def save_array(path: Path, array: np.ndarray, shown_as: Path) -> None:
+    """np.save, with a file shorter than the array taken for a full disk (a DiskFullError naming
+    `shown_as`) whatever the error says: numpy reports a short write as an OSError without errno
+    (`36192 requested and 18400 written`), which an errno check misses."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    expected = len(header.getvalue()) + array.nbytes  # at least: np.save's header is never shorter
+
+    def short() -> bool:  # a file that was never made (permissions, ...) is not a short write
+        return path.is_file() and path.stat().st_size < expected
+    try:
+        np.save(path, array)
+    except OSError as error:
+        if is_disk_full(error) or short():
+            raise DiskFullError(shown_as) from None
+        raise
+    if short():
+        raise DiskFullError(shown_as)
+
+
 class CacheWriter:
     """Collects per-token outputs split by split, then commits the folder atomically."""
 
@@ -105,10 +126,10 @@ class CacheWriter:
                 raise ValueError(f"{layer}: {rows.shape[0]} rows for {offsets[-1]} tokens")
         with disk_full_names(self.staging):
             folder.mkdir(parents=True, exist_ok=True)
-            np.save(folder / "offsets.npy", offsets)
-            np.save(folder / "hashes.npy", hashes)
+            save_array(folder / "offsets.npy", offsets, self.staging)
+            save_array(folder / "hashes.npy", hashes, self.staging)
             for layer, rows in layers.items():
-                np.save(folder / f"{layer}.npy", rows.astype(self.dtype, copy=False))
+                save_array(folder / f"{layer}.npy", rows.astype(self.dtype, copy=False), self.staging)
         return SplitEntry(sentences=len(lengths), tokens=int(offsets[-1]), fingerprint=fingerprint(hashes))
 
     def commit(self, manifest: Manifest) -> Path:

@@ -79,6 +79,7 @@ def train_teacher(tasks, kind, base, resume_run_id, **options) -> None:
         [str(p) for p in discover_corpora(as_path(options["data_dir"]))] if tasks.strip() == "all"
         else [t.strip() for t in tasks.split(",") if t.strip()])
     if kind == "transformer" or (resume_run_id and is_transformer_run(resume_run_id)):
+        refuse_missing_corpora(corpora, options["data_dir"])
         return run_transformer_teacher(corpora, base, resume_run_id, options)
     if base:
         raise KdError("--base applies to --kind transformer")
@@ -178,13 +179,14 @@ def cache_logits(teachers, tasks, data_dir, splits, unlabelled, layers, dtype, b
 @handle_errors
 def distill(task, cache_run, teachers, unlabelled, resume_run_id, **options) -> None:
     """Train a single-task student from a teacher's cache or live teacher(s)."""
-    from kd.training.distillation import DistillOptions
-
     weights = take(options, "distill")
     distill_options = None
     if not resume_run_id:
         if not task:
             raise click.UsageError("--task is required (or --resume RUN_ID)")
+        refuse_missing_corpora([task], options["data_dir"])
+        from kd.training.distillation import DistillOptions
+
         distill_options = DistillOptions(
             **weights, cache_run=cache_run or None, unlabelled=resolved_file(unlabelled),
             teacher_runs=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None)
@@ -258,10 +260,20 @@ def job_fields(options: dict[str, Any]) -> dict[str, Any]:
             **{name: options[name] for name in names_of("splits", "schedule") if name in options}}
 
 
+def refuse_missing_corpora(corpora: list[str], data_dir: str | None) -> None:
+    """Corpora that are not there are refused before torch, scikit-learn and MLflow load: they were
+    3.8 of the 3.9 s such a refusal took on an idle 2-core machine (bench/README.md, "Start-up")."""
+    from kd.data.corpora import resolve_corpus_dir
+
+    for corpus in corpora:
+        resolve_corpus_dir(corpus, as_path(data_dir))
+
+
 def run_job(corpora: list[str], resume_run_id: str | None, options: dict[str, Any], distill=None) -> None:
     """Shared by `train`, `train-teacher` and `distill` (`options`: the command's): one corpus makes
     an STM, several an MTM, distillation options a student; `export_format` (train and distill)
     exports the finished model (kd export)."""
+    refuse_missing_corpora(corpora, options["data_dir"])
     from kd.models.tagger import TaggerConfig
     from kd.training.loop import TrainingOptions
     from kd.training.tagger_job import RunPlacement, TaggerJob, run_tagger_job
@@ -273,7 +285,11 @@ def run_job(corpora: list[str], resume_run_id: str | None, options: dict[str, An
         job = TaggerJob(corpora=corpora, model=TaggerConfig(**take(options, "model")),
                         training=TrainingOptions(**take(options, "training")),
                         experiment=options["experiment"], distill=distill, **job_fields(options))
-    # The store is opened once the options are known to be valid: a refused command leaves no mlflow.db.
+    # The store is opened once the options and the corpora are known to be valid: a refused command
+    # leaves no mlflow.db, and is refused before MLflow loads (bench/README.md, "Start-up").
+    from kd.training.assemble import load_job_tasks
+
+    tasks = load_job_tasks(job) if job is not None else None
     client = tracking_client()
     experiment, attach_to = project_target(client, options["experiment"], option_given("experiment"))
     if job is not None:
@@ -281,7 +297,7 @@ def run_job(corpora: list[str], resume_run_id: str | None, options: dict[str, An
     display = TrainingDisplay(client, tracking_uri(), wants_live_display(options["progress"]))
     with stop_cleanly(display, resume_hint(click.get_current_context().info_name)):
         summary = run_tagger_job(job, client, Path(options["checkpoint_dir"]), hooks=display,
-                                 resume_run_id=resume_run_id, placement=RunPlacement(attach_to=attach_to))
+                                 resume_run_id=resume_run_id, placement=RunPlacement(attach_to=attach_to), tasks=tasks)
     point_project_run(client, experiment, summary.run_id)
     echo_result(options["as_json"], {"run_id": summary.run_id, **summary.metrics,
                                       **export_finished_run(options.get("export_format"), summary.run_id)})
@@ -304,13 +320,13 @@ def predict(model_ref, input_path, out_path, task, device, precision, runtime, o
     """Tag sentences with a trained model and write CoNLL (token<TAB>tag)."""
     from kd.data.conll import read_sentences_for_tagging, write_conll
 
-    sentences = read_sentences_for_tagging(input_path)
+    sentences = read_sentences_for_tagging(input_path)  # a bad input file is refused before torch loads
     if runtime == "onnx":
         from kd.tracking.onnx_model import load_onnx_tagger
 
         if precision != "fp32" or device != "cpu":
             raise KdError("--precision and --device apply to --runtime torch (ONNX Runtime runs fp32 on CPU)")
-        tagger = load_onnx_tagger(model_ref, tracking_uri(), onnx_file, task)
+        tags = load_onnx_tagger(model_ref, tracking_uri(), onnx_file, task).tag(sentences)
     else:
         from kd.models.device import resolve_device
         from kd.models.inference import SavedTagger
@@ -320,7 +336,7 @@ def predict(model_ref, input_path, out_path, task, device, precision, runtime, o
             raise KdError("--onnx applies to --runtime onnx")
         device = resolve_device(device)
         tagger = SavedTagger(load_logged_tagger(model_ref, tracking_uri(), device), device, task, precision)
-    tags = tagger.tag(sentences)
+        tags = tagger.tag(sentences, source=input_path)
     write_conll(sentences, tags, out_path if out_path else sys.stdout)
 
 

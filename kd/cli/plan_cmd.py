@@ -116,13 +116,16 @@ def show(experiment, **options) -> None:
                                                               "1 on a cluster).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--no-report", is_flag=True, help="Do not report the tables when every cell finished.")
+@click.option("--dashboard", is_flag=True, help="Serve the local cluster's Dask dashboard (127.0.0.1:8787, or "
+                                                "the next free port; its link is printed). Default: none.")
 @handle_errors
-def run(experiment, workers, cluster, threads, device, no_report, **options) -> None:
+def run(experiment, workers, cluster, threads, device, no_report, dashboard, **options) -> None:
     """Run every cell not finished yet, then report the tables."""
     from kd.jobs.driver import run_plan
     from kd.jobs.executor import ExecutorOptions
 
-    executor = ExecutorOptions(workers=workers or None, cluster=cluster or None, threads=threads or None)
+    executor = ExecutorOptions(workers=workers or None, cluster=cluster or None, threads=threads or None,
+                               dashboard=dashboard, device=device)
     resolved = resolve_plan(options)
 
     def progress(result, done: int, total: int) -> None:
@@ -131,8 +134,9 @@ def run(experiment, workers, cluster, threads, device, no_report, **options) -> 
 
     client = tracking_client()
     experiment, attach_to = project_target(client, experiment, option_given("experiment"))
-    outcome = run_plan(resolved, client, absolute_tracking_uri(), experiment, executor, device=device,
-                       attach_to=attach_to, on_result=progress)
+    outcome = run_plan(resolved, client, absolute_tracking_uri(), experiment, executor,
+                       attach_to=attach_to, on_result=progress,
+                       on_dashboard=lambda link: click.echo(f"Dask dashboard: {link}", err=True))
     point_project_run(client, experiment, outcome.plan_run_id)
     click.echo(f"plan run {outcome.plan_run_id}: " + ", ".join(f"{n} {s}" for s, n in sorted(outcome.counts.items()))
                + f" in {outcome.seconds:.1f} s", err=True)

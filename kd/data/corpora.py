@@ -267,6 +267,8 @@ def verify_checksums(sums_file: Path) -> list[str]:
         if not name:
             raise DataError(sums_file, "expected '<sha256>  <file>'", number)
         path = base / name
+        if not path.resolve().is_relative_to(base.resolve()):  # `../x`, `/etc/x`, a link: not the corpus's to read
+            raise DataError(sums_file, f"{name}: leads outside {base}", number)
         if not path.is_file():
             problems.append(f"{name}: missing")
         elif hashlib.sha256(path.read_bytes()).hexdigest() != expected.strip().lower():

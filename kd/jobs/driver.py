@@ -85,19 +85,22 @@ class PlanOutcome:
 
 
 def run_plan(resolved: ResolvedPlan, client, tracking_uri: str, experiment: str, executor: ExecutorOptions, *,
-             device: str = "auto", attach_to: str | None = None,
-             on_result: Callable[[CellResult, int, int], None] = lambda result, done, total: None) -> PlanOutcome:
+             attach_to: str | None = None,
+             on_result: Callable[[CellResult, int, int], None] = lambda result, done, total: None,
+             on_dashboard: Callable[[str], None] = lambda link: None) -> PlanOutcome:
     """Runs every cell not finished yet, under the plan's MLflow run (made once per plan and
     experiment). The Dask client is opened before the plan run: a cluster that does not answer
-    leaves nothing behind."""
+    leaves nothing behind; `on_dashboard` hears the dashboard's link, where one was asked for."""
     started = time.perf_counter()
     with dask_client(executor) as dask:
+        if executor.dashboard and not executor.cluster:
+            on_dashboard(dask.dashboard_link)
         plan_run = start_plan_run(client, experiment, resolved.plan.name, resolved.plan_id, resolved.plan.path,
                                   cells_summary(resolved.cells), attach_to=attach_to)
         context = CellContext(tracking_uri=tracking_uri, experiment=experiment, plan_run_id=plan_run.run_id,
                               data_dir=str(resolved.data.data_dir),
                               checkpoint_dir=str(resolved.work_dir / "checkpoints"),
-                              threads=executor.cell_threads(), device=device)
+                              threads=executor.cell_threads(), device=executor.device)
         done: list[CellResult] = []
 
         def heard(result: CellResult) -> None:

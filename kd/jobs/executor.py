@@ -17,6 +17,11 @@ from kd.jobs.cells import Cell
 from kd.jobs.runner import CellContext, CellResult, run_cell
 
 CONNECT_TIMEOUT_S = 10
+# A Dask scheduler's first message, its handshake (compression, python, pickle-protocol), measured 58
+# bytes with distributed 2026.8.0; anything much larger is not a scheduler speaking.
+MAX_HANDSHAKE_BYTES = 1 << 16
+HANDSHAKE_KEYS = {"compression", "python", "pickle-protocol"}
+DASHBOARD_ADDRESS = "127.0.0.1:8787"
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,9 @@ class ExecutorOptions:
     workers: int | None = None  # local worker processes (default: one per core); ignored with a cluster
     cluster: str | None = None  # a Dask scheduler's address
     threads: int | None = None  # torch threads per cell (default: the cores shared among the local workers)
+    dashboard: bool = False  # the local cluster's Dask dashboard, at DASHBOARD_ADDRESS (or the next free port)
+    connect_timeout_s: float = CONNECT_TIMEOUT_S  # to connect to `cluster` and hear its handshake
+    device: str = "auto"  # where the cells train
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
@@ -50,9 +58,9 @@ def dask_client(options: ExecutorOptions) -> Iterator:
     from distributed import Client, LocalCluster
 
     if options.cluster:
-        check_answers(options.cluster)
+        check_scheduler(options.cluster, options.connect_timeout_s)
         try:
-            client = Client(options.cluster, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+            client = Client(options.cluster, timeout=options.connect_timeout_s, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as error:
             raise FieldError("cluster", options.cluster, f"no Dask scheduler answers there "
                           f"({' '.join(str(error).split()) or type(error).__name__})") from None
@@ -61,14 +69,21 @@ def dask_client(options: ExecutorOptions) -> Iterator:
         return
     # Processes, not threads: torch holds the GIL in parts of training, and a cell that crashes
     # its process takes only that worker down (the nanny restarts it, the scheduler reschedules).
+    # Dask's scheduler always serves HTTP, by default on 8787 (two plans at once warned `Port 8787 is
+    # already in use`): without --dashboard, no dashboard and any free loopback port.
+    http = {} if options.dashboard else {"scheduler_kwargs": {"dashboard": False, "dashboard_address": "127.0.0.1:0"}}
     with LocalCluster(n_workers=options.local_workers(), threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+                      dashboard_address=DASHBOARD_ADDRESS if options.dashboard else None,
+                      silence_logs=logging.ERROR, **http) as cluster, \
             Client(cluster, set_as_default=False) as client:
         yield client
 
 
-def check_answers(address: str) -> None:
-    """Fails at once when nothing listens at a tcp:// address (a Client would retry until its timeout)."""
+def check_scheduler(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fails within `timeout_s` (a FieldError of `cluster`) unless a Dask scheduler answers at a tcp://
+    address: nothing listening, or a server that is not Dask (an HTTP server waits for a request, and
+    Dask's Client for a handshake, forever; a server that sends something else had Dask read its
+    first bytes as a frame length and ask for exabytes). A scheduler speaks first: its handshake."""
     import socket
     from urllib.parse import urlparse
 
@@ -76,9 +91,49 @@ def check_answers(address: str) -> None:
     if parsed.scheme != "tcp" or not parsed.hostname:
         return  # tls://, inproc://, ...: left to Dask
     try:
-        socket.create_connection((parsed.hostname, parsed.port or 8786), timeout=CONNECT_TIMEOUT_S).close()
+        with socket.create_connection((parsed.hostname, parsed.port or 8786), timeout=timeout_s) as connection:
+            problem = _handshake_problem(connection, timeout_s)
     except OSError as error:
-        raise FieldError("cluster", address, f"no Dask scheduler answers there ({error.strerror or error})") from None
+        problem = f"no Dask scheduler answers there ({error.strerror or error})"
+    if problem:
+        raise FieldError("cluster", address, problem)
+
+
+def _handshake_problem(connection, timeout_s: float) -> str | None:
+    """What is wrong with the first message on `connection`, or None for a Dask handshake: a frame of
+    8-byte little-endian lengths (total, frame count, each frame's) around a msgpack mapping."""
+    import struct
+    import time
+
+    import msgpack
+
+    deadline = time.monotonic() + timeout_s
+
+    def read(size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            connection.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = connection.recv(size - len(data))
+            if not chunk:
+                raise ConnectionError("the connection was closed")
+            data += chunk
+        return data
+    not_dask = "something answers there, but not a Dask scheduler"
+    try:
+        (total,) = struct.unpack("<Q", read(8))
+        if not 16 <= total <= MAX_HANDSHAKE_BYTES:
+            return f"{not_dask} (its first message claims {total} bytes)"
+        payload = read(total)
+        (count,) = struct.unpack_from("<Q", payload)
+        lengths = struct.unpack_from(f"<{count}Q", payload, 8) if 8 + 8 * count <= total else ()
+        message = msgpack.unpackb(payload[8 + 8 * count:][:sum(lengths)]) if lengths else None
+    except TimeoutError:  # socket.timeout
+        return f"no Dask scheduler answers there (no handshake within {timeout_s:g} s)"
+    except (OSError, ValueError, struct.error) as error:
+        return f"{not_dask} ({' '.join(str(error).split()) or type(error).__name__})"
+    if not isinstance(message, dict) or not HANDSHAKE_KEYS <= set(message):
+        return f"{not_dask} (its first message is not a Dask handshake)"
+    return None
 
 
 def task_key(cell: Cell, context: CellContext) -> str:

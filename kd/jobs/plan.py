@@ -40,6 +40,7 @@ from kd.jobs.plan_file import (DISTILL_KEYS, MODEL_KEYS, OPTION_KEYS, SCHEDULE_K
                                PlanFile, as_mapping, as_names, check_known, check_rules, is_int, merge_options)
 from kd.jobs.teacher_spec import TeacherSpec, parse_teacher
 from kd.statistics.tests import POSTHOC_TESTS
+from kd.utils.paths import is_path_component
 
 __all__ = ["DISTILL_KEYS", "MODEL_KEYS", "OPTION_KEYS", "SCHEDULE_KEYS", "SPLIT_KEYS", "TRAINING_KEYS", "CacheSpec",
            "ModelSpec", "Plan", "TableSpec", "TeacherSpec", "load_plan", "with_overrides"]
@@ -111,13 +112,24 @@ def load_plan(path: str | Path, data_dir: str | Path | None = None) -> Plan:
     models = {name: _model(source, name, spec, defaults)
               for name, spec in as_mapping(source, ("models",), data.get("models")).items()}
     tables = {name: _table(source, name, spec) for name, spec in as_mapping(source, ("tables",), data.get("tables")).items()}
-    plan = Plan(path=Path(path), name=str(data.get("name") or Path(path).stem), text=source.text,
+    plan = Plan(path=Path(path), name=_folder_name(source, ("name",), data.get("name") or Path(path).stem),
+                text=source.text,
                 data_dir=_data_dir(source, data.get("data_dir"), data_dir),
                 corpora=tuple(as_names(source, ("corpora",), data["corpora"])),
                 seeds=tuple(_seeds(source, data["seeds"])), subsample=_subsample(source, data.get("subsample")),
                 teachers=teachers, caches=caches, models=models, tables=tables)
     check_references(plan, source.error)
     return plan
+
+
+def _folder_name(source: PlanFile, key: tuple, value: Any) -> str:
+    """A name that becomes a folder (the plan's under .kd/plans, a table's under the reports): one
+    path component, so that no plan writes outside its folders."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):  # `name: 2023` is a number in YAML
+        value = str(value)
+    if not is_path_component(value):
+        raise source.error(key, f"{value!r}: expected a name that is a single folder name (no /, \\, . or ..)")
+    return value
 
 
 def _seeds(source: PlanFile, value: Any) -> list[int]:
@@ -188,7 +200,7 @@ def _model(source: PlanFile, name: str, spec: Any, defaults: dict[str, Any]) -> 
 
 
 def _table(source: PlanFile, name: str, spec: Any) -> TableSpec:
-    key = ("tables", name)
+    key = ("tables", _folder_name(source, ("tables", name), name))
     spec = as_mapping(source, key, spec)
     check_known(source, key, spec, ("title", "models", "metric", "posthoc", "alpha", "bayesian"))
     models = tuple(as_names(source, key + ("models",), spec.get("models")))

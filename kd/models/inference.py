@@ -14,7 +14,7 @@ from kd.errors import KdError
 from kd.models import io, transformer
 from kd.models.io import SavedModel, load_model
 from kd.models.predict import PREDICT_BATCH_TOKENS, as_sentences, decode_in_batches, predict_tags
-from kd.models.transformer import TransformerTagger, load_transformer
+from kd.models.transformer import SentenceTooLong, TransformerTagger, load_transformer
 
 # The description file each kind of saved model is recognised by.
 DESCRIPTION_FILES = (io.CONFIG_FILE, transformer.CONFIG_FILE)
@@ -70,9 +70,11 @@ class SavedTagger:
         self.task = task or tasks[0]
         self.precision = precision
 
-    def tag(self, sentences: Sequence[Sequence[str]], batch_tokens: int = PREDICT_BATCH_TOKENS) -> list[list[str]]:
-        """One tag per token of every sentence. A transformer refuses (KdError) a sentence with
-        more words than its encoder has positions, numbered among the non-empty sentences."""
+    def tag(self, sentences: Sequence[Sequence[str]], batch_tokens: int = PREDICT_BATCH_TOKENS,
+            source: str | Path | None = None) -> list[list[str]]:
+        """One tag per token of every sentence. A transformer refuses (SentenceTooLong) a sentence
+        with more words than its encoder has positions, numbered among `sentences` and named by the
+        file they came from, `source`."""
         non_empty = [i for i, tokens in enumerate(sentences) if len(tokens) > 0]
         tagged: list[list[str]] = [[] for _ in sentences]
         if not non_empty:
@@ -81,7 +83,11 @@ class SavedTagger:
         if isinstance(self.saved, SavedTransformer):
             # The decoding the teacher's own evaluation uses (transformer_job.predict_transformer_tags):
             # each word's first sub-word, then softmax argmax or CRF Viterbi by the head.
-            predicted = decode_in_batches(self.model, self.model.encode(chosen), self.saved.tags[self.task],
+            try:
+                encoded = self.model.encode(chosen)
+            except SentenceTooLong as error:
+                raise SentenceTooLong(non_empty[error.index], error.words, error.limit, source) from None
+            predicted = decode_in_batches(self.model, encoded, self.saved.tags[self.task],
                                           self.task, self.device, self.precision, batch_tokens)
         else:
             dataset = EncodedDataset(chosen, self.vocabularies, self.task, with_tags=False)

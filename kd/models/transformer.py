@@ -26,6 +26,7 @@ from kd.data.types import Sentence
 from kd.errors import KdError
 from kd.models.crf import CRF
 from kd.models.tagger import HeadsByTask
+from kd.models.weights import check_safetensors, check_weights_folder
 from kd.utils.atomic import atomic_directory
 
 FORMAT_VERSION = 1
@@ -33,6 +34,16 @@ CONFIG_FILE = "transformer.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FOLDER = "tokenizer"
 WORD_OUTPUT = "first-subword"  # which sub-word speaks for a word; logged with every transformer run
+
+
+class SentenceTooLong(KdError):
+    """A sentence with more words than the encoder has positions; `index` counts from 0 among the
+    sentences given, `source` (the file they came from) is named first where known."""
+
+    def __init__(self, index: int, words: int, limit: int, source: str | Path | None = None) -> None:
+        self.index, self.words, self.limit = index, words, limit
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}sentence {index + 1} has {words} words; the encoder takes at most {limit} per sentence")
 
 
 def require_transformers() -> Any:
@@ -113,8 +124,7 @@ class SubwordDataset:
                 # Too long whole: the first sub-word of each word is what the outputs are read from.
                 word_pieces = [p[:1] for p in word_pieces]
             if len(word_pieces) + 2 > max_positions:
-                raise KdError(f"sentence {number} has {len(word_pieces)} words; the encoder takes at most "
-                              f"{max_positions - 2} per sentence")
+                raise SentenceTooLong(number - 1, len(word_pieces), max_positions - 2)
             sizes = np.array([len(p) for p in word_pieces], dtype=np.int64)
             self.firsts.append(1 + np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64))
             self.rows.append(np.array([self.cls, *(i for p in word_pieces for i in p), self.sep], dtype=np.int64))
@@ -207,14 +217,16 @@ def build_transformer(base: str, tasks: dict[str, int], output: str, dropout: fl
     # The load report lists the pooler weights left out on purpose, and a progress bar: noise in a kd run.
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    if Path(base).is_dir():
+        check_weights_folder(Path(base), f"--base {base}")
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(base)
         encoder_config = transformers.AutoConfig.from_pretrained(base)
         torch.manual_seed(seed)
-        try:
-            encoder = transformers.AutoModel.from_pretrained(base, add_pooling_layer=False)
+        try:  # safetensors only, also from a hub: never a pickle
+            encoder = transformers.AutoModel.from_pretrained(base, add_pooling_layer=False, use_safetensors=True)
         except TypeError:
-            encoder = transformers.AutoModel.from_pretrained(base)
+            encoder = transformers.AutoModel.from_pretrained(base, use_safetensors=True)
     except (OSError, ValueError) as error:
         raise KdError(f"--base {base}: cannot load a Hugging Face encoder ({str(error).splitlines()[0]})") from None
     finally:
@@ -259,6 +271,7 @@ def load_transformer(directory: str | Path, device: str | torch.device = "cpu",
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise KdError(f"{where}/{CONFIG_FILE}: invalid transformer model ({str(error).splitlines()[0]})") from None
     model = TransformerTagger(config, tokenizer, _encoder_from_config(transformers, encoder_config))
+    check_safetensors(directory / WEIGHTS_FILE, f"{where}/{WEIGHTS_FILE}")
     try:
         load_model(model, str(directory / WEIGHTS_FILE), device=str(device))
     except (OSError, RuntimeError, ValueError) as error:

@@ -123,7 +123,9 @@ class TrackedRun:
         return cls(client, run.info.run_id)
 
     @classmethod
-    def resume(cls, client, run_id: str) -> "TrackedRun":
+    def resumable(cls, client, run_id: str) -> "TrackedRun":
+        """The run to resume, checked but left as it is: the caller reads its checkpoint and data
+        first and takes the run over (`take_over`) only then, so a refused resume changes nothing."""
         try:
             run = client.get_run(run_id)
         except Exception:
@@ -134,10 +136,12 @@ class TrackedRun:
         owner = _other_owner(run)
         if run.info.status == "RUNNING" and owner is not None:  # alive, or fail_if_abandoned had ended it
             raise KdError(f"--resume {run_id}: the run is still running (process {owner})")
-        client.update_run(run_id, status="RUNNING")
-        resumed = cls(client, run_id)
-        resumed.set_tags(owner_tags())
-        return resumed
+        return cls(client, run_id)
+
+    def take_over(self) -> None:
+        """Marks the run RUNNING in this process (its owner tags name this process)."""
+        self.client.update_run(self.run_id, status="RUNNING")
+        self.set_tags(owner_tags())
 
     def get(self):
         return self.client.get_run(self.run_id)

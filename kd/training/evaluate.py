@@ -7,8 +7,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from seqeval.metrics import classification_report
-from seqeval.scheme import IOB2
 
 from kd.data.batching import EncodedDataset
 from kd.data.vocab import Vocabularies
@@ -31,6 +29,11 @@ class EntityScores:
 def entity_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> EntityScores:
     """Micro-averaged and per-type entity scores; an entity counts only if its type and both
     boundaries match exactly."""
+    # Imported here: seqeval loads scikit-learn, about 1 s of every command's start on an idle 2-core
+    # machine, though only a finished training scores (bench/README.md, "Start-up").
+    from seqeval.metrics import classification_report
+    from seqeval.scheme import IOB2
+
     report = classification_report([list(s) for s in gold], [list(s) for s in predicted], mode="strict",
                                    scheme=IOB2, output_dict=True, zero_division=0)
     micro = report.pop("micro avg")

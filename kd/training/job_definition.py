@@ -164,9 +164,11 @@ def checkpoint_file(checkpoint_dir: Path, run_id: str) -> Path:
 def job_to_run(client, job: Any, resume_run_id: str | None, from_dict: Callable[[dict[str, Any]], Any],
                ) -> tuple[Any, TrackedRun | None, TrainingState | None, Path | None]:
     """The job a training run does: `job`, or with `resume_run_id` the one that run's checkpoint
-    keeps (`from_dict` rebuilds it), with the resumed run, its training state and checkpoint path."""
+    keeps (`from_dict` rebuilds it), with the resumed run, its training state and checkpoint path.
+    The resumed run is not taken over yet: the caller does so (`take_over`) once it has read its
+    data, so that a refused resume leaves the run as it was."""
     if resume_run_id:
-        run = TrackedRun.resume(client, resume_run_id)
+        run = TrackedRun.resumable(client, resume_run_id)
         state, checkpoint = resume_state(run)
         return from_dict(state.job), run, state, checkpoint
     if job is None:

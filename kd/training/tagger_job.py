@@ -146,21 +146,25 @@ def train_tracked(run: TrackedRun, assembly: Assembly, state: TrainingState, che
 
 def run_tagger_job(job: TaggerJob | None, client, checkpoint_dir: Path, *, hooks: TrainingHooks | None = None,
                    resume_run_id: str | None = None, placement: RunPlacement | None = None,
-                   log_model: bool = True) -> RunSummary:
+                   log_model: bool = True, tasks: dict[str, Any] | None = None) -> RunSummary:
     """Trains, evaluates and logs one STM, MTM or student. With `resume_run_id`, continues that run
     from its checkpoint with the options it was started with (`job` is then ignored); `placement`
     says where a new run is tracked; without `log_model` the model and predictions are not logged
     (trials keep only their metrics). `hooks` hear the run id as soon as the run exists, every
-    batch and epoch, and a teacher-quality warning."""
+    batch and epoch, and a teacher-quality warning. `tasks`: the job's corpora, where the caller
+    read them already (load_job_tasks). A resumed run is taken over only once its checkpoint, data
+    and teacher are read: a refused resume leaves it as it was."""
     hooks = hooks or TrainingHooks()
     job, run, state, checkpoint = job_to_run(client, job, resume_run_id, TaggerJob.from_dict)
-    tasks = load_job_tasks(job)
+    tasks = load_job_tasks(job) if tasks is None or resume_run_id else tasks
     teacher = (TeacherKnowledge.gather(job.distill, job.distill.target_splits(job.train_splits), client,
                                        next(iter(tasks)), resolve_device(job.device)) if job.distill else None)
     assembly = assemble(job, teacher, tasks=tasks)
     if state is None:
         run, checkpoint = start_run(client, assembly, checkpoint_dir, placement or RunPlacement())
         state = TrainingState(job=job.to_dict())
+    else:
+        run.take_over()
     hooks.on_start(run.run_id)
     with run_status(run):
         history, final, results = train_tracked(run, assembly, state, checkpoint, hooks)

@@ -15,7 +15,9 @@ from kd.data.vocab import tag_list
 from kd.errors import FieldError
 from kd.models.device import resolve_device
 from kd.models.predict import PREDICT_BATCH_TOKENS, decode_in_batches
-from kd.models.transformer import WORD_OUTPUT, SubwordDataset, TransformerTagger, build_transformer, save_transformer
+from kd.data.corpora import split_path
+from kd.models.transformer import (WORD_OUTPUT, SentenceTooLong, SubwordDataset, TransformerTagger,
+                                    build_transformer, save_transformer)
 from kd.option_schema import check_fields, default
 from kd.tracking.logged_models import log_tagger_model
 from kd.tracking.runs import TrackedRun, git_commit
@@ -81,6 +83,20 @@ def per_corpus_metrics(split: str, scores: dict[str, EntityScores]) -> dict[str,
     return metrics
 
 
+def encode_splits(model: TransformerTagger, data: Any, splits: Sequence[str], tags: list[str]) -> SubwordDataset:
+    """The sentences of a corpus's `splits` (kd.training.job_definition.TaskData), encoded; a sentence too long
+    for the encoder is named by its split's file and its number there."""
+    try:
+        return model.encode(data.sentences(splits), tags)
+    except SentenceTooLong as error:
+        index = error.index
+        for split in splits:
+            if index < len(data.splits[split]):
+                raise SentenceTooLong(index, error.words, error.limit, split_path(data.directory, split)) from None
+            index -= len(data.splits[split])
+        raise
+
+
 def run_transformer_job(job: TransformerJob | None, client, checkpoint_dir: Path, *,
                         hooks: TrainingHooks | None = None, resume_run_id: str | None = None,
                         attach_to: str | None = None) -> RunSummary:
@@ -99,14 +115,16 @@ def run_transformer_job(job: TransformerJob | None, client, checkpoint_dir: Path
     tags = {name: tag_list(data.sentences(job.train_splits)) for name, data in tasks.items()}
     model = build_transformer(job.base, {name: len(t) for name, t in tags.items()}, job.output, job.dropout,
                               job.training.seed).to(device)
-    train_data = {name: model.encode(data.sentences(job.train_splits), tags[name]) for name, data in tasks.items()}
+    train_data = {name: encode_splits(model, data, job.train_splits, tags[name]) for name, data in tasks.items()}
     evaluators = {split: Evaluator(lambda task, dataset: predict_transformer_tags(
         model, dataset, tags[task], task, device, job.training.precision),
-        {name: model.encode(data.splits[split], tags[name]) for name, data in tasks.items()}) for split in splits}
+        {name: encode_splits(model, data, [split], tags[name]) for name, data in tasks.items()}) for split in splits}
     if state is None:
         run, checkpoint = start_transformer_run(job, client, list(tasks), checkpoint_dir, attach_to)
         state = TrainingState(job=asdict(job))
         state.save(checkpoint)  # a run killed in its first epoch resumes from scratch
+    else:
+        run.take_over()  # only now that its checkpoint, data and model are read
     hooks.on_start(run.run_id)
     with run_status(run):
         run.log_metrics({"num_parameters": float(model.num_parameters()), "model_bytes": float(model_bytes(model)),
