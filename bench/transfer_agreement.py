@@ -59,7 +59,7 @@ def tokenisers() -> dict[str, Callable[[str], list[tuple[int, int]]]]:
 
     syntok_tokenizer, treebank = syntok.tokenizer.Tokenizer(), TreebankWordTokenizer()
     return {
-        "kd (syntok sentences, corpus-style tokens)":
+        "kd (blingfire sentences, corpus-style tokens)":
             lambda text: [(t.start, t.end) for sentence in split_sentences(text) for t in sentence],
         "syntok tokens": lambda text: [(t.offset, t.offset + len(t.value)) for t in syntok_tokenizer.tokenize(text)],
         "blingfire text_to_words": lambda text: spans_in_order(text, blingfire.text_to_words(text).split()),
