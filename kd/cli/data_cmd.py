@@ -103,6 +103,8 @@ def check(corpus: str, data_dir: Path | None, as_json: bool) -> None:
 
 @data.command("text")
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--input", "inputs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A text FILE given as an option (repeatable), for `mlflow run -P input=FILE`.")
 @click.option("--from-corpora", default=None,
               help="Also take these corpora's training sentences: comma-separated names or folders, or `all`.")
 @click.option("--for", "for_corpora", default="all", show_default=True,
@@ -116,15 +118,18 @@ def check(corpus: str, data_dir: Path | None, as_json: bool) -> None:
               help="The text file to write (one tokenised sentence per line); OUT.manifest.json goes beside it.")
 @click.option("--data-dir", type=_DATA_DIR, envvar="KD_DATA_DIR", help="Folder holding corpora [env: KD_DATA_DIR].")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--threads", type=WHOLE_NUMBER, default=0, show_default=True,
+              help="Taken like every entry point's --threads; building text runs on one thread.")
 @handle_errors
-def text(files: tuple[Path, ...], from_corpora: str | None, for_corpora: str, max_sentences: int | None,
-         max_tokens: int, seed: int, out: Path, data_dir: Path | None, as_json: bool) -> None:
+def text(files: tuple[Path, ...], inputs: tuple[Path, ...], from_corpora: str | None, for_corpora: str, max_sentences: int | None,
+         max_tokens: int, seed: int, out: Path, data_dir: Path | None, as_json: bool, threads: int) -> None:
     """Build transfer text for students (kd distill --unlabelled) from raw text FILEs (plain text,
     MEDLINE/PubMed XML, PubTator, BioC XML or JSON, JSONL with a `text` field; gzip'd or not) and
     other corpora's training splits: sentence-split and tokenised like the corpora, deduplicated,
     without any sentence of the --for corpora's devel and test splits."""
     from kd.data.text.build import TextJob, build_text
 
+    files = (*files, *inputs)
     if not files and not from_corpora:
         raise click.UsageError("give text FILEs, --from-corpora, or both")
     no_data_folder = for_corpora.strip() == "all" and (data_dir is None or not data_dir.is_dir())

@@ -16,13 +16,12 @@ import numpy as np
 
 from kd.data.corpora import corpus_name, load_split
 from kd.data.text import MAX_SENTENCE_TOKENS
-from kd.data.text.overlap import evaluation_keys, sentence_key
+from kd.data.text.overlap import MANIFEST_SUFFIX, evaluation_keys, sentence_key
 from kd.data.text.readers import read_records
 from kd.data.text.tokenise import sentence_words
 from kd.errors import FieldError
 from kd.utils.atomic import atomic_file
 
-MANIFEST_SUFFIX = ".manifest.json"
 
 
 @dataclass

@@ -10,8 +10,10 @@ from pathlib import Path
 
 from kd.data.conll import read_sentences_for_tagging
 from kd.data.corpora import corpus_name, load_split, split_path
+from kd.errors import FieldError
 
 EVALUATION_SPLITS = ("devel", "test")
+MANIFEST_SUFFIX = ".manifest.json"  # `kd data text` writes OUT and OUT.manifest.json
 
 
 def sentence_key(tokens: Sequence[str]) -> str:
@@ -67,3 +69,24 @@ def find_overlap(path: str | Path, sentences: Sequence[Sequence[str]], corpus_di
     first_line = starts[hits[0]] if hits[0] < len(starts) else hits[0] + 1
     return Overlap(path=str(path), count=len(hits), first_line=first_line,
                    where=keys[sentence_key(sentences[hits[0]])])
+
+
+def check_eval_overlap(path: str, sentences: Sequence[Sequence[str]], corpus_dirs: Sequence[Path],
+                       allowed: bool) -> Overlap | None:
+    """The unlabelled sentences that the corpora's devel or test splits also hold: an error unless
+    `allowed` (a student would be scored on text it learnt from), else returned for the run's tags."""
+    overlap = find_overlap(path, sentences, corpus_dirs)
+    if overlap is None or allowed:
+        return overlap
+    names = ",".join(corpus_name(directory) for directory in corpus_dirs)
+    raise FieldError("unlabelled", path, (
+        f"{overlap.count} sentence{'s' if overlap.count > 1 else ''} also in a devel or test split, the first "
+        f"at line {overlap.first_line} (in {overlap.where}): a student would then be scored on text it learnt "
+        f"from; build a clean file with `kd data text {path} --for {names} --out CLEAN.txt`, or set "
+        f"allow_eval_overlap (--allow-eval-overlap) for a transductive experiment"))
+
+
+def text_manifest(path: str) -> Path | None:
+    """The `kd data text` manifest beside the file, when there is one."""
+    manifest = Path(f"{path}{MANIFEST_SUFFIX}")
+    return manifest if manifest.is_file() else None
