@@ -49,7 +49,7 @@ at 0.5 mg/kg.</AbstractText><AbstractText>The <i>tumour-suppressor</i> APC (aden
 def formats(root: Path) -> dict[str, Path]:
     files = {"text": root / "a.txt", "medline": root / "b.xml", "pubtator": root / "c.pubtator",
              "bioc-xml": root / "d.bioc.xml", "bioc-json": root / "e.json", "jsonl": root / "f.jsonl"}
-    files["text"].write_text(f"{TITLE}\n{ABSTRACT}\n")
+    files["text"].write_text(f"{TITLE} {ABSTRACT}\n")
     medline(files["medline"])
     files["pubtator"].write_text(f"1|t|{TITLE}\n1|a|{ABSTRACT}\n1\t0\t8\tGermline\tDisease\tD1\n\n")
     files["bioc-xml"].write_text(f"<?xml version='1.0'?><collection><source>x</source><document><id>1</id>"
@@ -101,6 +101,18 @@ def gzip_copy(path: Path) -> Path:
     return zipped
 
 
+def test_lines_never_join_and_a_conll_file_keeps_its_sentences(tmp_path: Path):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("no full stop here\nnor here\n\nTwo sentences. In one line.\n")
+    out = tmp_path / "out.txt"
+    build_text(TextJob(files=[lines], out=out))
+    assert out.read_text().splitlines() == ["no full stop here", "nor here", "Two sentences .", "In one line ."]
+    conll = tmp_path / "c.tsv"
+    conll.write_text("Dr.\tO\nNo\tO\n.\tO\nsplit\tB-X\n\n+/-\tO\n")
+    manifest = build_text(TextJob(files=[conll], out=out))
+    assert out.read_text().splitlines() == ["Dr. No . split", "+/-"] and manifest["sources"][0]["format"] == "conll"
+
+
 def test_duplicates_and_evaluation_sentences_are_removed_and_counted(tmp_path: Path):
     data_dir = make_corpora(tmp_path / "corpora")
     test = read_conll(data_dir / "tiny" / "test.tsv")
@@ -108,7 +120,7 @@ def test_duplicates_and_evaluation_sentences_are_removed_and_counted(tmp_path: P
     # A test sentence retyped (case and spacing changed) is still found; one of another corpus's devel too.
     retyped = " ".join(test[0].tokens).upper().replace(" ", "", 3)
     raw = tmp_path / "raw.txt"
-    raw.write_text(f"Brand new text here.\n\nBrand new text here.\n\n{retyped}\n\n{' '.join(devel[0].tokens)}\n\n"
+    raw.write_text(f"Brand new text here.\nBrand new text here.\n\n{retyped}\n{' '.join(devel[0].tokens)}\n"
                    "Something else entirely.\n")
     out = tmp_path / "out.txt"
     manifest = build_text(TextJob(files=[raw], for_corpora=[data_dir / "tiny", data_dir / "other"], out=out))

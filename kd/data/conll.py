@@ -129,7 +129,11 @@ def read_sentences_for_tagging(path: str | Path) -> list[tuple[str, ...]]:
          (one token per line);
     otherwise each non-blank line is one whitespace-tokenised sentence.
     """
-    lines = _read_lines(path)
+    return sentences_of_lines(path, _read_lines(path))
+
+
+def sentences_of_lines(path: str | Path, lines: list[str]) -> list[tuple[str, ...]]:
+    """`read_sentences_for_tagging` of a file already read into lines (`path` names it in errors)."""
     if not _looks_like_conll(lines):
         return _tokenised_lines(path, lines)
     _check_column_counts(path, lines)

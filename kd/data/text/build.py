@@ -17,7 +17,7 @@ import numpy as np
 from kd.data.corpora import corpus_name, load_split
 from kd.data.text import MAX_SENTENCE_TOKENS
 from kd.data.text.overlap import MANIFEST_SUFFIX, evaluation_keys, sentence_key
-from kd.data.text.readers import read_records
+from kd.data.text.readers import TOKENISED, read_records
 from kd.data.text.tokenise import sentence_words
 from kd.errors import FieldError
 from kd.utils.atomic import atomic_file
@@ -65,7 +65,8 @@ def collect(job: TextJob) -> Collected:
         count = sentences = 0
         for _, text in records:
             count += 1
-            sentences += collected.add(sentence_words(text), job.max_tokens)
+            words = [tuple(text.split(" "))] if kind in TOKENISED else sentence_words(text)
+            sentences += collected.add(words, job.max_tokens)
         collected.sources.append({"file": str(path), "format": kind, "records": count, "sentences": sentences,
                                   "sha256": file_sha256(path)})
     for corpus_dir in job.from_corpora:

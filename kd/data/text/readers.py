@@ -1,5 +1,6 @@
-"""Raw text in the formats biomedical text comes in, as (record, text) pairs: plain text, MEDLINE /
-PubMed XML (title and abstract), PubTator, BioC XML and JSON, JSONL with a `text` field; any of them
+"""Raw text in the formats biomedical text comes in, as (record, text) pairs: plain text (a record
+per line), MEDLINE / PubMed XML (title and abstract), PubTator, BioC XML and JSON, JSONL with a `text`
+field; and CoNLL (already tokenised: a record per sentence, its tokens joined by spaces); any of them
 gzip'd (`.gz`). The format is told by the file name, else by the first bytes. A malformed record
 raises a DataError naming the file and the record (its line where the format has lines)."""
 from __future__ import annotations
@@ -12,9 +13,11 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from pathlib import Path
 
+from kd.data.conll import sentences_of_lines
 from kd.errors import DataError
 
-FORMATS = ("text", "medline", "pubtator", "bioc-xml", "bioc-json", "jsonl")
+FORMATS = ("text", "medline", "pubtator", "bioc-xml", "bioc-json", "jsonl", "conll")
+TOKENISED = ("conll",)  # formats whose records are tokenised sentences already
 # PMID|t|title and PMID|a|abstract lines; annotation lines (PMID<tab>start<tab>end...) follow them.
 _PUBTATOR_TEXT = re.compile(r"^(\S+)\|([ta])\|(.*)$")
 
@@ -51,6 +54,8 @@ def detect_format(path: Path, data: bytes) -> str:
     first = head.split(b"\n", 1)[0].decode("utf-8", "replace")
     if name.endswith(".pubtator") or _PUBTATOR_TEXT.match(first):
         return "pubtator"
+    if "\t" in first:
+        return "conll"
     return "text"
 
 
@@ -67,21 +72,23 @@ def read_records(path: str | Path) -> tuple[str, Iterator[tuple[str, str]]]:
         raise DataError(path, f"not valid UTF-8 (byte 0x{data[error.start]:02x})",
                         data.count(b"\n", 0, error.start) + 1) from None
     readers = {"text": _plain_records, "pubtator": _pubtator_records, "jsonl": _jsonl_records,
-               "bioc-json": _bioc_json_records}
+               "bioc-json": _bioc_json_records, "conll": _conll_records}
     return kind, readers[kind](path, text)
 
 
 def _plain_records(path: Path, text: str) -> Iterator[tuple[str, str]]:
-    """A paragraph (lines up to a blank line) is a record: a sentence may wrap over lines."""
-    start = 1
-    lines: list[str] = []
-    for number, line in enumerate([*text.split("\n"), ""], start=1):
+    """Every non-blank line is a record: a sentence never spans lines, so a file of one (tokenised)
+    sentence per line keeps its sentences, even those without a full stop. Hard-wrapped text needs its
+    paragraphs joined into lines first."""
+    for number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
-            lines.append(line)
-            continue
-        if lines:
-            yield f"line {start}", " ".join(lines)
-        lines, start = [], number + 1
+            yield f"line {number}", line
+
+
+def _conll_records(path: Path, text: str) -> Iterator[tuple[str, str]]:
+    """A CoNLL file's sentences (labels ignored), as `kd predict` reads them."""
+    for index, tokens in enumerate(sentences_of_lines(path, text.split("\n")), start=1):
+        yield f"sentence {index}", " ".join(tokens)
 
 
 def _pubtator_records(path: Path, text: str) -> Iterator[tuple[str, str]]:
