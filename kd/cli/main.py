@@ -130,6 +130,13 @@ def run_transformer_teacher(corpora: list[str], base: str | None, data_dir: str 
     echo_result(as_json, {"run_id": summary.run_id, **summary.metrics})
 
 
+def allow_eval_overlap_option(whose: str):
+    # A flag that also takes a value: `mlflow run -P allow_eval_overlap=true` passes `--allow_eval_overlap true`.
+    return click.option("--allow-eval-overlap", is_flag=False, flag_value=True, type=click.BOOL, default=False,
+                        help=f"Accept --unlabelled text that holds sentences of {whose} (transductive "
+                             "experiments; also --allow-eval-overlap true); the run is tagged unlabelled_eval_overlap.")
+
+
 @cli.command("cache-logits")
 @click.option("--teacher", "teachers", required=True, help="Teacher run id, or several comma-separated (an ensemble).")
 @click.option("--tasks", default=None, help="Corpora to cache (default: all of the teacher's).")
@@ -138,10 +145,7 @@ def run_transformer_teacher(corpora: list[str], base: str | None, data_dir: str 
 @click.option("--unlabelled", default=None, type=click.Path(dir_okay=False),
               help="Also cache the teacher's outputs for these sentences without gold tags (CoNLL, tokens one per "
                    "line, or one sentence per line), for students given the same file.")
-@click.option("--allow-eval-overlap", is_flag=False, flag_value=True, type=click.BOOL, default=False,
-              help="Accept --unlabelled text that holds sentences of a cached corpus's devel or test split "
-                   "(transductive experiments; also --allow-eval-overlap true); the run is tagged "
-                   "unlabelled_eval_overlap.")
+@allow_eval_overlap_option("a cached corpus's devel or test split")
 @click.option("--layers", default="logits", show_default=True,
               help="Comma-separated: logits, marginals (token posteriors); a BiLSTM teacher's task and shared "
                    "BiLSTM states; a transformer teacher's encoder (last hidden state per word).")
@@ -199,10 +203,7 @@ def cache_logits(teachers, tasks, data_dir, splits, unlabelled, allow_eval_overl
 @click.option("--unlabelled-ratio", type=float, default=None,
               help="Each epoch draws this many --unlabelled sentences per labelled sentence, continuing through "
                    "the file from epoch to epoch (seeded by --seed); default: the whole file every epoch.")
-@click.option("--allow-eval-overlap", is_flag=False, flag_value=True, type=click.BOOL, default=False,
-              help="Accept --unlabelled text that holds sentences of the corpus's devel or test split "
-                   "(transductive experiments; also --allow-eval-overlap true); the run is tagged "
-                   "unlabelled_eval_overlap.")
+@allow_eval_overlap_option("the corpus's devel or test split")
 @data_dir_option
 @split_options
 @model_options

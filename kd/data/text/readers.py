@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from pathlib import Path
 
-from kd.data.conll import sentences_of_lines
+from kd.data.conll import decode_utf8, read_file_bytes, sentences_of_lines
 from kd.errors import DataError
 
 FORMATS = ("text", "medline", "pubtator", "bioc-xml", "bioc-json", "jsonl", "conll")
@@ -24,14 +24,7 @@ _PUBTATOR_TEXT = re.compile(r"^(\S+)\|([ta])\|(.*)$")
 
 def read_text_file(path: Path) -> bytes:
     """The file's bytes, gunzipped when they are gzip's."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(path, "file not found") from None
-    except IsADirectoryError:
-        raise DataError(path, "is a directory, expected a file") from None
-    except OSError as error:
-        raise DataError(path, f"cannot read file: {error.strerror}") from None
+    data = read_file_bytes(path)
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
@@ -66,11 +59,7 @@ def read_records(path: str | Path) -> tuple[str, Iterator[tuple[str, str]]]:
     kind = detect_format(path, data)
     if kind in ("medline", "bioc-xml"):
         return kind, _xml_records(path, data, kind)
-    try:
-        text = data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as error:
-        raise DataError(path, f"not valid UTF-8 (byte 0x{data[error.start]:02x})",
-                        data.count(b"\n", 0, error.start) + 1) from None
+    text = decode_utf8(path, data)
     readers = {"text": _plain_records, "pubtator": _pubtator_records, "jsonl": _jsonl_records,
                "bioc-json": _bioc_json_records, "conll": _conll_records}
     return kind, readers[kind](path, text)
