@@ -4,7 +4,7 @@
         Part 4: token agreement of tokenisers with every corpus (bench/transfer_agreement.py).
     python bench/transfer.py students [--data-dir ../shared/datasets] [--parts leakage,cost,elsewhere]
         [--corpora ...] [--text-corpora ...] [--devel-sentences N] [--student NCBI-disease] [--train-sentences N] [--text-sentences N]
-        [--teacher-epochs N] [--student-epochs N] [--seeds 1,2,3] [--model JSON] [--out FILE]
+        [--teacher-epochs N] [--student-epochs N] [--seeds 1,2,3] [--model JSON] [--training JSON] [--out FILE]
         Parts 1-3 (bench/transfer_students.py).
 
 Figures and the commands that made them: bench/README.md, "Transfer text".
@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--student-epochs", type=int, default=10)
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--model", default="{}", help='ModelOptions as JSON, e.g. {"shared_hidden": 100}')
+    parser.add_argument("--training", default="{}", help='TrainingOptions as JSON, e.g. {"learning_rate": 0.005}')
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.what == "agreement":

@@ -81,15 +81,21 @@ def one_seed(client, data: Path, texts: dict[str, Path], args, seed: int) -> dic
     def run(corpora: list[str], epochs: int, distill: DistillOptions | None = None) -> dict:
         # An epoch's training time: from the end of the previous epoch (its devel pass included) to the
         # epoch's last batch; the first epoch (setup) is left out of the median.
-        started, ends, last_batch = time.perf_counter(), {}, {}
+        started, ends, last_batch, tokens = time.perf_counter(), {}, {}, {}
+
+        def hear_batch(epoch: int, batch_tokens: int, terms) -> None:
+            last_batch[epoch] = time.perf_counter()
+            tokens[epoch] = tokens.get(epoch, 0) + batch_tokens
+
         summary = run_tagger_job(TaggerJob(corpora=corpora, distill=distill, model=ModelOptions(**args.model),
-                                           training=TrainingOptions(epochs=epochs, seed=seed), **common),
-                                 client, checkpoints, warn=lambda message: None,
-                                 on_batch=lambda epoch, tokens, terms: last_batch.__setitem__(epoch, time.perf_counter()),
+                                           training=TrainingOptions(epochs=epochs, seed=seed, **args.training),
+                                           **common),
+                                 client, checkpoints, warn=lambda message: None, on_batch=hear_batch,
                                  callbacks=[lambda epoch, metrics: ends.__setitem__(epoch, time.perf_counter()) and False])
         epoch_seconds = [last_batch[e] - ends[e - 1] for e in range(2, epochs + 1)]
         return {**summary.metrics, "run_id": summary.run_id, "seconds": time.perf_counter() - started,
-                "epoch_seconds": statistics.median(epoch_seconds) if epoch_seconds else float("nan")}
+                "epoch_seconds": statistics.median(epoch_seconds) if epoch_seconds else float("nan"),
+                "epoch_tokens": statistics.mean(tokens.values())}
 
     teacher = run(args.corpora, args.teacher_epochs)
     results = {"teacher": {**teacher, "test_f1": teacher[f"{args.student}/test_f1"]},
@@ -120,6 +126,7 @@ def summarise(per_seed: list[dict[str, dict]]) -> dict[str, dict]:
         f1 = [100 * seed[name]["test_f1"] for seed in per_seed]
         table[name] = {"test_f1_mean": statistics.mean(f1), "test_f1": f1,
                        "epoch_seconds_mean": statistics.mean(seed[name]["epoch_seconds"] for seed in per_seed),
+                       "epoch_tokens": statistics.mean(seed[name]["epoch_tokens"] for seed in per_seed),
                        "seconds_mean": statistics.mean(seed[name]["seconds"] for seed in per_seed)}
     return table
 
@@ -128,6 +135,7 @@ def students(args) -> dict:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     args.model = json.loads(args.model) if isinstance(args.model, str) else args.model
+    args.training = json.loads(args.training) if isinstance(args.training, str) else args.training
     if args.student not in args.corpora:
         sys.exit("--student must be one of --corpora")
     torch.set_num_threads(1)
@@ -146,7 +154,7 @@ def students(args) -> dict:
         for seed in [int(s) for s in args.seeds.split(",")]:
             per_seed.append(one_seed(client, root / "data", texts, args, seed))
             print(json.dumps({"seed": seed, **{name: {k: v for k, v in run.items() if k in (
-                "test_f1", "seconds", "epoch_seconds", "best_epoch")} for name, run in per_seed[-1].items()}}),
+                "test_f1", "seconds", "epoch_seconds", "epoch_tokens", "best_epoch")} for name, run in per_seed[-1].items()}}),
                 flush=True)
     return {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "table": summarise(per_seed),
             "per_seed": per_seed}
