@@ -15,7 +15,7 @@ from kd.data.conll import read_conll
 from kd.data.text.build import TextJob, build_text
 from kd.data.text.readers import read_records
 from kd.data.text.tokenise import split_sentences, tokenise
-from tests.conftest import make_corpora, one_line_error
+from tests.conftest import make_corpora, mlflow_run, one_line_error
 
 TITLE = "Germline mutations in BRCA1 cause breast cancer."
 ABSTRACT = "IL-2 and 5-fluorouracil were given at 0.5 mg/kg. The tumour-suppressor APC (adenomatous polyposis coli) failed."
@@ -173,3 +173,16 @@ def test_the_command_writes_the_text_and_says_what_it_removed(tmp_path: Path):
     assert out.read_text().splitlines()[0] == EXPECTED[0]
     assert json.loads(Path(f"{out}.manifest.json").read_text())["evaluation_splits_of"] == ["other", "tiny"]
     assert CliRunner().invoke(cli, ["data", "text", "--out", str(out)]).exit_code == 2  # nothing to read
+
+
+@pytest.mark.slow
+def test_the_entry_point_builds_text_from_a_users_folder(tmp_path: Path):
+    user = tmp_path / "work"
+    user.mkdir()
+    data_dir = make_corpora(tmp_path / "corpora")
+    (user / "abstracts.jsonl").write_text(json.dumps({"text": f"{TITLE} {ABSTRACT}"}) + "\n")
+    manifest = mlflow_run("data_text", {"input": "abstracts.jsonl", "out": "transfer.txt", "for_corpora": "tiny",
+                                        "threads": "1"}, "kd", user, f"sqlite:///{user / 'mlflow.db'}",
+                          env={"KD_DATA_DIR": str(data_dir)})
+    assert (user / "transfer.txt").read_text().splitlines() == EXPECTED
+    assert manifest["evaluation_splits_of"] == ["tiny"] and manifest["sentences"] == 3

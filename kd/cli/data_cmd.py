@@ -117,7 +117,7 @@ def check(corpus: str, data_dir: Path | None, as_json: bool) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The text file to write (one tokenised sentence per line); OUT.manifest.json goes beside it.")
 @click.option("--data-dir", type=_DATA_DIR, envvar="KD_DATA_DIR", help="Folder holding corpora [env: KD_DATA_DIR].")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as one line of JSON.")
 @click.option("--threads", type=WHOLE_NUMBER, default=0, show_default=True,
               help="Taken like every entry point's --threads; building text runs on one thread.")
 @handle_errors
@@ -138,7 +138,7 @@ def text(files: tuple[Path, ...], inputs: tuple[Path, ...], from_corpora: str | 
                   max_sentences=max_sentences, seed=seed, max_tokens=max_tokens)
     manifest = build_text(job)
     if as_json:
-        click.echo(json.dumps(manifest, indent=2))
+        click.echo(json.dumps(manifest))  # one line, like every command's --json
         return
     removed = ", ".join(f"{count} {why}" for why, count in manifest["removed"].items()) or "none"
     click.echo(f"{out}: {manifest['sentences']} sentences, {manifest['tokens']} tokens (read {manifest['read']}; "
