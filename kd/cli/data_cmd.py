@@ -124,7 +124,7 @@ def check(corpus: str, data_dir: Path | None, as_json: bool) -> None:
 def text(files: tuple[Path, ...], inputs: tuple[Path, ...], from_corpora: str | None, for_corpora: str, max_sentences: int | None,
          max_tokens: int, seed: int, out: Path, data_dir: Path | None, as_json: bool, threads: int) -> None:
     """Build transfer text for students (kd distill --unlabelled) from raw text FILEs (plain text,
-    MEDLINE/PubMed XML, PubTator, BioC XML or JSON, JSONL with a `text` field; gzip'd or not) and
+    MEDLINE/PubMed XML, PubTator, BioC XML or JSON, JSONL with a `text` field, CoNLL; gzip'd or not) and
     other corpora's training splits: sentence-split and tokenised like the corpora, deduplicated,
     without any sentence of the --for corpora's devel and test splits."""
     from kd.data.text.build import TextJob, build_text
