@@ -12,7 +12,7 @@ from torch import nn
 
 from kd.data.batching import Batch
 from kd.data.types import UNLABELLED_SPLIT
-from kd.errors import KdError
+from kd.errors import FieldError, KdError
 from kd.losses.distill import DistillWeights, StudentView, check_loss_weights, get_loss
 from kd.models.tagger import Tagger
 from kd.option_schema import check_fields, default, implied_beta
@@ -34,9 +34,17 @@ class DistillOptions:
     # Sentences without gold tags the student also learns from, through the teacher's outputs alone
     # (the hard-label term skips them); a cache must hold them (kd cache-logits --unlabelled).
     unlabelled: str | None = None
+    # Each epoch draws this many unlabelled sentences per labelled one, continuing through the file
+    # from epoch to epoch (kd.training.unlabelled); None: the whole file every epoch.
+    unlabelled_ratio: float | None = None
+    # Run even when the unlabelled text holds sentences of the corpus's devel or test split (a
+    # transductive experiment); the run is tagged with how many.
+    allow_eval_overlap: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.unlabelled_ratio is not None and not self.unlabelled:
+            raise FieldError("unlabelled_ratio", self.unlabelled_ratio, "applies only with unlabelled text")
         if (self.cache_run is None) == (not self.teacher_runs):
             raise KdError("give exactly one of --cache RUN_ID and --teacher RUN_ID[,RUN_ID...]")
         check_loss_weights(self.loss, self.weights())
