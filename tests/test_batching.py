@@ -149,11 +149,43 @@ def skewed_lengths(n: int = 600, seed: int = 0) -> np.ndarray:
 def test_every_sentence_once_and_batch_sizes(rng_seed, batch_size):
     lengths = skewed_lengths(203)
     rng = None if rng_seed is None else np.random.default_rng(rng_seed)
-    batches = bucketed_batches(lengths, batch_size, rng)
+    batches = bucketed_batches(lengths, batch_size, rng, max_tokens=10**9)
     flat = np.concatenate(batches)
     assert sorted(flat.tolist()) == list(range(len(lengths)))
     assert all(1 <= len(b) <= batch_size for b in batches)
     assert len(batches) == -(-len(lengths) // batch_size)
+
+
+@pytest.mark.parametrize("rng_seed", [None, 0])
+@pytest.mark.parametrize("max_tokens", [1, 150, 400, 5000])
+def test_batches_stay_under_the_token_budget_and_a_huge_sentence_goes_alone(rng_seed, max_tokens):
+    lengths = np.append(skewed_lengths(203), 200_000)
+    rng = None if rng_seed is None else np.random.default_rng(rng_seed)
+    batches = bucketed_batches(lengths, 32, rng, max_tokens=max_tokens)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    for batch in batches:
+        padded = len(batch) * int(lengths[batch].max())
+        assert len(batch) <= 32 and (padded <= max_tokens or len(batch) == 1)
+    assert [len(b) for b in batches if len(lengths) - 1 in b] == [1]
+    # Brute force: with the budget the batches are the unbudgeted ones, each cut as little as possible.
+    unbudgeted = bucketed_batches(lengths, 32, None if rng_seed is None else np.random.default_rng(rng_seed),
+                                  max_tokens=10**9)
+    fewest = 0
+    for batch in unbudgeted:
+        rows, longest = 0, 0
+        for length in sorted(lengths[batch]):
+            if rows and (rows + 1) * max(longest, length) > max_tokens:
+                fewest, rows, longest = fewest + 1, 0, 0
+            rows, longest = rows + 1, max(longest, int(length))
+        fewest += 1
+    assert len(batches) == fewest
+
+
+def test_the_budget_leaves_the_corpora_batches_alone():
+    # A batch of 32 sentences of the corpora's longest length (426 tokens, CRAFT) is within the default
+    # budget: ordinary training draws exactly the batches it drew before the budget existed.
+    lengths = np.full(64, 426)
+    assert [len(b) for b in bucketed_batches(lengths, 32, np.random.default_rng(0))] == [32, 32]
 
 
 def test_same_seed_same_batches_different_seed_different_order():

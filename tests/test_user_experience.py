@@ -90,10 +90,11 @@ MODEL_FIELDS = {f.name for f in fields(ModelOptions)}
 TRAINING_FIELDS = {f.name for f in fields(TrainingOptions)}
 # DistillOptions field -> the option name the CLI gives it (`--cache`, `--teacher` take run ids).
 DISTILL_OPTIONS = {"loss": "loss", "alpha": "alpha", "beta": "beta", "gamma": "gamma", "kappa": "kappa",
-                   "tau": "tau", "cache_run": "cache_run", "teacher_runs": "teachers", "unlabelled": "unlabelled"}
+                   "tau": "tau", "cache_run": "cache_run", "teacher_runs": "teachers", "unlabelled": "unlabelled",
+                   "unlabelled_ratio": "unlabelled_ratio", "allow_eval_overlap": "allow_eval_overlap"}
 # MLproject parameters that differ from the option's name: `beta` is logged by kd (the effective
 # beta), so the entry point calls it beta_weight; optional ones without a value are undeclared.
-UNDECLARED = {"embeddings", "cache_run", "teacher_runs", "unlabelled"}
+UNDECLARED = {"embeddings", "cache_run", "teacher_runs", "unlabelled", "unlabelled_ratio", "allow_eval_overlap"}
 
 
 def test_cli_options_cover_the_option_dataclasses():
@@ -115,7 +116,7 @@ def test_mlproject_declares_every_option_of_the_dataclasses():
 
 def test_search_space_keys_are_the_dataclass_fields():
     assert KNOWN_KEYS == (MODEL_FIELDS - {"embeddings"}) | (TRAINING_FIELDS - {"seed"}) | (
-        set(DISTILL_OPTIONS) - {"cache_run", "teacher_runs", "unlabelled"})
+        set(DISTILL_OPTIONS) - {"cache_run", "teacher_runs", "unlabelled", "unlabelled_ratio", "allow_eval_overlap"})
 
 
 def test_every_entry_point_takes_threads_and_a_workdir_and_logs_no_empty_strings():

@@ -11,6 +11,7 @@ from kd.cache.store import DTYPES, LAYERS, CacheWriter, Manifest
 from kd.cache.teachers import (check_ensemble, ensemble_kind, layer_widths, load_teacher, teacher_corpus,
                                teacher_outputs_for_sentences)
 from kd.data.conll import read_unlabelled
+from kd.data.text.overlap import check_eval_overlap, text_manifest
 from kd.data.corpora import load_split
 from kd.data.types import UNLABELLED_SPLIT
 from kd.errors import FieldError
@@ -35,6 +36,9 @@ class CacheJob:
     experiment: str = "kd"
     run_name: str | None = None
     unlabelled: str | None = None  # a file of sentences without gold tags, cached for every task
+    # Cache it even when it holds sentences of a cached corpus's devel or test split (transductive
+    # experiments); the run is tagged with how many.
+    allow_eval_overlap: bool = False
 
     @property
     def cached_splits(self) -> list[str]:
@@ -66,14 +70,18 @@ def build_cache(job: CacheJob, client, tracking_uri: str, attach_to: str | None 
     missing = [t for t in tasks if t not in all_tasks]
     if missing:
         raise FieldError("tasks", None, f"the teacher has no {', '.join(missing)}; it has {', '.join(all_tasks)}")
-    sentences = _sentences_to_cache(job, tasks, teachers)
+    sentences, overlap = _sentences_to_cache(job, tasks, teachers)
     kind = ensemble_kind(teachers)
 
     run = TrackedRun.start(client, job.experiment, job.run_name, {
         "model_kind": "cache", "task": ",".join(tasks), "teacher_runs": ",".join(job.teacher_runs),
         "ensemble": kind, "output": ",".join(t.output for t in teachers),
-        "teacher_kind": ",".join(t.kind for t in teachers), "git_commit": git_commit()},
+        "teacher_kind": ",".join(t.kind for t in teachers), "git_commit": git_commit(),
+        **({"unlabelled_eval_overlap": overlap} if overlap else {})},
         attach_to=attach_to)
+    manifest_file = text_manifest(job.unlabelled) if job.unlabelled else None
+    if manifest_file is not None:
+        run.log_artifact(manifest_file, "unlabelled")
     run.log_params({"teacher_runs": ",".join(job.teacher_runs), "tasks": ",".join(tasks),
                     "splits": ",".join(job.splits), "layers": ",".join(job.layers), "dtype": job.dtype,
                     "precision": job.precision, "batch_size": job.batch_size, "device": job.device,
@@ -114,16 +122,20 @@ def build_cache(job: CacheJob, client, tracking_uri: str, attach_to: str | None 
     return CacheSummary(run_id=run.run_id, manifest=manifest, metrics=metrics)
 
 
-def _sentences_to_cache(job: CacheJob, tasks: list[str], teachers) -> dict[str, dict[str, list]]:
-    """task -> split -> sentences: the corpus splits, and the unlabelled file for every task."""
+def _sentences_to_cache(job: CacheJob, tasks: list[str], teachers) -> tuple[dict[str, dict[str, list]], int]:
+    """task -> split -> sentences: the corpus splits, and the unlabelled file for every task; and how
+    many unlabelled sentences the corpora's devel and test splits hold (refused unless allowed)."""
     data_dir = Path(job.data_dir) if job.data_dir else None
-    sentences = {task: {split: load_split(teacher_corpus(task, teachers, data_dir), split) for split in job.splits}
-                 for task in tasks}
+    corpora = {task: teacher_corpus(task, teachers, data_dir) for task in tasks}
+    sentences = {task: {split: load_split(corpora[task], split) for split in job.splits} for task in tasks}
+    overlap = None
     if job.unlabelled:
         unlabelled = read_unlabelled(job.unlabelled)
+        overlap = check_eval_overlap(job.unlabelled, [s.tokens for s in unlabelled], list(corpora.values()),
+                                     job.allow_eval_overlap)
         for task in tasks:
             sentences[task][UNLABELLED_SPLIT] = unlabelled
-    return sentences
+    return sentences, overlap.count if overlap else 0
 
 
 def open_cache_run(run_id: str, client, tracking_uri: str, download_dir: Path | None = None):

@@ -142,6 +142,13 @@ def run_transformer_teacher(corpora: list[str], base: str | None, data_dir: str 
     echo_result(as_json, {"run_id": summary.run_id, **summary.metrics})
 
 
+def allow_eval_overlap_option(whose: str):
+    # A flag that also takes a value: `mlflow run -P allow_eval_overlap=true` passes `--allow_eval_overlap true`.
+    return click.option("--allow-eval-overlap", is_flag=False, flag_value=True, type=click.BOOL, default=False,
+                        help=f"Accept --unlabelled text that holds sentences of {whose} (transductive "
+                             "experiments; also --allow-eval-overlap true); the run is tagged unlabelled_eval_overlap.")
+
+
 @cli.command("cache-logits")
 @click.option("--teacher", "teachers", required=True, help="Teacher run id, or several comma-separated (an ensemble).")
 @click.option("--tasks", default=None, help="Corpora to cache (default: all of the teacher's).")
@@ -150,6 +157,7 @@ def run_transformer_teacher(corpora: list[str], base: str | None, data_dir: str 
 @click.option("--unlabelled", default=None, type=click.Path(dir_okay=False),
               help="Also cache the teacher's outputs for these sentences without gold tags (CoNLL, tokens one per "
                    "line, or one sentence per line), for students given the same file.")
+@allow_eval_overlap_option("a cached corpus's devel or test split")
 @click.option("--layers", default="logits", show_default=True,
               help="Comma-separated: logits, marginals (token posteriors); a BiLSTM teacher's task and shared "
                    "BiLSTM states; a transformer teacher's encoder (last hidden state per word).")
@@ -163,7 +171,7 @@ def run_transformer_teacher(corpora: list[str], base: str | None, data_dir: str 
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the run id and metrics last.")
 @progress_option()
 @handle_errors
-def cache_logits(teachers, tasks, data_dir, splits, unlabelled, layers, dtype, batch_size, precision, device, threads,
+def cache_logits(teachers, tasks, data_dir, splits, unlabelled, allow_eval_overlap, layers, dtype, batch_size, precision, device, threads,
                  experiment, run_name, as_json, progress) -> None:
     """Run teacher(s) over corpora and cache their per-token outputs as an MLflow run."""
     from kd.cache.build import CacheJob, build_cache
@@ -176,7 +184,8 @@ def cache_logits(teachers, tasks, data_dir, splits, unlabelled, layers, dtype, b
                    tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
                    splits=parse_splits(splits, "--splits"), layers=[l.strip() for l in layers.split(",") if l.strip()],
                    dtype=dtype, data_dir=data_dir or None, device=device, precision=precision, batch_size=batch_size,
-                   experiment=experiment, run_name=run_name, unlabelled=resolved_file(unlabelled))
+                   experiment=experiment, run_name=run_name, unlabelled=resolved_file(unlabelled),
+                   allow_eval_overlap=allow_eval_overlap)
     # The cache has no per-batch hook: a spinner with the elapsed time says it is alive.
     display = TrainingDisplay(client, tracking_uri(), wants_live_display(progress))
     with display.console.status("caching the teacher's outputs ...") if display.live else contextlib.nullcontext():
@@ -203,13 +212,18 @@ def cache_logits(teachers, tasks, data_dir, splits, unlabelled, layers, dtype, b
 @click.option("--unlabelled", default=None, type=click.Path(dir_okay=False),
               help="Also learn from these sentences without gold tags, through the teacher's outputs alone "
                    "(a --cache must hold them: kd cache-logits --unlabelled FILE).")
+@click.option("--unlabelled-ratio", type=float, default=None,
+              help="Each epoch draws this many --unlabelled sentences per labelled sentence, continuing through "
+                   "the file from epoch to epoch (seeded by --seed); default: the whole file every epoch.")
+@allow_eval_overlap_option("the corpus's devel or test split")
 @data_dir_option
 @split_options
 @model_options
 @training_options
 @export_at_end_option
 @handle_errors
-def distill(task, cache_run, teachers, loss, alpha, beta, gamma, kappa, tau, unlabelled, data_dir, train_splits, eval_split,
+def distill(task, cache_run, teachers, loss, alpha, beta, gamma, kappa, tau, unlabelled, unlabelled_ratio,
+            allow_eval_overlap, data_dir, train_splits, eval_split,
             resume_run_id, device, threads, experiment, run_name, checkpoint_dir, as_json, export_format, **kwargs) -> None:
     """Train a single-task student from a teacher's cache or live teacher(s)."""
     from kd.training.distillation import DistillOptions
@@ -221,7 +235,8 @@ def distill(task, cache_run, teachers, loss, alpha, beta, gamma, kappa, tau, unl
         options = DistillOptions(loss=loss, alpha=alpha, beta=None if beta is None or beta < 0 else beta, gamma=gamma, kappa=kappa, tau=tau,
                                  cache_run=cache_run or None,
                                  teacher_runs=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None,
-                                 unlabelled=resolved_file(unlabelled))
+                                 unlabelled=resolved_file(unlabelled), unlabelled_ratio=unlabelled_ratio,
+                                 allow_eval_overlap=allow_eval_overlap)
     run_job([task] if task else [], "uniform", data_dir, train_splits, eval_split, resume_run_id, device, threads,
             experiment, run_name, checkpoint_dir, as_json, kwargs, distill=options, export_format=export_format)
 

@@ -129,7 +129,11 @@ def read_sentences_for_tagging(path: str | Path) -> list[tuple[str, ...]]:
          (one token per line);
     otherwise each non-blank line is one whitespace-tokenised sentence.
     """
-    lines = _read_lines(path)
+    return sentences_of_lines(path, _read_lines(path))
+
+
+def sentences_of_lines(path: str | Path, lines: list[str]) -> list[tuple[str, ...]]:
+    """`read_sentences_for_tagging` of a file already read into lines (`path` names it in errors)."""
     if not _looks_like_conll(lines):
         return _tokenised_lines(path, lines)
     _check_column_counts(path, lines)
@@ -175,24 +179,31 @@ def _looks_like_conll(lines: list[str]) -> bool:
     return len(non_blank) < len(lines) and all(len(columns) == 1 for columns in split)
 
 
-def _read_lines(path: str | Path) -> list[str]:
-    """Whole file as lines split on \\n only (str.splitlines would also split on U+2028 etc.)."""
+def read_file_bytes(path: str | Path) -> bytes:
+    """The file's bytes, or a DataError naming it."""
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
     except IsADirectoryError:
         raise DataError(path, "is a directory, expected a file") from None
     except OSError as error:
         raise DataError(path, f"cannot read file: {error.strerror}") from None
+
+
+def decode_utf8(path: str | Path, data: bytes) -> str:
+    """The bytes as text without a byte-order mark, or a DataError naming the file and line."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         raise DataError(path, f"not valid UTF-8 (byte 0x{data[error.start]:02x})", line) from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    lines = text.split("\n")
+    return text.removeprefix("\ufeff")
+
+
+def _read_lines(path: str | Path) -> list[str]:
+    """Whole file as lines split on \\n only (str.splitlines would also split on U+2028 etc.)."""
+    lines = decode_utf8(path, read_file_bytes(path)).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return lines

@@ -14,6 +14,7 @@ import torch
 from kd.cache.knowledge import TeacherKnowledge
 from kd.data.batching import EncodedDataset
 from kd.data.conll import read_unlabelled
+from kd.data.text.overlap import check_eval_overlap
 from kd.data.types import Sentence
 from kd.data.vocab import Vocabularies, build_vocabularies
 from kd.errors import KdError
@@ -24,6 +25,7 @@ from kd.training.evaluate import EntityScores, Evaluator, metric_names
 from kd.training.jobs import TaggerJob, TaskData, build_tagger, load_tasks
 from kd.training.loop import (BatchCallback, EpochCallback, EpochPlan, LossFunction, TrainingResult, TrainingState, train)
 from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
+from kd.training.unlabelled import UnlabelledPlan
 
 # split -> (scores per corpus, predictions per corpus)
 SplitResults = dict[str, tuple[dict[str, EntityScores], dict[str, list[list[str]]]]]
@@ -54,6 +56,9 @@ class Assembly:
               log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
               checkpoint_path: Path | None = None, state: TrainingState | None = None,
               on_batch: BatchCallback | None = None) -> TrainingResult:
+        if isinstance(self.plan, UnlabelledPlan):
+            # Its draws continue through the text from epoch to epoch: a resumed run goes on from its epoch.
+            self.plan.epoch = state.epoch if state is not None else 0
         return train(self.trained, self.optimizers, self.plan, self.loss, self.job.training, self.device,
                      on_batch=on_batch,
                      evaluate_epoch=self.evaluate_devel if self.selects_on_devel else None,
@@ -97,6 +102,10 @@ def assemble(job: TaggerJob, teacher: TeacherKnowledge | None = None, *,
     tasks = load_job_tasks(job) if tasks is None else tasks
     train_sentences = {name: data.sentences(job.train_splits) for name, data in tasks.items()}
     unlabelled = read_unlabelled(job.distill.unlabelled) if job.distill and job.distill.unlabelled else []
+    overlap = check_eval_overlap(job.distill.unlabelled, [s.tokens for s in unlabelled],
+                                 [data.directory for data in tasks.values()],
+                                 job.distill.allow_eval_overlap) if unlabelled else None
+    labelled = {name: len(sentences) for name, sentences in train_sentences.items()}
     # A student's unlabelled sentences are training text like the rest (words, characters, batches);
     # only the hard-label term skips them.
     train_sentences = {name: [*sentences, *unlabelled] for name, sentences in train_sentences.items()}
@@ -107,6 +116,8 @@ def assemble(job: TaggerJob, teacher: TeacherKnowledge | None = None, *,
     model, facts = build_tagger(job.model, vocabularies, job.training.seed)
     if unlabelled:
         facts.update(unlabelled_sentences=len(unlabelled), unlabelled_tokens=sum(len(s) for s in unlabelled))
+    if overlap is not None:
+        facts.update(unlabelled_eval_overlap=overlap.count)
     model.to(device)
     trained, loss = _trained_module(job, model, teacher, train_sentences, device)
     optimizers = task_optimizers(model, job.training.learning_rate, job.optimizer_state)
@@ -119,7 +130,7 @@ def assemble(job: TaggerJob, teacher: TeacherKnowledge | None = None, *,
                                                                 vocabularies), device, job.training.precision)
                   for split in splits}
     return Assembly(job=job, device=device, tasks=tasks, vocabularies=vocabularies, model=model, trained=trained,
-                    facts=facts, loss=loss, plan=alternating_plan(train_data, job.training.batch_size, job.sampling),
+                    facts=facts, loss=loss, plan=_epoch_plan(job, train_data, labelled),
                     optimizers=optimizers, train_data=train_data, evaluators=evaluators,
                     selects_on_devel=selects_on_devel, teacher=teacher)
 
@@ -135,6 +146,16 @@ def _trained_module(job: TaggerJob, model: Tagger, teacher: TeacherKnowledge | N
     source = teacher.source(train_sentences[teacher.task], job.distill.target_splits(job.train_splits),
                             job.distill.layers, device)
     return student, distillation_loss(student, job.distill, source)
+
+
+def _epoch_plan(job: TaggerJob, train_data: dict[str, EncodedDataset], labelled: dict[str, int]) -> EpochPlan:
+    """Every sentence once per epoch, or for a student with an unlabelled ratio its labelled sentences
+    and a share of its unlabelled ones."""
+    ratio = job.distill.unlabelled_ratio if job.distill else None
+    if ratio is None:
+        return alternating_plan(train_data, job.training.batch_size, job.sampling)
+    ((task, dataset),) = train_data.items()
+    return UnlabelledPlan(task, dataset, labelled[task], ratio, job.training.batch_size, job.training.seed)
 
 
 def _encode(sentences: dict[str, list[Sentence]], vocabularies: Vocabularies) -> dict[str, EncodedDataset]:

@@ -30,9 +30,20 @@ class DistillOptions:
     # Sentences without gold tags the student also learns from, through the teacher's outputs alone
     # (the hard-label term skips them); a cache must hold them (kd cache-logits --unlabelled).
     unlabelled: str | None = None
+    # Each epoch draws this many unlabelled sentences per labelled one, continuing through the file
+    # from epoch to epoch (kd.training.unlabelled); None: the whole file every epoch.
+    unlabelled_ratio: float | None = None
+    # Run even when the unlabelled text holds sentences of the corpus's devel or test split (a
+    # transductive experiment); the run is tagged with how many.
+    allow_eval_overlap: bool = False
 
     def __post_init__(self) -> None:
         get_loss(self.loss)
+        if self.unlabelled_ratio is not None:
+            if not self.unlabelled:
+                raise FieldError("unlabelled_ratio", self.unlabelled_ratio, "applies only with unlabelled text")
+            if not self.unlabelled_ratio > 0:
+                raise FieldError("unlabelled_ratio", self.unlabelled_ratio, "must be positive")
         if (self.cache_run is None) == (not self.teacher_runs):
             raise KdError("give exactly one of --cache RUN_ID and --teacher RUN_ID[,RUN_ID...]")
         if self.tau <= 0:

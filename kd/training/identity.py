@@ -41,6 +41,8 @@ def tagger_definition(job: TaggerJob, teacher: Any = None, search_space: str | N
         if job.distill.unlabelled:
             # The text, not where it lies: the same sentences under another name train the same model.
             definition["unlabelled"] = file_digest(job.distill.unlabelled)
+            if job.distill.unlabelled_ratio is not None:
+                definition["unlabelled_ratio"] = job.distill.unlabelled_ratio
         if teacher is not None:
             definition.update(teacher_kind=",".join(sorted(set(teacher.teacher_kinds or ["bilstm"]))),
                               teacher_output=",".join(sorted(set(teacher.teacher_outputs))),
@@ -91,7 +93,7 @@ def model_name(definition: dict[str, Any]) -> str:
     if definition.get("ensemble", "single") != "single":
         parts.append(definition["ensemble"])
     if "unlabelled" in definition:
-        parts.append("unlabelled")
+        parts.append("unlabelled" + (f"{definition['unlabelled_ratio']:g}" if "unlabelled_ratio" in definition else ""))
     return "-".join(parts)
 
 

@@ -108,7 +108,10 @@ class TaggerJob(RunPlan):
                            "gamma": weights.gamma, "kappa": weights.kappa, "tau": weights.tau,
                            "cache_run": self.distill.cache_run or "",
                            "teacher_runs": ",".join(self.distill.teacher_runs or []),
-                           **({"unlabelled": self.distill.unlabelled} if self.distill.unlabelled else {})})
+                           **({"unlabelled": self.distill.unlabelled} if self.distill.unlabelled else {}),
+                           **({"unlabelled_ratio": self.distill.unlabelled_ratio}
+                              if self.distill.unlabelled_ratio is not None else {}),
+                           **({"allow_eval_overlap": True} if self.distill.allow_eval_overlap else {})})
         return params
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from kd.cache.knowledge import TeacherKnowledge
 from kd.data.conll import write_conll
+from kd.data.text.overlap import text_manifest
 from kd.errors import KdError
 from kd.models.device import resolve_device
 from kd.models.io import save_model
@@ -90,7 +91,9 @@ def run_tags(assembly: Assembly, extra_tags: dict[str, Any] | None) -> dict[str,
     job, teacher, extra = assembly.job, assembly.teacher, extra_tags or {}
     tags = {"task": ",".join(assembly.tasks), "model_kind": job.model_kind, "output": job.model.output,
             "seed": job.training.seed, "git_commit": git_commit(),
-            **({"loss": job.distill.loss, **teacher.run_tags()} if teacher else {}), **extra}
+            **({"loss": job.distill.loss, **teacher.run_tags()} if teacher else {}),
+            **({"unlabelled_eval_overlap": assembly.facts["unlabelled_eval_overlap"]}
+               if "unlabelled_eval_overlap" in assembly.facts else {}), **extra}
     tuned = str(extra.get("search_space")) if tags["model_kind"] == "tuned" else None
     return {**identity_tags(tagger_definition(job, teacher, search_space=tuned)), **tags}
 
@@ -104,6 +107,9 @@ def start_run(client, assembly: Assembly, checkpoint_dir: Path, extra_tags: dict
     name = job.run_name or default_run_name(tags["model_name"], list(assembly.tasks), job.training.seed)
     run = TrackedRun.start(client, job.experiment, name, tags, parent_run_id=parent_run_id, attach_to=attach_to)
     run.log_params(job.params())
+    manifest = text_manifest(job.distill.unlabelled) if job.distill and job.distill.unlabelled else None
+    if manifest is not None:
+        run.log_artifact(manifest, "unlabelled")
     checkpoint = checkpoint_file(checkpoint_dir, run.run_id).resolve()
     run.set_tags({"checkpoint": str(checkpoint)})
     return run, checkpoint

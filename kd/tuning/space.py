@@ -24,8 +24,10 @@ from kd.training.loop import TrainingOptions
 
 # Options a space may set or tune: distillation weights and the student's training and model options,
 # the fields of their dataclasses (one definition each) except what a study decides itself: the seed
-# (--seed), the teacher (--cache), pretrained vectors and unlabelled text (files, not values to search).
-DISTILL_KEYS = {f.name for f in fields(DistillOptions)} - {"cache_run", "teacher_runs", "unlabelled"}
+# (--seed), the teacher (--cache), pretrained vectors and unlabelled text (files, not values to search,
+# and what goes with them).
+DISTILL_KEYS = {f.name for f in fields(DistillOptions)} - {"cache_run", "teacher_runs", "unlabelled",
+                                                           "unlabelled_ratio", "allow_eval_overlap"}
 TRAINING_KEYS = {f.name for f in fields(TrainingOptions)} - {"seed"}
 MODEL_KEYS = {f.name for f in fields(ModelOptions)} - {"embeddings"}
 KNOWN_KEYS = DISTILL_KEYS | TRAINING_KEYS | MODEL_KEYS
