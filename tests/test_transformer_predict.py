@@ -181,7 +181,7 @@ def test_the_logged_model_is_a_pyfunc_that_tags_as_kd_predict(store, tmp_path):
     location = logged_model_location(store.uri, store.teacher)
     loaded = mlflow.pyfunc.load_model(location)
     signature = loaded.metadata.signature
-    assert signature.inputs.input_names() == ["tokens"]
+    assert signature.inputs.input_names() == ["tokens", "text"]
     assert [(p.name, p.default) for p in signature.params] == [("task", "tiny")]
     assert loaded.metadata.saved_input_example_info is not None
     text, _ = write_inputs(tmp_path)

@@ -333,8 +333,12 @@ def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_split
 @cli.command()
 @click.option("--model", "model_ref", required=True, help="Run id, MLflow model URI, or a saved model folder.")
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
-              help="CoNLL file, or one whitespace-tokenised sentence per line.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Output CoNLL (default: stdout).")
+              help="CoNLL file, or one whitespace-tokenised sentence per line; with --raw, UTF-8 text, a document a line.")
+@click.option("--raw", is_flag=True,
+              help="Tag raw text: split and tokenise each line as kd data text does; write JSONL, per line its "
+                   "entities (start, end: character offsets into the line, label, text, score).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Output CoNLL, or JSONL with --raw (default: stdout).")
 @click.option("--task", default=None, help="Which corpus's head to use, for a multi-task model.")
 @click.option("--device", default="cpu", show_default=True)
 @precision_option()
@@ -343,11 +347,13 @@ def run_job(corpora: list[str], sampling: str, data_dir: str | None, train_split
 @click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False), default=None,
               help="--runtime onnx: this exported file instead of the run's; refused unless exported from --model.")
 @handle_errors
-def predict(model_ref, input_path, out_path, task, device, precision, runtime, onnx_file) -> None:
-    """Tag sentences with a trained model and write CoNLL (token<TAB>tag)."""
+def predict(model_ref, input_path, raw, out_path, task, device, precision, runtime, onnx_file) -> None:
+    """Tag sentences with a trained model and write CoNLL (token<TAB>tag), or raw text's entities (--raw)."""
     from kd.data.conll import read_sentences_for_tagging, write_conll
+    from kd.models.raw_text import read_documents
 
-    sentences = read_sentences_for_tagging(input_path)
+    # The input is read (and refused) before the model is loaded.
+    sentences = read_documents(input_path) if raw else read_sentences_for_tagging(input_path)
     if runtime == "onnx":
         from kd.tracking.onnx_model import load_onnx_tagger
 
@@ -363,6 +369,10 @@ def predict(model_ref, input_path, out_path, task, device, precision, runtime, o
             raise KdError("--onnx applies to --runtime onnx")
         device = resolve_device(device)
         tagger = SavedTagger(load_logged_tagger(model_ref, tracking_uri(), device), device, task, precision)
+    if raw:
+        from kd.cli.raw_output import write_entities
+
+        return write_entities(tagger, input_path, sentences, out_path)
     tags = tagger.tag(sentences)
     write_conll(sentences, tags, out_path if out_path else sys.stdout)
 

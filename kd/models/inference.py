@@ -13,7 +13,7 @@ from kd.data.batching import EncodedDataset
 from kd.errors import KdError
 from kd.models import io, transformer
 from kd.models.io import SavedModel, load_model
-from kd.models.predict import PREDICT_BATCH_TOKENS, as_sentences, decode_in_batches, predict_tags
+from kd.models.predict import PREDICT_BATCH_TOKENS, as_sentences, dataset_form_table, decode_scored_in_batches
 from kd.models.transformer import TransformerTagger, load_transformer
 
 # The description file each kind of saved model is recognised by.
@@ -73,20 +73,30 @@ class SavedTagger:
     def tag(self, sentences: Sequence[Sequence[str]], batch_tokens: int = PREDICT_BATCH_TOKENS) -> list[list[str]]:
         """One tag per token of every sentence. A transformer refuses (KdError) a sentence with
         more words than its encoder has positions, numbered among the non-empty sentences."""
+        return self.tag_with_scores(sentences, batch_tokens, with_scores=False)[0]
+
+    @torch.no_grad()
+    def tag_with_scores(self, sentences: Sequence[Sequence[str]], batch_tokens: int = PREDICT_BATCH_TOKENS,
+                        with_scores: bool = True) -> tuple[list[list[str]], list[list[float]] | None]:
+        """As `tag`, and each token's probability of its tag (softmax probability, or CRF marginal)."""
         non_empty = [i for i, tokens in enumerate(sentences) if len(tokens) > 0]
         tagged: list[list[str]] = [[] for _ in sentences]
+        scored: list[list[float]] | None = [[] for _ in sentences] if with_scores else None
         if not non_empty:
-            return tagged
+            return tagged, scored
         chosen = as_sentences([sentences[i] for i in non_empty])
         if isinstance(self.saved, SavedTransformer):
             # The decoding the teacher's own evaluation uses (transformer_job.predict_transformer_tags):
             # each word's first sub-word, then softmax argmax or CRF Viterbi by the head.
-            predicted = decode_in_batches(self.model, self.model.encode(chosen), self.saved.tags[self.task],
-                                          self.task, self.device, self.precision, batch_tokens)
+            dataset, tag_names, extra = self.model.encode(chosen), self.saved.tags[self.task], ()
         else:
             dataset = EncodedDataset(chosen, self.vocabularies, self.task, with_tags=False)
-            predicted = predict_tags(self.model, dataset, self.vocabularies, self.task, self.device,
-                                     self.precision, batch_tokens)
-        for i, tags in zip(non_empty, predicted):
-            tagged[i] = tags
-        return tagged
+            tag_names = self.vocabularies.tags[self.task]
+            extra = (dataset_form_table(self.model, dataset, self.device, self.precision),)
+        predicted, scores = decode_scored_in_batches(self.model, dataset, tag_names, self.task, self.device,
+                                                     self.precision, batch_tokens, extra, with_scores)
+        for row, i in enumerate(non_empty):
+            tagged[i] = predicted[row]
+            if scored is not None:
+                scored[i] = scores[row]
+        return tagged, scored
