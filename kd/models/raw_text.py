@@ -78,24 +78,33 @@ def sentence_entities(document: str, tokens: Sequence[Token], tags: Sequence[str
 
 
 def split_documents(documents: Sequence[str], budget: int = BATCH_TOKEN_BUDGET) -> list[list[list[Token]]]:
-    """Each document's sentences of tokens; refuses (DocumentTooLong) a document of more than
-    `budget` tokens, the batch token budget: one request's document is tagged with the others,
-    and a document that size is a book or a file read as one line by mistake."""
-    split = []
-    for index, document in enumerate(documents):
-        sentences = split_sentences(document)
+    """Each document's sentences of tokens (kd.data.text.tokenise), within the budget (`check_budget`)."""
+    split = [split_sentences(document) for document in documents]
+    check_budget(split, budget)
+    return split
+
+
+def check_budget(split: Sequence[Sequence[Sequence[Token]]], budget: int = BATCH_TOKEN_BUDGET) -> None:
+    """Refuses (DocumentTooLong) a document of more than `budget` tokens, the batch token budget:
+    a request's documents are tagged together, and a document that size is a book, or a file
+    read as one line by mistake."""
+    for index, sentences in enumerate(split):
         tokens = sum(len(sentence) for sentence in sentences)
         if tokens > budget:
             raise DocumentTooLong(index, tokens, budget)
-        split.append(sentences)
-    return split
 
 
 def tag_documents(tagger: TokenTagger, documents: Sequence[str],
                   budget: int = BATCH_TOKEN_BUDGET) -> list[list[Entity]]:
-    """The entities of every document, in order. All sentences of all documents are tagged
-    together (the tagger batches them by length); a tagger with `tag_with_scores` gives scores."""
-    split = split_documents(documents, budget)
+    """The entities of every document, in order."""
+    return tag_split_documents(tagger, documents, split_documents(documents, budget))
+
+
+def tag_split_documents(tagger: TokenTagger, documents: Sequence[str],
+                        split: Sequence[Sequence[Sequence[Token]]]) -> list[list[Entity]]:
+    """The entities of documents already split into sentences of tokens with offsets. All sentences
+    of all documents are tagged together (the tagger batches them by length); a tagger with
+    `tag_with_scores` gives scores."""
     sentences = [sentence for document in split for sentence in document]
     words = [[token.text for token in sentence] for sentence in sentences]
     if hasattr(tagger, "tag_with_scores"):
