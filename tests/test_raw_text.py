@@ -165,3 +165,25 @@ def test_the_logged_models_pyfunc_takes_text(tmp_path):
     assert pyfunc.predict(None, DOCUMENTS) == expected
     tokens = [["aspirin", "for", "fever"]]
     assert pyfunc.predict(None, pd.DataFrame({"tokens": tokens})) == SavedTagger(model).tag(tokens)
+
+
+@pytest.mark.parametrize("output", ["softmax", "crf"])
+def test_onnx_runtime_gives_torchs_entities_and_scores(tmp_path, output):
+    pytest.importorskip("onnxruntime")
+    from kd.models.onnx_export import export_onnx
+    from kd.models.onnx_runtime import OnnxTagger
+
+    folder = make_model(tmp_path, output)
+    torch_tagger = SavedTagger(folder)
+    onnx_file = export_onnx(torch_tagger.saved, None, tmp_path / "model.onnx")
+    expected = tag_documents(torch_tagger, DOCUMENTS)
+    found = tag_documents(OnnxTagger(onnx_file), DOCUMENTS)
+    assert [[(e.start, e.end, e.label) for e in d] for d in found] == [[(e.start, e.end, e.label) for e in d]
+                                                                      for d in expected]
+    # Torch's CRF marginals are float32, numpy's float64: 2.3e-5 apart at most here.
+    assert [e.score for d in found for e in d] == pytest.approx([e.score for d in expected for e in d], abs=1e-4)
+    (tmp_path / "text.txt").write_text("\n".join(DOCUMENTS))
+    result = run_raw("--model", folder, "--input", tmp_path / "text.txt", "--runtime", "onnx", "--onnx", onnx_file)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["entities"] for line in lines] == [[e.as_json() for e in d] for d in found]
