@@ -163,6 +163,13 @@ def test_the_logged_models_pyfunc_takes_text(tmp_path):
     expected = [[e.as_json() for e in found] for found in tag_documents(SavedTagger(model), DOCUMENTS)]
     assert pyfunc.predict(None, pd.DataFrame({"text": DOCUMENTS})) == expected
     assert pyfunc.predict(None, DOCUMENTS) == expected
+    # MLflow serving's column form, {"inputs": {"text": [...]}}, arrives as one row holding the list.
+    assert pyfunc.predict(None, pd.DataFrame({"text": [DOCUMENTS]})) == expected
+    from kd.errors import FieldError
+
+    for bad in (pd.DataFrame(), pd.DataFrame({"text": [3]}), pd.DataFrame({"text": []})):
+        with pytest.raises(FieldError, match="^text: "):
+            pyfunc.predict(None, bad)
     tokens = [["aspirin", "for", "fever"]]
     assert pyfunc.predict(None, pd.DataFrame({"tokens": tokens})) == SavedTagger(model).tag(tokens)
 

@@ -52,23 +52,33 @@ with warnings.catch_warnings(record=True):
 
 
 def raw_documents(model_input) -> list[str] | None:
-    """The documents of a raw-text input (a `text` column or a list of strings), else None."""
+    """The documents of a raw-text input (a `text` column or a list of strings), else None. A cell
+    holding a list of strings gives each (MLflow serving turns `{"inputs": {"text": [...]}}` into one
+    row holding the list)."""
+    from kd.errors import FieldError
+
     if hasattr(model_input, "columns"):
+        if len(model_input.columns) == 0:  # what the server makes of input that names no column
+            raise FieldError("text", None, 'no input: send {"dataframe_records": [{"text": "..."}]} or tokens')
         if "text" not in model_input.columns or (
                 "tokens" in model_input.columns and model_input["tokens"].notna().any()):
             return None
-        texts = model_input["text"]
+        cells = list(model_input["text"])
     elif len(model_input) and all(isinstance(item, str) for item in model_input):
-        texts = model_input
+        cells = list(model_input)
     else:
         return None
-    from kd.errors import FieldError
-
-    if not len(texts):
+    documents = []
+    for cell in cells:
+        if isinstance(cell, str):
+            documents.append(cell)
+        elif hasattr(cell, "__len__") and all(isinstance(text, str) for text in cell):
+            documents.extend(cell)
+        else:
+            raise FieldError("text", None, f"every document must be a string, not {type(cell).__name__}")
+    if not documents:
         raise FieldError("text", None, "no documents to tag")
-    if not all(isinstance(text, str) for text in texts):
-        raise FieldError("text", None, "every document must be a string")
-    return list(texts)
+    return documents
 
 
 mlflow.models.set_model(KdTaggerModel())
