@@ -12,14 +12,17 @@ not depend on the weights) then, each round, in one process, one torch thread by
 - offsets: the entities of the tagged sentences as character spans (sentence_entities);
 - raw: kd.models.raw_text.tag_documents end to end (tokenise + scores + offsets).
 
-Medians of --calls rounds after a warm-up round, steps interleaved, wall and CPU time.
+Medians of --calls rounds after a warm-up round, steps interleaved, wall and CPU time. The objects
+made before the rounds (model, libraries, data) are frozen out of Python's cyclic collector, as
+`kd predict --raw` does (--no-freeze-gc: not).
 
     python bench/raw_text_overhead.py [--corpus NCBI-disease] [--output crf] [--model FOLDER]
-        [--threads 1] [--calls 5] [--sentences 10]
+        [--threads 1] [--calls 5] [--sentences 10] [--no-freeze-gc]
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import time
@@ -62,6 +65,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--sentences", type=int, default=10, help="Sentences per document.")
+    parser.add_argument("--no-freeze-gc", dest="freeze_gc", action="store_false",
+                        help="Leave the objects made before the rounds to Python's cyclic collector.")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -75,6 +80,8 @@ def main() -> None:
     words = [[token.text for token in sentence] for sentence in sentences]
     owners = [document for document, document_sentences in zip(documents, split) for _ in document_sentences]
     tags, scores = tagger.tag_with_scores(words)
+    if args.freeze_gc:
+        gc.freeze()  # as kd predict --raw does once its model is loaded (kd/cli/raw_output.py)
 
     steps = {"tokenise": lambda: split_documents(documents), "predict": lambda: tagger.tag(words),
              "scores": lambda: tagger.tag_with_scores(words),
@@ -95,7 +102,8 @@ def main() -> None:
               f"cpu {cpu[name]:7.3f} s {cpu[name] / cpu['predict']:6.1%}", flush=True)
     print(json.dumps({"corpus": data.name, "documents": len(documents), "sentences": len(sentences),
                       "tokens": sum(map(len, words)), "entities": entities, "output": saved.model.config.output,
-                      "threads": args.threads, "calls": args.calls, "median_wall_s": wall, "median_cpu_s": cpu,
+                      "threads": args.threads, "calls": args.calls, "freeze_gc": args.freeze_gc,
+                      "median_wall_s": wall, "median_cpu_s": cpu,
                       "overhead_share_wall": (wall["tokenise"] + wall["offsets"]) / wall["predict"],
                       "overhead_share_cpu": (cpu["tokenise"] + cpu["offsets"]) / cpu["predict"]}))
 
