@@ -21,15 +21,13 @@ made before the rounds (model, libraries, data) are frozen out of Python's cycli
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
-from predict_runtimes import student
+from predict_runtimes import student, student_arguments
 
 from kd.models.inference import SavedTagger
 from kd.models.raw_text import sentence_entities, split_documents, tag_documents
@@ -57,11 +55,7 @@ def timed(step) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
-    parser.add_argument("--corpus", default="NCBI-disease")
-    parser.add_argument("--output", default="crf", choices=["softmax", "crf"])
-    parser.add_argument("--model", type=Path, default=None, help="A saved single-task tagger folder (tagger.json).")
+    parser = student_arguments(__doc__)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--sentences", type=int, default=10, help="Sentences per document.")

@@ -13,7 +13,8 @@ from kd.data.batching import EncodedDataset
 from kd.errors import KdError
 from kd.models import io, transformer
 from kd.models.io import SavedModel, load_model
-from kd.models.predict import PREDICT_BATCH_TOKENS, as_sentences, dataset_form_table, decode_scored_in_batches
+from kd.models.predict import (PREDICT_BATCH_TOKENS, ScoredTags, dataset_form_table, decode_scored_in_batches,
+                              tag_non_empty)
 from kd.models.transformer import TransformerTagger, load_transformer
 
 # The description file each kind of saved model is recognised by.
@@ -79,12 +80,9 @@ class SavedTagger:
     def tag_with_scores(self, sentences: Sequence[Sequence[str]], batch_tokens: int = PREDICT_BATCH_TOKENS,
                         with_scores: bool = True) -> tuple[list[list[str]], list[list[float]] | None]:
         """As `tag`, and each token's probability of its tag (softmax probability, or CRF marginal)."""
-        non_empty = [i for i, tokens in enumerate(sentences) if len(tokens) > 0]
-        tagged: list[list[str]] = [[] for _ in sentences]
-        scored: list[list[float]] | None = [[] for _ in sentences] if with_scores else None
-        if not non_empty:
-            return tagged, scored
-        chosen = as_sentences([sentences[i] for i in non_empty])
+        return tag_non_empty(sentences, with_scores, lambda chosen: self._decode(chosen, batch_tokens, with_scores))
+
+    def _decode(self, chosen: list, batch_tokens: int, with_scores: bool) -> ScoredTags:
         if isinstance(self.saved, SavedTransformer):
             # The decoding the teacher's own evaluation uses (transformer_job.predict_transformer_tags):
             # each word's first sub-word, then softmax argmax or CRF Viterbi by the head.
@@ -93,10 +91,5 @@ class SavedTagger:
             dataset = EncodedDataset(chosen, self.vocabularies, self.task, with_tags=False)
             tag_names = self.vocabularies.tags[self.task]
             extra = (dataset_form_table(self.model, dataset, self.device, self.precision),)
-        predicted, scores = decode_scored_in_batches(self.model, dataset, tag_names, self.task, self.device,
-                                                     self.precision, batch_tokens, extra, with_scores)
-        for row, i in enumerate(non_empty):
-            tagged[i] = predicted[row]
-            if scored is not None:
-                scored[i] = scores[row]
-        return tagged, scored
+        return decode_scored_in_batches(self.model, dataset, tag_names, self.task, self.device, self.precision,
+                                        batch_tokens, extra, with_scores)

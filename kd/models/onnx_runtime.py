@@ -17,7 +17,7 @@ from kd.errors import FieldError, KdError
 from kd.models.io import SavedModel
 from kd.models.onnx_export import (INPUT_NAMES, METADATA_CRF, METADATA_DESCRIPTION, METADATA_FINGERPRINT,
                                    METADATA_TASK, model_fingerprint, require)
-from kd.models.predict import PREDICT_BATCH_TOKENS, as_sentences
+from kd.models.predict import PREDICT_BATCH_TOKENS, ScoredTags, tag_non_empty
 
 
 def viterbi(emissions: np.ndarray, lengths: np.ndarray, transitions: np.ndarray, start: np.ndarray,
@@ -118,13 +118,12 @@ class OnnxTagger:
     def tag_with_scores(self, sentences: Sequence[Sequence[str]], batch_tokens: int = PREDICT_BATCH_TOKENS,
                         with_scores: bool = True) -> tuple[list[list[str]], list[list[float]] | None]:
         """As `tag`, and each token's probability of its tag (softmax, or CRF marginal), as torch's."""
-        non_empty = [i for i, tokens in enumerate(sentences) if len(tokens) > 0]
-        tagged: list[list[str]] = [[] for _ in sentences]
-        scored: list[list[float]] | None = [[] for _ in sentences] if with_scores else None
-        if not non_empty:
-            return tagged, scored
-        dataset = EncodedDataset(as_sentences([sentences[i] for i in non_empty]), self.vocabularies, self.task,
-                                 with_tags=False)
+        return tag_non_empty(sentences, with_scores, lambda chosen: self._decode_all(chosen, batch_tokens, with_scores))
+
+    def _decode_all(self, chosen: list, batch_tokens: int, with_scores: bool) -> ScoredTags:
+        dataset = EncodedDataset(chosen, self.vocabularies, self.task, with_tags=False)
+        tagged: list[list[str]] = [[] for _ in chosen]
+        scored: list[list[float]] | None = [[] for _ in chosen] if with_scores else None
         for sentence_ids in token_budget_batches(dataset.lengths, batch_tokens):
             batch = dataset.batch(sentence_ids)
             feeds = {name: getattr(batch, name).numpy() for name in INPUT_NAMES}
@@ -134,9 +133,9 @@ class OnnxTagger:
             probabilities = self.best_tag_probabilities(emissions, feeds["lengths"], best) if with_scores else None
             for row, sentence_id in enumerate(batch.sentence_ids.tolist()):
                 length = int(dataset.lengths[sentence_id])
-                tagged[non_empty[sentence_id]] = [self.tag_names[t] for t in best[row, :length].tolist()]
+                tagged[sentence_id] = [self.tag_names[t] for t in best[row, :length].tolist()]
                 if scored is not None:
-                    scored[non_empty[sentence_id]] = probabilities[row, :length].tolist()
+                    scored[sentence_id] = probabilities[row, :length].tolist()
         return tagged, scored
 
     def best_tag_probabilities(self, emissions: np.ndarray, lengths: np.ndarray, best: np.ndarray) -> np.ndarray:

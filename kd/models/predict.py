@@ -2,7 +2,7 @@
 model and teachers. Below training, so that teachers and inference need no training code."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +22,25 @@ PREDICT_BATCH_TOKENS = 4096
 def as_sentences(token_lists: Sequence[Sequence[str]]) -> list[Sentence]:
     """Wraps untagged token lists for encoding; the placeholder tags are never read."""
     return [Sentence(tuple(tokens), ("O",) * len(tokens)) for tokens in token_lists]
+
+
+ScoredTags = tuple[list[list[str]], list[list[float]] | None]
+
+
+def tag_non_empty(token_lists: Sequence[Sequence[str]], with_scores: bool,
+                  tag_sentences: Callable[[list[Sentence]], ScoredTags]) -> ScoredTags:
+    """Tags (and, `with_scores`, scores) of every token list in order: `tag_sentences` gets the
+    non-empty ones as Sentences and returns theirs in that order; an empty list gets none."""
+    non_empty = [i for i, tokens in enumerate(token_lists) if len(tokens) > 0]
+    tagged: list[list[str]] = [[] for _ in token_lists]
+    scored: list[list[float]] | None = [[] for _ in token_lists] if with_scores else None
+    if non_empty:
+        tags, scores = tag_sentences(as_sentences([token_lists[i] for i in non_empty]))
+        for row, i in enumerate(non_empty):
+            tagged[i] = tags[row]
+            if scored is not None:
+                scored[i] = scores[row]
+    return tagged, scored
 
 
 def dataset_form_table(model: Tagger, dataset: EncodedDataset, device: torch.device,
