@@ -170,6 +170,8 @@ def test_the_logged_models_pyfunc_takes_text(tmp_path):
     for bad in (pd.DataFrame(), pd.DataFrame({"text": [3]}), pd.DataFrame({"text": []})):
         with pytest.raises(FieldError, match="^text: "):
             pyfunc.predict(None, bad)
+    with pytest.raises(FieldError, match="^text: document 2: a document of 16,385 tokens"):
+        pyfunc.predict(None, ["fine", "aspirin " * 16385])
     tokens = [["aspirin", "for", "fever"]]
     assert pyfunc.predict(None, pd.DataFrame({"tokens": tokens})) == SavedTagger(model).tag(tokens)
 

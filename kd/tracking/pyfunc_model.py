@@ -40,9 +40,13 @@ with warnings.catch_warnings(record=True):
             tagger = self.tagger((params or {}).get("task"))
             documents = raw_documents(model_input)
             if documents is not None:
-                from kd.models.raw_text import tag_documents
+                from kd.errors import FieldError
+                from kd.models.raw_text import DocumentTooLong, tag_documents
 
-                return [[entity.as_json() for entity in found] for found in tag_documents(tagger, documents)]
+                try:
+                    return [[entity.as_json() for entity in found] for found in tag_documents(tagger, documents)]
+                except DocumentTooLong as error:
+                    raise FieldError("text", None, f"document {error.index + 1}: {error}") from None
             if hasattr(model_input, "columns"):
                 column = "tokens" if "tokens" in model_input.columns else model_input.columns[0]
                 sentences = [list(tokens) for tokens in model_input[column]]
