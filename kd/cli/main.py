@@ -353,7 +353,8 @@ def predict(model_ref, input_path, raw, out_path, task, device, precision, runti
     from kd.models.raw_text import read_documents
 
     # The input is read (and refused) before the model is loaded.
-    sentences = read_documents(input_path) if raw else read_sentences_for_tagging(input_path)
+    documents = read_documents(input_path) if raw else None
+    sentences = None if raw else read_sentences_for_tagging(input_path)
     if runtime == "onnx":
         from kd.tracking.onnx_model import load_onnx_tagger
 
@@ -372,7 +373,7 @@ def predict(model_ref, input_path, raw, out_path, task, device, precision, runti
     if raw:
         from kd.cli.raw_output import write_entities
 
-        return write_entities(tagger, input_path, sentences, out_path)
+        return write_entities(tagger, input_path, documents, out_path)
     tags = tagger.tag(sentences)
     write_conll(sentences, tags, out_path if out_path else sys.stdout)
 
