@@ -43,12 +43,18 @@ def student(args: argparse.Namespace, data) -> SavedModel:
     return SavedModel(model.eval(), vocabularies)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def student_arguments(description: str) -> argparse.ArgumentParser:
+    """The options that choose the corpus and the student (shared with bench/raw_text_overhead.py)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
     parser.add_argument("--corpus", default="NCBI-disease")
     parser.add_argument("--output", default="crf", choices=["softmax", "crf"])
     parser.add_argument("--model", type=Path, default=None, help="A saved single-task tagger folder (tagger.json).")
+    return parser
+
+
+def main() -> None:
+    parser = student_arguments(__doc__)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--onnx-budgets", default="1024,4096")

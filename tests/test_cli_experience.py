@@ -56,7 +56,7 @@ def test_train_shows_its_run_and_progress_and_logs_a_model(world):
     import pandas as pd
 
     loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
-    assert [str(column) for column in loaded.metadata.signature.inputs.input_names()] == ["tokens"]
+    assert [str(column) for column in loaded.metadata.signature.inputs.input_names()] == ["tokens", "text"]
     assert loaded.metadata.saved_input_example_info is not None
     tags = loaded.predict(pd.DataFrame({"tokens": [["aspirin", "for", "fever"]]}))
     assert len(tags) == 1 and len(tags[0]) == 3

@@ -185,7 +185,7 @@ def test_the_logged_model_is_a_pyfunc_that_tags_as_kd_predict(store, tmp_path):
     location = logged_model_location(store.uri, store.teacher)
     loaded = mlflow.pyfunc.load_model(location)
     signature = loaded.metadata.signature
-    assert signature.inputs.input_names() == ["tokens"]
+    assert signature.inputs.input_names() == ["tokens", "text"]
     assert [(p.name, p.default) for p in signature.params] == [("task", "tiny")]
     assert loaded.metadata.saved_input_example_info is not None
     text, _ = write_inputs(tmp_path)
@@ -194,3 +194,15 @@ def test_the_logged_model_is_a_pyfunc_that_tags_as_kd_predict(store, tmp_path):
         assert loaded.predict(pd.DataFrame({"tokens": SENTENCES}), params={"task": task}) == expected
     frame = pd.DataFrame({"tokens": SENTENCES})
     assert loaded.predict(frame) == loaded.predict(frame, params={"task": "tiny"})
+    # Raw text (issue 29): the transformer's entities, with offsets into each text and scores.
+    from kd.models.inference import SavedTagger
+    from kd.models.raw_text import tag_documents
+    from kd.tracking.logged_models import load_logged_tagger
+
+    texts = ["Cisplatin nephrotoxicity was dose-dependent. The patient was given aspirin for asthma.",
+             "No signs of diabetes syndrome — naïve patients 🧪 with ibuprofen sulfate."]
+    found = loaded.predict(pd.DataFrame({"text": texts}), params={"task": "other"})
+    tagger = SavedTagger(load_logged_tagger(store.teacher, store.uri), "cpu", "other")
+    assert found == [[e.as_json() for e in entities] for entities in tag_documents(tagger, texts)]
+    assert all(text[e["start"]:e["end"]] == e["text"] and 0 < e["score"] <= 1
+               for text, entities in zip(texts, found) for e in entities)

@@ -317,8 +317,12 @@ def run_job(corpora: list[str], resume_run_id: str | None, options: dict[str, An
 @cli.command()
 @click.option("--model", "model_ref", required=True, help="Run id, MLflow model URI, or a saved model folder.")
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
-              help="CoNLL file, or one whitespace-tokenised sentence per line.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Output CoNLL (default: stdout).")
+              help="CoNLL file, or one whitespace-tokenised sentence per line; with --raw, UTF-8 text, a document a line.")
+@click.option("--raw", is_flag=True,
+              help="Tag raw text: split and tokenise each line as kd data text does; write JSONL, per line its "
+                   "entities (start, end: character offsets into the line, label, text, score).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Output CoNLL, or JSONL with --raw (default: stdout).")
 @click.option("--task", default=None, help="Which corpus's head to use, for a multi-task model.")
 @click.option("--device", default="cpu", show_default=True)
 @schema_option("precision")
@@ -327,17 +331,24 @@ def run_job(corpora: list[str], resume_run_id: str | None, options: dict[str, An
 @click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False), default=None,
               help="--runtime onnx: this exported file instead of the run's; refused unless exported from --model.")
 @handle_errors
-def predict(model_ref, input_path, out_path, task, device, precision, runtime, onnx_file) -> None:
-    """Tag sentences with a trained model and write CoNLL (token<TAB>tag)."""
+def predict(model_ref, input_path, raw, out_path, task, device, precision, runtime, onnx_file) -> None:
+    """Tag sentences with a trained model and write CoNLL (token<TAB>tag), or raw text's entities (--raw)."""
     from kd.data.conll import read_sentences_for_tagging, write_conll
 
-    sentences = read_sentences_for_tagging(input_path)  # a bad input file is refused before torch loads
+    # The input is read (and refused) before the model loads (and, for tokens, before torch does).
+    documents, sentences = None, None
+    if raw:
+        from kd.models.raw_text import read_documents
+
+        documents = read_documents(input_path)
+    else:
+        sentences = read_sentences_for_tagging(input_path)
     if runtime == "onnx":
         from kd.tracking.onnx_model import load_onnx_tagger
 
         if precision != "fp32" or device != "cpu":
             raise KdError("--precision and --device apply to --runtime torch (ONNX Runtime runs fp32 on CPU)")
-        tags = load_onnx_tagger(model_ref, tracking_uri(), onnx_file, task).tag(sentences)
+        tagger = load_onnx_tagger(model_ref, tracking_uri(), onnx_file, task)
     else:
         from kd.models.device import resolve_device
         from kd.models.inference import SavedTagger
@@ -347,7 +358,11 @@ def predict(model_ref, input_path, out_path, task, device, precision, runtime, o
             raise KdError("--onnx applies to --runtime onnx")
         device = resolve_device(device)
         tagger = SavedTagger(load_logged_tagger(model_ref, tracking_uri(), device), device, task, precision)
-        tags = tagger.tag(sentences, source=input_path)
+    if raw:
+        from kd.cli.raw_output import write_entities
+
+        return write_entities(tagger, input_path, documents, out_path)
+    tags = tagger.tag(sentences, source=input_path)
     write_conll(sentences, tags, out_path if out_path else sys.stdout)
 
 

@@ -13,7 +13,8 @@ from kd.data.batching import EncodedDataset
 from kd.errors import KdError
 from kd.models import io, transformer
 from kd.models.io import SavedModel, load_model
-from kd.models.predict import PREDICT_BATCH_TOKENS, as_sentences, decode_in_batches, predict_tags
+from kd.models.predict import (PREDICT_BATCH_TOKENS, DecodeSettings, ScoredTags, dataset_form_table,
+                              decode_scored_in_batches, tag_non_empty)
 from kd.models.transformer import SentenceTooLong, TransformerTagger, load_transformer
 
 # The description file each kind of saved model is recognised by.
@@ -75,24 +76,28 @@ class SavedTagger:
         """One tag per token of every sentence. A transformer refuses (SentenceTooLong) a sentence
         with more words than its encoder has positions, numbered among `sentences` and named by the
         file they came from, `source`."""
-        non_empty = [i for i, tokens in enumerate(sentences) if len(tokens) > 0]
-        tagged: list[list[str]] = [[] for _ in sentences]
-        if not non_empty:
-            return tagged
-        chosen = as_sentences([sentences[i] for i in non_empty])
+        return self.tag_with_scores(sentences, batch_tokens, with_scores=False, source=source)[0]
+
+    @torch.no_grad()
+    def tag_with_scores(self, sentences: Sequence[Sequence[str]], batch_tokens: int = PREDICT_BATCH_TOKENS,
+                        with_scores: bool = True, source: str | Path | None = None,
+                        ) -> tuple[list[list[str]], list[list[float]] | None]:
+        """As `tag`, and each token's probability of its tag (softmax probability, or CRF marginal)."""
+        try:
+            return tag_non_empty(sentences, with_scores,
+                                 lambda chosen: self._decode(chosen, batch_tokens, with_scores))
+        except SentenceTooLong as error:  # numbered among the non-empty sentences: among all of them here
+            non_empty = [i for i, tokens in enumerate(sentences) if len(tokens) > 0]
+            raise SentenceTooLong(non_empty[error.index], error.words, error.limit, source) from None
+
+    def _decode(self, chosen: list, batch_tokens: int, with_scores: bool) -> ScoredTags:
         if isinstance(self.saved, SavedTransformer):
             # The decoding the teacher's own evaluation uses (transformer_job.predict_transformer_tags):
             # each word's first sub-word, then softmax argmax or CRF Viterbi by the head.
-            try:
-                encoded = self.model.encode(chosen)
-            except SentenceTooLong as error:
-                raise SentenceTooLong(non_empty[error.index], error.words, error.limit, source) from None
-            predicted = decode_in_batches(self.model, encoded, self.saved.tags[self.task],
-                                          self.task, self.device, self.precision, batch_tokens)
+            dataset, tag_names, extra = self.model.encode(chosen), self.saved.tags[self.task], ()
         else:
             dataset = EncodedDataset(chosen, self.vocabularies, self.task, with_tags=False)
-            predicted = predict_tags(self.model, dataset, self.vocabularies, self.task, self.device,
-                                     self.precision, batch_tokens)
-        for i, tags in zip(non_empty, predicted):
-            tagged[i] = tags
-        return tagged
+            tag_names = self.vocabularies.tags[self.task]
+            extra = (dataset_form_table(self.model, dataset, self.device, self.precision),)
+        return decode_scored_in_batches(self.model, dataset, tag_names, self.task,
+                                        DecodeSettings(self.device, self.precision, batch_tokens), extra, with_scores)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from scipy.special import logsumexp, softmax
 
 from kd.data.batching import EncodedDataset, token_budget_batches
 from kd.data.vocab import Vocabularies
@@ -16,7 +17,7 @@ from kd.errors import FieldError, KdError
 from kd.models.io import SavedModel
 from kd.models.onnx_export import (INPUT_NAMES, METADATA_CRF, METADATA_DESCRIPTION, METADATA_FINGERPRINT,
                                    METADATA_TASK, model_fingerprint, require)
-from kd.models.predict import PREDICT_BATCH_TOKENS, as_sentences
+from kd.models.predict import PREDICT_BATCH_TOKENS, ScoredTags, tag_non_empty
 
 
 def viterbi(emissions: np.ndarray, lengths: np.ndarray, transitions: np.ndarray, start: np.ndarray,
@@ -41,6 +42,30 @@ def viterbi(emissions: np.ndarray, lengths: np.ndarray, transitions: np.ndarray,
         tag = np.take_along_axis(pointers, tag[:, None], axis=1)[:, 0]
         path.append(tag)
     return np.where(active, np.stack(path[::-1], axis=1), 0)
+
+
+def crf_marginals(emissions: np.ndarray, lengths: np.ndarray, transitions: np.ndarray, start: np.ndarray,
+                  end: np.ndarray) -> np.ndarray:
+    """Token marginals P(y_t = k) (B, T, K) by forward-backward: kd.models.crf.CRF.marginals in
+    numpy, in float64 (the scores only; tags come from `viterbi`)."""
+    emissions, transitions = emissions.astype(np.float64), transitions.astype(np.float64)
+    width = emissions.shape[1]
+    active = (np.arange(width)[None, :] < lengths[:, None])[:, :, None]  # (B, T, 1)
+    alpha = start + emissions[:, 0]
+    alphas = [alpha]
+    for t in range(1, width):
+        step = logsumexp(alpha[:, :, None] + transitions[None], axis=1) + emissions[:, t]
+        alpha = np.where(active[:, t], step, alpha)
+        alphas.append(alpha)
+    log_z = logsumexp(alpha + end, axis=1)
+    beta = np.broadcast_to(end.astype(np.float64), alpha.shape)
+    betas = [beta]
+    for t in range(width - 2, -1, -1):
+        step = logsumexp(transitions[None] + (emissions[:, t + 1] + beta)[:, None, :], axis=2)
+        beta = np.where(active[:, t + 1], step, beta)
+        betas.append(beta)
+    marginals = np.exp(np.stack(alphas, axis=1) + np.stack(betas[::-1], axis=1) - log_z[:, None, None])
+    return np.where(active, marginals, 0.0)
 
 
 class OnnxTagger:
@@ -86,23 +111,38 @@ class OnnxTagger:
         if task is not None and task != self.task:
             raise FieldError("task", task, f"the ONNX model {self.shown_as} tags {self.task} only; export that task")
 
-    def tag(self, sentences: Sequence[Sequence[str]], batch_tokens: int = PREDICT_BATCH_TOKENS) -> list[list[str]]:
-        """One tag per token of every sentence, in order; empty sentences get no tags."""
-        non_empty = [i for i, tokens in enumerate(sentences) if len(tokens) > 0]
-        tagged: list[list[str]] = [[] for _ in sentences]
-        if not non_empty:
-            return tagged
-        dataset = EncodedDataset(as_sentences([sentences[i] for i in non_empty]), self.vocabularies, self.task,
-                                 with_tags=False)
+    def tag(self, sentences: Sequence[Sequence[str]], batch_tokens: int = PREDICT_BATCH_TOKENS,
+            source: str | None = None) -> list[list[str]]:
+        """One tag per token of every sentence, in order; empty sentences get no tags. `source` (the
+        input file) is SavedTagger's: a BiLSTM graph has no sentence length limit to name it in."""
+        return self.tag_with_scores(sentences, batch_tokens, with_scores=False)[0]
+
+    def tag_with_scores(self, sentences: Sequence[Sequence[str]], batch_tokens: int = PREDICT_BATCH_TOKENS,
+                        with_scores: bool = True) -> tuple[list[list[str]], list[list[float]] | None]:
+        """As `tag`, and each token's probability of its tag (softmax, or CRF marginal), as torch's."""
+        return tag_non_empty(sentences, with_scores, lambda chosen: self._decode_all(chosen, batch_tokens, with_scores))
+
+    def _decode_all(self, chosen: list, batch_tokens: int, with_scores: bool) -> ScoredTags:
+        dataset = EncodedDataset(chosen, self.vocabularies, self.task, with_tags=False)
+        tagged: list[list[str]] = [[] for _ in chosen]
+        scored: list[list[float]] | None = [[] for _ in chosen] if with_scores else None
         for sentence_ids in token_budget_batches(dataset.lengths, batch_tokens):
             batch = dataset.batch(sentence_ids)
             feeds = {name: getattr(batch, name).numpy() for name in INPUT_NAMES}
             (emissions,) = self.session.run(None, feeds)
-            best = self.decode(emissions.astype(np.float32, copy=False), feeds["lengths"])
+            emissions = emissions.astype(np.float32, copy=False)
+            best = self.decode(emissions, feeds["lengths"])
+            probabilities = self.best_tag_probabilities(emissions, feeds["lengths"], best) if with_scores else None
             for row, sentence_id in enumerate(batch.sentence_ids.tolist()):
                 length = int(dataset.lengths[sentence_id])
-                tagged[non_empty[sentence_id]] = [self.tag_names[t] for t in best[row, :length].tolist()]
-        return tagged
+                tagged[sentence_id] = [self.tag_names[t] for t in best[row, :length].tolist()]
+                if scored is not None:
+                    scored[sentence_id] = probabilities[row, :length].tolist()
+        return tagged, scored
+
+    def best_tag_probabilities(self, emissions: np.ndarray, lengths: np.ndarray, best: np.ndarray) -> np.ndarray:
+        probabilities = softmax(emissions, axis=2) if self.crf is None else crf_marginals(emissions, lengths, *self.crf)
+        return np.take_along_axis(probabilities, best[:, :, None], axis=2)[:, :, 0]
 
     def decode(self, emissions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         if self.crf is None:

@@ -98,8 +98,10 @@ def _save_pyfunc(target: Path, model_directory: Path, mlflow_model) -> None:
     package = Path(kd.__file__).resolve().parent
     tasks, is_transformer = _saved_tasks(model_directory)
     # A multi-task model tags with the head of the corpus `task` names, its first by default.
-    signature = ModelSignature(inputs=Schema([ColSpec(Array(DataType.string), "tokens")]),
-                               outputs=Schema([ColSpec(Array(DataType.string))]),
+    # Tokens (tags out) or raw text (entities out, kd.tracking.pyfunc_model): either column. The
+    # outputs differ by input, so the signature declares none.
+    signature = ModelSignature(inputs=Schema([ColSpec(Array(DataType.string), "tokens", required=False),
+                                              ColSpec(DataType.string, "text", required=False)]),
                                params=ParamSchema([ParamSpec("task", DataType.string, tasks[0])]))
     mlflow_logger = logging.getLogger("mlflow")
     level = mlflow_logger.level
