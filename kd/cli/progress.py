@@ -138,7 +138,7 @@ class TrainingDisplay:
             info = " · ".join(part for part in (format_terms(self.sums, self.batches), self.devel) if part)
             last = epoch == self.epochs
             self.progress.update(self.epoch_task, info=info, **(
-                {"description": "scoring the model and logging it"} if last else {}))
+                {"description": "scoring, logging"} if last else {}))
         return False
 
     def message(self, text: str) -> None:
