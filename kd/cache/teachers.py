@@ -25,8 +25,6 @@ from kd.models.tagger import Tagger
 from kd.tracking.logged_models import load_logged_model
 from kd.tracking.runs import fail_if_abandoned
 
-ENSEMBLE_KINDS = ("single", "seeds", "mixed")
-
 
 @dataclass
 class BiLSTMTeacher(ModuleTeacher):
