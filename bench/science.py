@@ -48,7 +48,8 @@ from kd.training.evaluate import entity_scores
 from kd.models.tagger import TaggerConfig
 from kd.training.job_definition import build_tagger
 from kd.training.loop import Trainable, TrainingOptions, train
-from kd.training.schedule import OPTIMIZER_STATES, alternating_plan, supervised_loss, task_optimizers
+from kd.option_schema import OPTIONS
+from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
 
 CPU = torch.device("cpu")
 DEFAULT_CORPORA = "NCBI-disease,BC5CDR,AnatEM,BC2GM,BioNLP09,BioNLP13PC"
@@ -293,7 +294,7 @@ def main() -> None:
     parser.add_argument("--teacher-seeds", default=None, help="MTM seeds (default: --seeds)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--mtm-epochs", type=int, default=10)
-    parser.add_argument("--mtm-optimizer", choices=OPTIMIZER_STATES, default="shared")
+    parser.add_argument("--mtm-optimizer", choices=OPTIONS["optimizer_state"].choices, default="shared")
     parser.add_argument("--models", default="stm,mtm", help="train these (students need mtm)")
     parser.add_argument("--student", action="append", default=[], help="e.g. logits:alpha=0.5 (repeatable)")
     parser.add_argument("--ensemble-student", action="append", default=[])
