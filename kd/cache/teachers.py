@@ -58,8 +58,6 @@ class BiLSTMTeacher(ModuleTeacher):
         return task, dataset, dataset_form_table(self.model, dataset, device, precision)
 
 
-# The name bench scripts build BiLSTM teachers by.
-Teacher = BiLSTMTeacher
 TEACHER_KINDS: dict[str, type] = {"bilstm": BiLSTMTeacher, "transformer": TransformerTeacher}
 
 
