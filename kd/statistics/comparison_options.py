@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass
+@dataclass(frozen=True)
 class BayesianOptions:
     """`rope` in F1 points (0: no Bayesian tests); `hierarchical` adds the corpora x seeds test
     (needs pystan); every pair while there are at most `all_pairs_up_to` models, else each
