@@ -32,7 +32,7 @@ import torch
 
 from kd.cache.knowledge import TeacherKnowledge
 from kd.cache.store import CacheReader, CacheWriter, Manifest
-from kd.cache.teachers import Teacher, layer_widths, teacher_outputs_for_sentences
+from kd.cache.teachers import BiLSTMTeacher, layer_widths, teacher_outputs_for_sentences
 from kd.data.vocab import build_vocabularies
 from kd.training.assemble import assemble
 from kd.training.distillation import DistillOptions
@@ -43,7 +43,7 @@ from kd.training.loop import TrainingOptions
 SPLITS = ["train", "devel"]
 
 
-def build_cache(teacher: Teacher, task: str, sentences_by_split: dict, directory: Path, dtype: str) -> float:
+def build_cache(teacher: BiLSTMTeacher, task: str, sentences_by_split: dict, directory: Path, dtype: str) -> float:
     started = time.perf_counter()
     writer = CacheWriter(directory, dtype)
     entries = {task: {}}
@@ -59,13 +59,13 @@ def build_cache(teacher: Teacher, task: str, sentences_by_split: dict, directory
     return time.perf_counter() - started
 
 
-def make_teachers(vocabularies, corpus: str, count: int) -> list[Teacher]:
+def make_teachers(vocabularies, corpus: str, count: int) -> list[BiLSTMTeacher]:
     """Default-size teachers with random weights (seeds 7, 8, ...): the first is the cached one."""
     teachers = []
     for seed in range(7, 7 + count):
         model, _ = build_tagger(TaggerConfig(), vocabularies, seed=seed)
-        teachers.append(Teacher(run_id=f"bench-{seed}", model=model.eval(), vocabularies=vocabularies,
-                                corpora=[corpus], data_dir=None))
+        teachers.append(BiLSTMTeacher(run_id=f"bench-{seed}", model=model.eval(), vocabularies=vocabularies,
+                                      corpora=[corpus], data_dir=None))
     return teachers
 
 

@@ -36,7 +36,7 @@ import torch
 from scipy.stats import friedmanchisquare
 
 from kd.cache.store import CacheReader, CacheWriter, Manifest
-from kd.cache.teachers import Teacher, layer_widths, teacher_outputs_for_sentences
+from kd.cache.teachers import BiLSTMTeacher, layer_widths, teacher_outputs_for_sentences
 from kd.data.batching import EncodedDataset
 from kd.data.corpora import load_split, resolve_corpus_dir
 from kd.data.vocab import Vocabularies, build_vocabularies
@@ -48,7 +48,8 @@ from kd.training.evaluate import entity_scores
 from kd.models.tagger import TaggerConfig
 from kd.training.job_definition import build_tagger
 from kd.training.loop import Trainable, TrainingOptions, train
-from kd.training.schedule import OPTIMIZER_STATES, alternating_plan, supervised_loss, task_optimizers
+from kd.option_schema import OPTIONS
+from kd.training.schedule import alternating_plan, supervised_loss, task_optimizers
 
 CPU = torch.device("cpu")
 DEFAULT_CORPORA = "NCBI-disease,BC5CDR,AnatEM,BC2GM,BioNLP09,BioNLP13PC"
@@ -78,8 +79,8 @@ def devel_scorer(model, vocabularies: Vocabularies, devel: dict[str, list]):
 
 
 def fit(train_sets: dict[str, list], devel_sets: dict[str, list], seed: int, epochs: int, model_options: TaggerConfig,
-        *, optimizer: str = "shared", distill: DistillOptions | None = None, teachers: list[Teacher] | None = None,
-        cache_dir: Path | None = None) -> tuple:
+        *, optimizer: str = "shared", distill: DistillOptions | None = None,
+        teachers: list[BiLSTMTeacher] | None = None, cache_dir: Path | None = None) -> tuple:
     """Trains one tagger (STM, MTM or student) with best-devel-epoch selection; returns it, its
     vocabularies and the per-epoch history."""
     vocabularies = build_vocabularies(train_sets)
@@ -103,7 +104,7 @@ def fit(train_sets: dict[str, list], devel_sets: dict[str, list], seed: int, epo
     return model, vocabularies, result.state
 
 
-def write_cache(teachers: list[Teacher], task: str, sentences: list, layers, directory: Path) -> CacheReader:
+def write_cache(teachers: list[BiLSTMTeacher], task: str, sentences: list, layers, directory: Path) -> CacheReader:
     """The teachers' (averaged) outputs for the student's training sentences, as `kd cache-logits` writes them."""
     if not (directory / "manifest.json").exists():
         rows = teacher_outputs_for_sentences(teachers, task, sentences, layers, CPU)
@@ -150,7 +151,7 @@ def record(results: Results, name: str, corpus: str, seed: int, model, vocabular
                 seconds=time.perf_counter() - started)
 
 
-def mtm_for_seed(data, seed: int, args, options: TaggerConfig, results: Results) -> Teacher:
+def mtm_for_seed(data, seed: int, args, options: TaggerConfig, results: Results) -> BiLSTMTeacher:
     """The seed's MTM, trained once and saved under the work folder; its per-corpus test F1 is the mtm column."""
     folder = args.work / f"mtm-seed{seed}"
     if not (folder / "tagger.json").exists():
@@ -162,11 +163,11 @@ def mtm_for_seed(data, seed: int, args, options: TaggerConfig, results: Results)
         for corpus in data:
             record(results, name, corpus, seed, model, vocabularies, state, data[corpus]["test"], started)
     saved = load_model(folder)
-    return Teacher(run_id=f"mtm-seed{seed}", model=saved.model, vocabularies=saved.vocabularies,
-                   corpora=list(data), data_dir=None)
+    return BiLSTMTeacher(run_id=f"mtm-seed{seed}", model=saved.model, vocabularies=saved.vocabularies,
+                         corpora=list(data), data_dir=None)
 
 
-def run_students(data, seed: int, specs: list[str], teachers: list[Teacher], prefix: str, args, options, results) -> None:
+def run_students(data, seed: int, specs: list[str], teachers: list[BiLSTMTeacher], prefix: str, args, options, results) -> None:
     for spec in specs:
         name = f"{prefix}[{spec}]"
         for corpus, splits in data.items():
@@ -262,7 +263,7 @@ def copy_check(args, results: Results) -> None:
         save_model(model, vocabularies, folder)
         record(results, "copy-teacher", corpus, 1, model, vocabularies, state, splits["test"], started)
     saved = load_model(folder)
-    teacher = Teacher("copy-teacher", saved.model, saved.vocabularies, [corpus], None)
+    teacher = BiLSTMTeacher("copy-teacher", saved.model, saved.vocabularies, [corpus], None)
     epochs = args.copy_epochs
     for seed in args.seeds:
         if not results.done(f"copy-stm@{epochs}", corpus, seed):
@@ -293,7 +294,7 @@ def main() -> None:
     parser.add_argument("--teacher-seeds", default=None, help="MTM seeds (default: --seeds)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--mtm-epochs", type=int, default=10)
-    parser.add_argument("--mtm-optimizer", choices=OPTIMIZER_STATES, default="shared")
+    parser.add_argument("--mtm-optimizer", choices=OPTIONS["optimizer_state"].choices, default="shared")
     parser.add_argument("--models", default="stm,mtm", help="train these (students need mtm)")
     parser.add_argument("--student", action="append", default=[], help="e.g. logits:alpha=0.5 (repeatable)")
     parser.add_argument("--ensemble-student", action="append", default=[])

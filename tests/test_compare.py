@@ -15,6 +15,7 @@ from scipy import stats
 
 from kd.cli.main import cli
 from kd.statistics.compare import RunRecord, compare_runs
+from kd.statistics.comparison_options import ComparisonOptions
 from kd.tracking.runs import TrackedRun
 from kd.tracking.backend import open_client
 from tests.conftest import REPO
@@ -128,8 +129,8 @@ def test_missing_cell_is_named_and_can_be_dropped():
     table = published_table().iloc[:5, :4]
     records = [r for r in records_for(table) if not (r.tags["task"] == "BC2GM" and r.tags["model"] == "MTM")]
     with pytest.raises(Exception, match="MTM lacks BC2GM"):
-        compare_runs(records, model_keys=["model"])
-    comparison = compare_runs(records, model_keys=["model"], drop_incomplete=True)
+        compare_runs(records, ComparisonOptions(model_keys=("model",)))
+    comparison = compare_runs(records, ComparisonOptions(model_keys=("model",), drop_incomplete=True))
     assert comparison.dropped_models == ["MTM"] and "MTM" not in comparison.table.mean.columns
 
 
@@ -141,7 +142,7 @@ def test_a_repeated_seed_is_one_sample_the_newest_and_is_warned_about():
     model, corpus = table.columns[0], table.index[0]
     rerun = RunRecord("rerun", {"task": corpus, "model": model, "seed": "1"}, {}, {"test_f1": 0.0}, start_time=200)
     older = RunRecord("older", {"task": corpus, "model": model, "seed": "2"}, {}, {"test_f1": 99.0}, start_time=50)
-    comparison = compare_runs(records + [rerun, older], model_keys=["model"], bayesian=None)
+    comparison = compare_runs(records + [rerun, older], ComparisonOptions(model_keys=("model",)))
     cell = table.loc[corpus, model]
     assert comparison.table.count.loc[corpus, model] == 2
     assert comparison.table.mean.loc[corpus, model] == pytest.approx((0.0 + cell + 2) / 2)
@@ -155,7 +156,7 @@ def test_unequal_seed_counts_are_named_and_one_seed_has_no_variance():
     extra = table.columns[1]
     records += [RunRecord(f"{c}-{extra}-again", {"task": c, "model": extra}, {}, {"test_f1": v + 1.0})
                 for c, v in table[extra].items()]  # ... but two for one model
-    comparison = compare_runs(records, model_keys=["model"])
+    comparison = compare_runs(records, ComparisonOptions(model_keys=("model",)))
     assert comparison.warnings == [f"cells are means of different numbers of seeds: most have 1, but {extra}: 2"]
     single = table.columns[0]
     assert comparison.table.var[single].isna().all()
@@ -172,7 +173,8 @@ def test_unequal_seed_counts_are_named_and_one_seed_has_no_variance():
 @pytest.mark.parametrize("rows, columns, note", [(5, 2, "it compares 3 or more models, here 2"),
                                                  (1, 4, "it needs 2 or more corpora, here 1")])
 def test_too_few_models_or_corpora_leave_friedman_out_with_a_note(rows, columns, note):
-    comparison = compare_runs(records_for(published_table().iloc[:rows, :columns]), model_keys=["model"])
+    comparison = compare_runs(records_for(published_table().iloc[:rows, :columns]),
+                              ComparisonOptions(model_keys=("model",)))
     assert math.isnan(comparison.result.statistic) and any(note in n for n in comparison.notes)
 
 

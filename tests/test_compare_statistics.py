@@ -16,7 +16,8 @@ from mlflow import MlflowClient
 from scipy import stats
 
 from kd.cli.main import cli
-from kd.statistics.compare import BayesianOptions, RunRecord, compare_runs
+from kd.statistics.compare import RunRecord, compare_runs
+from kd.statistics.comparison_options import BayesianOptions, ComparisonOptions
 from tests.conftest import REPO
 
 # The published Table 1 of Mehmood et al., Information 2023 (F1 points, one decimal), from shared/.
@@ -38,8 +39,8 @@ def records(table: pd.DataFrame, offsets=(0.0,)) -> list[RunRecord]:
 @pytest.fixture(scope="module")
 def published():
     table = reference_table()
-    return table, compare_runs(records(table), model_keys=["model"], bayesian=BayesianOptions(rope=0.5, samples=10000),
-                                seed=7)
+    return table, compare_runs(records(table), ComparisonOptions(
+        model_keys=("model",), bayesian=BayesianOptions(rope=0.5, samples=10000), seed=7))
 
 
 def test_wilcoxon_holm_matches_scipy_and_a_hand_applied_holm_step(published):
@@ -103,9 +104,9 @@ def test_seed_tests_match_scipy_paired_and_welch():
                       {"test_f1": (v + rng.normal(0, 0.5)) / 100})
             for c, row in table.iterrows() for m, v in row.items() for s in range(4)]
     values = {(r.tags["model"], r.tags["task"], r.tags["seed"]): r.metrics["test_f1"] for r in runs}
-    paired = compare_runs(runs, model_keys=["model"], bayesian=BayesianOptions(rope=0)).seed_tests
+    paired = compare_runs(runs, ComparisonOptions(model_keys=("model",), bayesian=BayesianOptions(rope=0))).seed_tests
     unlabelled = [RunRecord(r.run_id, {k: v for k, v in r.tags.items() if k != "seed"}, {}, r.metrics) for r in runs]
-    welch = compare_runs(unlabelled, model_keys=["model"], bayesian=BayesianOptions(rope=0)).seed_tests
+    welch = compare_runs(unlabelled, ComparisonOptions(model_keys=("model",), bayesian=BayesianOptions(rope=0))).seed_tests
     for row, other in zip(paired.itertuples(), welch.itertuples()):
         x = [values[(row.a, row.corpus, str(s))] for s in range(4)]
         y = [values[(row.b, row.corpus, str(s))] for s in range(4)]

@@ -14,6 +14,7 @@ from scipy import stats
 
 from kd.cli.main import cli
 from kd.statistics.compare import RunRecord, compare_runs
+from kd.statistics.comparison_options import ComparisonOptions
 from kd.statistics.comparison_report import render_markdown, write_outputs
 from kd.tracking.metrics import LATE_GAIN, late_gains
 from kd.tracking.runs import TrackedRun
@@ -37,7 +38,7 @@ def strict(function, *args, **kwargs):
 
 def test_two_models_get_the_pairwise_tests_and_no_friedman(tmp_path):
     table = published_table()[["STM", "MTM"]]
-    comparison = strict(compare_runs, seeded_records(table), model_keys=["model"], bayesian=None)
+    comparison = strict(compare_runs, seeded_records(table), ComparisonOptions(model_keys=("model",)))
     assert np.isnan(comparison.result.statistic)
     assert any(note.startswith("Friedman test left out: it compares 3 or more models, here 2")
                for note in comparison.notes)
@@ -62,7 +63,7 @@ def test_one_corpus_is_compared_by_its_seeds():
     for record in records:
         if record.tags["model"] == "MTM":
             record.metrics["test_f1"] += 0.05 * int(record.tags["seed"])
-    comparison = strict(compare_runs, records, model_keys=["model"])
+    comparison = strict(compare_runs, records, ComparisonOptions(model_keys=("model",)))
     assert np.isnan(comparison.result.statistic) and not comparison.bayesian
     assert np.isnan(comparison.wilcoxon.p_values.loc["STM", "MTM"])
     assert any("1 corpus" in note for note in comparison.notes)
@@ -102,7 +103,7 @@ def test_all_zero_runs_are_reported_as_degenerate_without_a_best_or_a_scipy_warn
 def test_models_identical_on_every_cell_are_ranked_once():
     table = published_table()
     copy = table.assign(STM_copy=table["STM"])
-    comparison = strict(compare_runs, seeded_records(copy), model_keys=["model"], bayesian=None)
+    comparison = strict(compare_runs, seeded_records(copy), ComparisonOptions(model_keys=("model",)))
     columns = list(comparison.table.mean.columns)
     assert "STM = STM_copy" in columns and "STM" not in columns and len(columns) == 5
     expected = stats.friedmanchisquare(*(table[m].to_numpy() for m in table.columns))
@@ -113,7 +114,7 @@ def test_models_identical_on_every_cell_are_ranked_once():
 @pytest.mark.parametrize("corpora, interval, wilcoxon_note", [(2, False, True), (4, True, True), (6, True, False)])
 def test_few_corpora_are_said(corpora, interval, wilcoxon_note):
     table = published_table().iloc[:corpora, :3]
-    comparison = strict(compare_runs, seeded_records(table), model_keys=["model"], bayesian=None)
+    comparison = strict(compare_runs, seeded_records(table), ComparisonOptions(model_keys=("model",)))
     assert np.isfinite(comparison.effects["low"]).all() == interval
     assert any("no bootstrap interval" in n for n in comparison.notes) == (not interval)
     assert any(f"cannot reach p < 0.05 (its smallest p is {2.0 ** (1 - corpora):.3g})" in n
@@ -141,7 +142,7 @@ def test_late_gains_by_hand():
 def test_a_model_still_learning_is_marked_not_converged():
     table = published_table().iloc[:6, :3]
     rising = {(table.index[0], "MTM"): {LATE_GAIN: 0.19}, (table.index[1], "MTM"): {LATE_GAIN: 0.004}}
-    comparison = compare_runs(seeded_records(table, extra=rising), model_keys=["model"], bayesian=None)
+    comparison = compare_runs(seeded_records(table, extra=rising), ComparisonOptions(model_keys=("model",)))
     assert comparison.unconverged.loc[table.index[0], "MTM"] == 3  # every seed of that cell
     assert comparison.unconverged.to_numpy().sum() == 3  # a 0.4-point rise is noise, not learning
     markdown = render_markdown(comparison)
@@ -154,7 +155,7 @@ def test_bayesian_figure_shows_the_numbers_of_the_table(tmp_path):
     from kd.statistics.bayesian import posterior_figure
 
     table = published_table().iloc[:, :3]
-    comparison = compare_runs(seeded_records(table), model_keys=["model"])
+    comparison = compare_runs(seeded_records(table), ComparisonOptions(model_keys=("model",)))
     write_outputs(comparison, tmp_path, ["csv"])
     rows = pd.read_csv(tmp_path / "bayesian.csv")
     assert len(rows) == 3 and all((tmp_path / path).is_file() for path in rows["plot"])

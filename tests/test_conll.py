@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kd.data.conll import read_conll, read_sentences_for_tagging, read_tokenised_text, write_conll
+from kd.data.conll import read_conll, read_sentences_for_tagging, write_conll
 from kd.data.types import Sentence
 from kd.errors import DataError, KdError
 
@@ -131,9 +131,9 @@ def test_write_to_stream_and_failed_write_keeps_old_file(tmp_path: Path) -> None
     assert [p.name for p in tmp_path.iterdir()] == ["out.tsv"]
 
 
-def test_read_tokenised_text(tmp_path: Path) -> None:
+def test_plain_tokenised_text_is_one_sentence_per_line(tmp_path: Path) -> None:
     path = write(tmp_path, "The  cat sat .\n\n  \nIL-2 binds\n")
-    assert read_tokenised_text(path) == [("The", "cat", "sat", "."), ("IL-2", "binds")]
+    assert read_sentences_for_tagging(path) == [("The", "cat", "sat", "."), ("IL-2", "binds")]
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from kd.data.types import Sentence
 from kd.data.vocab import build_vocabularies
 from kd.models.tagger import Tagger, TaggerConfig
 from kd.models.predict import as_sentences, predict_tags
-from kd.training.evaluate import entity_scores, evaluate
+from kd.training.evaluate import entity_scores
 
 # Hand count (strict IOB2: an entity is B-X followed by I-X's; type and both ends must match).
 GOLD = [
@@ -147,11 +147,3 @@ def test_predict_tags_on_untagged_sentences():
     dataset = EncodedDataset(sentences, vocabularies, None, with_tags=False)
     predictions = predict_tags(model, dataset, vocabularies, "genes", torch.device("cpu"), batch_tokens=8)
     assert [len(p) for p in predictions] == [len(t) for t in tokens]
-
-
-def test_evaluate_scores_its_own_predictions():
-    model, vocabularies, dataset = setup("softmax")
-    scores, predicted = evaluate(model, dataset, vocabularies, "genes", torch.device("cpu"))
-    expected = entity_scores([s.tags for s in TEST], predicted)
-    assert (scores.precision, scores.recall, scores.f1) == (expected.precision, expected.recall, expected.f1)
-    assert predicted == predict_tags(model, dataset, vocabularies, "genes", torch.device("cpu"))

@@ -262,9 +262,11 @@ def test_a_checkpoint_holds_each_distinct_optimizer_once(datasets):
     assert distinct_optimizers(shared) == {"tiny": shared["tiny"]}
 
 
-def test_unknown_optimizer_state_is_refused(datasets):
+def test_unknown_optimizer_state_is_refused():
+    from kd.training.job_definition import TaggerJob
+
     with pytest.raises(KdError, match="optimizer_state 'both'"):
-        task_optimizers(small_model(datasets), 0.01, "both")
+        TaggerJob(corpora=["tiny"], optimizer_state="both")
 
 
 # -------------------------------------------------------------------------------- epoch plan

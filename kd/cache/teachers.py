@@ -25,8 +25,6 @@ from kd.models.tagger import Tagger
 from kd.tracking.logged_models import load_logged_model
 from kd.tracking.runs import fail_if_abandoned
 
-ENSEMBLE_KINDS = ("single", "seeds", "mixed")
-
 
 @dataclass
 class BiLSTMTeacher(ModuleTeacher):
@@ -60,8 +58,6 @@ class BiLSTMTeacher(ModuleTeacher):
         return task, dataset, dataset_form_table(self.model, dataset, device, precision)
 
 
-# The name bench scripts build BiLSTM teachers by.
-Teacher = BiLSTMTeacher
 TEACHER_KINDS: dict[str, type] = {"bilstm": BiLSTMTeacher, "transformer": TransformerTeacher}
 
 

@@ -234,23 +234,23 @@ def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, a
     """Table, Friedman test, post-hoc tests and rank diagram of an experiment's runs."""
     import json as json_module
 
-    from kd.statistics.compare import BayesianOptions
+    from kd.statistics.comparison_options import BayesianOptions, ComparisonOptions
     from kd.statistics.comparison_report import run_comparison
 
     if not 0 <= rope < float("inf"):
         raise click.BadParameter(f"{rope:g}: must be 0 (off) or a positive ROPE in F1 points", param_hint="--bayesian")
     if threads:  # the statistics need no torch; loading it only for a thread count would slow the start
         apply_threads(threads)
+    asked = ComparisonOptions(
+        metric=metric, model_keys=tuple(k.strip() for k in model_key.split(",") if k.strip()) if model_key else None,
+        corpus_key=corpus_key, posthoc=posthoc, alpha=alpha, drop_incomplete=drop_incomplete,
+        bayesian=BayesianOptions(rope=rope, hierarchical=hierarchical), seed=seed)
     # No per-step hook: a spinner with the elapsed time says the statistics are being computed.
     status = Console(stderr=True).status(f"comparing the runs of {experiment} ...")
     with status if wants_live_display(progress) else contextlib.nullcontext():
-        results = run_comparison(
-            tracking_client(), experiment, Path(out or Path("comparison") / experiment), metric=metric,
-            model_keys=[k.strip() for k in model_key.split(",") if k.strip()] if model_key else None,
-            corpus_key=corpus_key, filter_string=filter_string, posthoc=posthoc, alpha=alpha,
-            formats=[f.strip() for f in formats.split(",") if f.strip()], drop_incomplete=drop_incomplete,
-            log=not no_log, attach_to=project_run_id(), bayesian=BayesianOptions(rope=rope, hierarchical=hierarchical),
-            seed=seed)
+        results = run_comparison(tracking_client(), experiment, Path(out or Path("comparison") / experiment), asked,
+                                 filter_string=filter_string, log=not no_log, attach_to=project_run_id(),
+                                 formats=[f.strip() for f in formats.split(",") if f.strip()])
     for note in results["validity"]:  # also in table.md; said here for a user reading only the terminal
         click.echo(f"note: {note}", err=True)
     if as_json:

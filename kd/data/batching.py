@@ -6,7 +6,7 @@ token.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -192,8 +192,3 @@ def token_budget_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarra
         batches.append(order[start:end])
         start = end
     return batches
-
-
-def iterate_batches(dataset: EncodedDataset, batch_size: int, rng: np.random.Generator | None) -> Iterator[Batch]:
-    for sentence_ids in bucketed_batches(dataset.lengths, batch_size, rng):
-        yield dataset.batch(sentence_ids)

@@ -111,11 +111,6 @@ def write_conll(
         raise
 
 
-def read_tokenised_text(path: str | Path) -> list[tuple[str, ...]]:
-    """Read one whitespace-tokenised sentence per line; blank lines are skipped."""
-    return _tokenised_lines(path, _read_lines(path))
-
-
 def read_sentences_for_tagging(path: str | Path) -> list[tuple[str, ...]]:
     """Read prediction input, accepting either CoNLL-style or one-sentence-per-line text.
 

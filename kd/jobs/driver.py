@@ -39,6 +39,11 @@ def resolve(plan: Plan, work_dir: Path) -> ResolvedPlan:
     if renamed:  # a folder named CORPUS-IOB: the corpus is CORPUS
         raise KdError(f"{plan.path}: corpora: {renamed[0]!r}: name the corpus as {', '.join(dirs)} lists it")
     data = prepare_data(dirs, plan.subsample, work_dir.resolve())
+    return with_cells(plan, data, work_dir)
+
+
+def with_cells(plan: Plan, data: PlanData, work_dir: Path) -> ResolvedPlan:
+    """The plan's cells over its found corpora (`data`); errors name the plan file."""
     try:
         graph = expand(plan, data.digests)
     except KdError as error:
@@ -64,12 +69,7 @@ def outline(plan: Plan, work_dir: Path) -> ResolvedPlan:
                         work_dir.resolve()) if present else PlanData(plan.data_dir or Path("."), {}, {})
     data = PlanData(data.data_dir, {**data.digests, **{c: "not-downloaded" for c in missing}},
                     {**data.splits, **{c: ("train", "devel", "test") for c in missing}}, missing)
-    try:
-        graph = expand(plan, data.digests)
-    except KdError as error:
-        raise KdError(f"{plan.path}: {error}") from None
-    return ResolvedPlan(plan=plan, data=data, graph=graph, plan_id=plan_identity(graph.cells, plan.tables),
-                        work_dir=work_dir.resolve())
+    return with_cells(plan, data, work_dir)
 
 
 @dataclass

@@ -10,7 +10,8 @@ from typing import Any
 from kd.errors import KdError
 from kd.jobs.driver import ResolvedPlan
 from kd.jobs.plan_runs import runs_by_cell
-from kd.statistics.compare import BayesianOptions, RunRecord, compare_runs
+from kd.statistics.compare import RunRecord, compare_runs
+from kd.statistics.comparison_options import BayesianOptions, ComparisonOptions
 from kd.statistics.comparison_report import FORMATS, render_markdown, write_outputs, write_results_json
 from kd.tracking.runs import TrackedRun
 
@@ -44,8 +45,9 @@ def report_plan(resolved: ResolvedPlan, client, experiment: str, plan_run_id: st
     plan_run = TrackedRun(client, plan_run_id)
     results = {}
     for name, spec in resolved.plan.tables.items():
-        comparison = compare_runs(records[name], spec.metric, [f"tags.{MODEL_TAG}"], "tags.task", spec.posthoc,
-                                  spec.alpha, bayesian=BayesianOptions(rope=spec.rope), seed=seed)
+        comparison = compare_runs(records[name], ComparisonOptions(
+            spec.metric, (f"tags.{MODEL_TAG}",), "tags.task", spec.posthoc, spec.alpha,
+            bayesian=BayesianOptions(rope=spec.rope), seed=seed))
         # Columns in the plan's order, not compare's alphabetical one (a merged "A = B" where A is).
         columns = list(comparison.table.mean.columns)
         order = [c for m in spec.models for c in columns if c.split(" = ")[0] == m]

@@ -18,6 +18,7 @@ import pandas as pd
 from kd.errors import KdError
 from kd.tracking.metrics import LATE_GAIN, corpus_metric_value
 from kd.statistics.bayesian import BayesianResult, bayesian_pairs, hierarchical, signed_rank
+from kd.statistics.comparison_options import BayesianOptions, ComparisonOptions
 from kd.statistics.pairwise import WilcoxonHolm, bootstrap_differences, model_pairs, wilcoxon_holm
 from kd.statistics.seeds import seed_tests
 from kd.statistics.tests import FriedmanResult, average_ranks, friedman
@@ -46,18 +47,6 @@ class CellTable:
     std: pd.DataFrame
     var: pd.DataFrame
     count: pd.DataFrame
-
-
-@dataclass
-class BayesianOptions:
-    """`rope` in F1 points (0: no Bayesian tests); `hierarchical` adds the corpora x seeds test
-    (needs pystan); every pair while there are at most `all_pairs_up_to` models, else each
-    model against the best ranked."""
-
-    rope: float = 0.5
-    hierarchical: bool = False
-    samples: int = 50000
-    all_pairs_up_to: int = 10
 
 
 @dataclass
@@ -266,36 +255,35 @@ def cell_table(cells: Cells) -> CellTable:
     return CellTable(**frames)
 
 
-def compare_runs(records: Sequence[RunRecord], metric: str = "test_f1", model_keys: Sequence[str] | None = None,
-                 corpus_key: str = "tags.task", posthoc: str = "wilcoxon-holm", alpha: float = 0.05,
-                 drop_incomplete: bool = False, bayesian: BayesianOptions | None = None, seed: int = 0) -> Comparison:
+def compare_runs(records: Sequence[RunRecord], options: ComparisonOptions | None = None) -> Comparison:
     """The cell table, its validity notes (`kd.statistics.validity`), the Friedman test and post-hoc
     p-values where they apply, then the pairwise statistics (`add_pairwise_statistics`)."""
     if not records:
         raise KdError("no finished runs to compare (check --experiment and --filter)")
+    o = options or ComparisonOptions()
     warnings: list[str] = []
     legend: dict[str, str] = {}
-    cells, used = collect_cells(records, metric, model_keys, corpus_key, warnings, legend)
+    cells, used = collect_cells(records, o.metric, o.model_keys, o.corpus_key, warnings, legend)
     if not cells:
-        raise KdError(f"none of the {len(records)} runs has the metric {metric!r} and the keys "
-                      f"{', '.join(model_keys or ['(kd tags)'])} / {corpus_key}")
-    table, dropped = complete_table(cell_table(cells), drop_incomplete)
+        raise KdError(f"none of the {len(records)} runs has the metric {o.metric!r} and the keys "
+                      f"{', '.join(o.model_keys or ['(kd tags)'])} / {o.corpus_key}")
+    table, dropped = complete_table(cell_table(cells), o.drop_incomplete)
     warnings = [w for w in warnings if not any(w.startswith(f"{model}: ") for model in dropped)]
     scale = display_scale(table.mean)
     degenerate = all_equal(table.mean)
     table, cells, renamed, merge_notes = (table, cells, {}, []) if degenerate else merge_identical(table, cells)
     notes = degenerate_notes(table.mean, scale)  # after merging: a tie of one model with itself is no note
     models, corpora = list(table.mean.columns), list(table.mean.index)
-    gains, _ = collect_cells(records, LATE_GAIN, model_keys, corpus_key)
+    gains, _ = collect_cells(records, LATE_GAIN, o.model_keys, o.corpus_key)
     gains = {(renamed.get(m, m), c): runs for (m, c), runs in gains.items()}
     unconverged = unconverged_counts(gains, models, corpora)
     # Every score equal: the degenerate note says no test means anything; what each test lacks is noise.
-    notes += merge_notes + ([] if degenerate else too_few_notes(len(models), len(corpora), alpha))
+    notes += merge_notes + ([] if degenerate else too_few_notes(len(models), len(corpora), o.alpha))
     notes += unconverged_note(unconverged)
     with quiet_numerics():
-        result = rank_models(table.mean, posthoc, alpha, test=not degenerate)
-        comparison = Comparison(metric=metric, table=table, result=result, runs_used=used, dropped_models=dropped,
-                                scale=scale, seed=seed, bayesian_options=bayesian or BayesianOptions(),
+        result = rank_models(table.mean, o.posthoc, o.alpha, test=not degenerate)
+        comparison = Comparison(metric=o.metric, table=table, result=result, runs_used=used, dropped_models=dropped,
+                                scale=scale, seed=o.seed, bayesian_options=o.bayesian,
                                 warnings=warnings + seed_count_warning(table.count),
                                 legend={renamed.get(m, m): d for m, d in legend.items() if renamed.get(m, m) in models},
                                 notes=notes, unconverged=unconverged, degenerate=degenerate)

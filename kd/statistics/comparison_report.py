@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from kd.errors import KdError
-from kd.statistics.compare import BayesianOptions, Comparison, compare_runs, fetch_runs
+from kd.statistics.compare import Comparison, compare_runs, fetch_runs
+from kd.statistics.comparison_options import ComparisonOptions
 from kd.statistics.report_pairwise import (bayesian_table, finite_or_none, pairwise_json, pairwise_markdown,
                                           pairwise_table, write_bayesian_plots)
 from kd.utils.atomic import atomic_file, atomic_path
@@ -237,34 +238,32 @@ def write_results_json(comparison: Comparison, out: Path, files: dict[str, str],
     return results
 
 
-def run_comparison(client, experiment: str, out: Path, *, metric: str = "test_f1",
-                   model_keys: Sequence[str] | None = None, corpus_key: str = "tags.task",
-                   filter_string: str | None = None, posthoc: str = "wilcoxon-holm", alpha: float = 0.05,
-                   formats: Sequence[str] = FORMATS, drop_incomplete: bool = False, log: bool = True,
-                   attach_to: str | None = None, bayesian: BayesianOptions | None = None,
-                   seed: int = 0) -> dict[str, Any]:
-    """Compares the experiment's runs, writes the outputs to `out` and (with `log`) logs them as a
-    comparison run in the same experiment. Returns the contents of results.json."""
+def run_comparison(client, experiment: str, out: Path, options: ComparisonOptions | None = None, *,
+                   filter_string: str | None = None, formats: Sequence[str] = FORMATS, log: bool = True,
+                   attach_to: str | None = None) -> dict[str, Any]:
+    """Compares the experiment's runs (those matching `filter_string`, but `attach_to`) as `options`
+    ask, writes the outputs to `out` and (with `log`) logs them as a comparison run in the same
+    experiment, or in the run `attach_to`. Returns the contents of results.json."""
     from kd.tracking.runs import TrackedRun, git_commit
     from kd.tracking.status import run_status
 
     check_formats(formats)
+    options = options or ComparisonOptions()
     records = [r for r in fetch_runs(client, experiment, filter_string) if r.run_id != attach_to]
-    comparison = compare_runs(records, metric, model_keys, corpus_key, posthoc, alpha, drop_incomplete,
-                              bayesian=bayesian, seed=seed)
+    comparison = compare_runs(records, options)
     if not log:
         return write_results_json(comparison, out, write_outputs(comparison, out, formats), None)
     models, corpora = comparison.table.mean.shape[1], comparison.table.mean.shape[0]
     # A name, not MLflow's random one (`overjoyed-snail-925`): models x corpora and the metric, within
     # the 22 or so characters the MLflow runs list shows (`compare-test_f1-3model...` was cut).
-    name = f"compare {models}x{corpora} {metric}"
+    name = f"compare {models}x{corpora} {options.metric}"
     run = TrackedRun.start(client, experiment, name, {"model_kind": "comparison", "git_commit": git_commit()},
                            attach_to=attach_to)
-    options = comparison.bayesian_options
     with run_status(run):
-        run.log_params({"metric": metric, "model_key": ",".join(model_keys or []) or "(kd tags)",
-                        "corpus_key": corpus_key, "filter": filter_string or "", "posthoc": posthoc, "alpha": alpha,
-                        "bayesian_rope": options.rope, "hierarchical": options.hierarchical, "seed": seed,
+        run.log_params({"metric": options.metric, "model_key": ",".join(options.model_keys or []) or "(kd tags)",
+                        "corpus_key": options.corpus_key, "filter": filter_string or "", "posthoc": options.posthoc,
+                        "alpha": options.alpha, "bayesian_rope": options.bayesian.rope,
+                        "hierarchical": options.bayesian.hierarchical, "seed": options.seed,
                         "models": ",".join(comparison.table.mean.columns), "runs_used": comparison.runs_used})
         files = write_outputs(comparison, out, formats)
         results = write_results_json(comparison, out, files, run.run_id)
@@ -273,7 +272,7 @@ def run_comparison(client, experiment: str, out: Path, *, metric: str = "test_f1
                       "critical_difference": r.critical_difference}
         run.log_metrics({**{k: v for k, v in statistics.items() if np.isfinite(v)}, "models": len(r.average_ranks),
                          "corpora": len(comparison.table.mean.index),
-                         "pairs_differing": int((comparison.wilcoxon.adjusted.to_numpy() < alpha).sum() // 2)})
+                         "pairs_differing": int((comparison.wilcoxon.adjusted.to_numpy() < options.alpha).sum() // 2)})
         for key, path in (*files.items(), ("json", str(out / "results.json"))):
             if not key.startswith("bayesian_"):
                 run.log_artifact(path, "comparison")

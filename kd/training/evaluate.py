@@ -6,12 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
-from kd.data.batching import EncodedDataset
-from kd.data.vocab import Vocabularies
-from kd.models.predict import predict_tags
-from kd.models.tagger import Tagger
 from kd.tracking.metrics import corpus_metric
 
 
@@ -42,12 +37,6 @@ def entity_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[st
                 for name, values in report.items() if not name.endswith(" avg")}
     return EntityScores(precision=float(micro["precision"]), recall=float(micro["recall"]),
                         f1=float(micro["f1-score"]), per_type=per_type)
-
-
-def evaluate(model: Tagger, dataset: EncodedDataset, vocabularies: Vocabularies, task: str,
-             device: torch.device, precision: str = "fp32") -> tuple[EntityScores, list[list[str]]]:
-    predicted = predict_tags(model, dataset, vocabularies, task, device, precision)
-    return entity_scores([s.tags for s in dataset.sentences], predicted), predicted
 
 
 def metric_names(split: str, scores: dict[str, EntityScores]) -> dict[str, float]:
