@@ -206,3 +206,44 @@ def test_the_logged_model_is_a_pyfunc_that_tags_as_kd_predict(store, tmp_path):
     assert found == [[e.as_json() for e in entities] for entities in tag_documents(tagger, texts)]
     assert all(text[e["start"]:e["end"]] == e["text"] and 0 < e["score"] <= 1
                for text, entities in zip(texts, found) for e in entities)
+
+
+@pytest.mark.slow
+def test_the_served_teacher_answers_as_the_logged_model(store, tmp_path):
+    """`mlflow models serve` of the transformer teacher's logged model (as README shows it for a
+    student): token requests answered with the tags the model loaded in process gives, per task."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from tests.conftest import subprocess_env
+    from tests.test_serving import free_port, wait_until_up
+
+    location = logged_model_location(store.uri, store.teacher)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", location, "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        env={**subprocess_env(store.uri), "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, cwd=tmp_path)
+    answers = {}
+    try:
+        wait_until_up(server, port)
+        for task in ("tiny", "other"):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations", headers={"Content-Type": "application/json"},
+                data=json.dumps({"dataframe_records": [{"tokens": s} for s in SENTENCES],
+                                 "params": {"task": task}}).encode())
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answers[task] = json.loads(response.read())["predictions"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    loaded = mlflow.pyfunc.load_model(location)
+    for task, served in answers.items():
+        assert served == loaded.predict(pd.DataFrame({"tokens": SENTENCES}), params={"task": task}), task
+        assert [len(tags) for tags in served] == [len(s) for s in SENTENCES]
