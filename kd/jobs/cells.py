@@ -43,7 +43,8 @@ class Cell:
 
     @property
     def label(self) -> str:
-        parts = [self.kind, self.name, self.corpus, "seeds" if self.seed is None else f"seed{self.seed}"]
+        seed = None if self.kind == "text" else "seeds" if self.seed is None else f"seed{self.seed}"  # text: no seed
+        parts = [self.kind, self.name, self.corpus, seed]
         return "/".join(p for p in parts if p)
 
     @property
@@ -54,7 +55,8 @@ class Cell:
         kind = None if self.kind == "model" else self.kind  # a teacher and its cache may share a name
         # The seed before the corpus: the list shows about 20 characters, and a long corpus name
         # (BioNLP13PC, BioNLP13CG) is told apart by its start as much as by its end.
-        parts = [self.name, kind, "all seeds" if self.seed is None else f"s{self.seed}", self.corpus]
+        seed = None if self.kind == "text" else "all seeds" if self.seed is None else f"s{self.seed}"
+        parts = [self.name, kind, seed, self.corpus]
         return " ".join(p for p in parts if p)
 
 
