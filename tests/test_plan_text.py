@@ -149,3 +149,36 @@ def test_students_given_each_corpus_text_by_one_recipe_are_one_model(tmp_path):
     user = tags("tiny", files[0], None)
     assert '"unlabelled":"file"' in user["model_definition"] and user["model_id"] != one["model_id"]
     assert tags("tiny", files[0], None)["model_id"] == tags("other", files[1], None)["model_id"]
+
+
+@pytest.mark.slow
+def test_a_plan_with_text_runs_and_reruns_reusing_its_cells(tmp_path):
+    from kd.jobs.plan_runs import runs_by_cell
+    from kd.tracking.backend import open_client
+    from tests.test_plan_run import run_in_process
+
+    corpora = make_corpora(tmp_path / "corpora")
+    plan = text_plan(corpora)
+    path = write_plan(tmp_path / "plan.yaml", plan)
+    with isolated_store(tmp_path) as uri:
+        first = run_in_process("run", path, "--experiment", "text", "--workers", 1, "--threads", 1, "--no-report")
+        assert "failed" not in first, first[-3000:]
+        again = run_in_process("run", path, "--experiment", "text", "--workers", 1, "--threads", 1, "--no-report")
+        cells = resolved(tmp_path / "check", plan).cells
+        assert f"{len(cells)} reused" in again, again[-2000:]
+        client = open_client(uri)
+        runs = runs_by_cell(client, "text", cells)
+        assert all([r.info.status for r in runs[c]] == ["FINISHED"] for c in cells)
+        by_label = {cells[c].label: rs[0] for c, rs in runs.items()}
+        text_run = by_label["text/own/tiny"]
+        built = client.download_artifacts(text_run.info.run_id, "text/transfer.txt", str(tmp_path / "got"))
+        sentences = Path(built).read_text().splitlines()
+        assert len(sentences) == 50 == text_run.data.metrics["text_sentences"]
+        student = by_label["model/SMU/tiny/seed1"].data
+        assert student.params["unlabelled_ratio"] == "1.0"
+        other = by_label["model/SMU/other/seed1"].data
+        # One model across corpora, each with its own text (kept as a tag).
+        assert student.tags["model_id"] == other.tags["model_id"]
+        assert student.tags["unlabelled_sha256"] != other.tags["unlabelled_sha256"]
+        cache = by_label["cache/own/tiny/seed1"].data
+        assert cache.params["unlabelled"].endswith("transfer.txt")
