@@ -20,7 +20,8 @@ ID_LENGTH = 12  # hex digits: 48 bits, no collision to expect among the models o
 # Short forms of the loss weights in model names: student-kl-a0.5-t1.
 WEIGHT_LETTERS = {"alpha": "a", "beta": "b", "gamma": "g", "kappa": "k", "tau": "t"}
 # What defines a tuned model (the refits of a study, one per corpus and seed), besides its search space.
-TUNED_DEFINITION = ("output", "loss", "teacher_kind", "teacher_output", "ensemble", "train_splits", "eval_split")
+TUNED_DEFINITION = ("output", "loss", "teacher_kind", "teacher_output", "ensemble", "train_splits", "eval_split",
+                    "unlabelled")
 
 
 def tagger_definition(job: TaggerJob, teacher: Any = None, search_space: str | None = None) -> dict[str, Any]:
