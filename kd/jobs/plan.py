@@ -13,10 +13,12 @@ the key (`experiments/x.yaml:12: models.SM.alpha: ...`), before anything runs.
     caches:                            # one per seed, or `ensemble: seeds` for one over all seeds
       mtm: {teachers: [mtm]}
       mix: {teachers: [bert, mtm]}     # an ensemble: the teachers' outputs averaged
+      own: {teachers: [mtm], unlabelled: {rest_of_train: true, max_sentences: 2000}}  # kd.jobs.plan_text
     models:                            # kind: stm, student (from a cache) or teacher (a teacher's column)
       STM: {kind: stm}
       MTM: {kind: teacher, teacher: mtm}
       SM: {kind: student, cache: mtm, loss: logits, alpha: 0.5}
+      SMU: {kind: student, cache: own, unlabelled: true, unlabelled_ratio: 2}
     tables:
       table1: {title: ..., models: [STM, MTM, SM], metric: test_f1, posthoc: wilcoxon-holm}
 
