@@ -53,6 +53,26 @@ def test_a_rest_of_train_text_is_a_cell_per_corpus_that_its_cache_and_student_us
     assert cells["model/SMU/tiny/seed1"].config["distill"]["unlabelled_ratio"] == 1.0
 
 
+def test_a_text_from_other_corpora_is_one_cell_guarding_every_cached_corpus(tmp_path):
+    from tests.conftest import write_corpus
+
+    corpora = make_corpora(tmp_path / "corpora")
+    write_corpus(corpora / "pub", seed=7)
+    cells = labels(resolved(tmp_path, text_plan(corpora, {"from_corpora": ["pub"], "max_sentences": 30})))
+    texts = [label for label in cells if label.startswith("text/")]
+    assert texts == ["text/own"] and cells["text/own"].config["tasks"] == ["tiny", "other"]
+    assert dict(cells["text/own"].paths) == {"pub": str((corpora / "pub").resolve())}
+    assert cells["cache/own/seed1"].depends_on[-1] == cells["text/own"].cell_id
+    # Built, it holds none of the cached corpora's devel or test sentences (nor pub's).
+    sample = resolved(tmp_path, text_plan(corpora)).data.data_dir
+    manifest = build_text(TextJob(from_corpora=[corpora / "pub"], out=tmp_path / "t.txt",
+                                  for_corpora=[sample / "tiny", sample / "other", corpora / "pub"]))
+    keys = {sentence_key(line.split(" ")) for line in (tmp_path / "t.txt").read_text().splitlines()}
+    evaluation = {sentence_key(s.tokens) for c in (sample / "tiny", sample / "other", corpora / "pub")
+                  for split in ("devel", "test") for s in load_split(c, split)}
+    assert manifest["sentences"] == len(keys) > 0 and not keys & evaluation
+
+
 def test_the_text_specification_is_part_of_the_identity_of_its_cells(corpora, tmp_path):
     base = labels(resolved(tmp_path / "a", text_plan(corpora)))
     other = labels(resolved(tmp_path / "b", text_plan(corpora, {**REST, "max_sentences": 40})))
@@ -93,6 +113,14 @@ def test_bad_text_keys_are_one_line_naming_file_line_and_key(corpora, tmp_path, 
         load_plan(path)
     assert str(raised.value).startswith(f"{path}:") and message in str(raised.value), str(raised.value)
     assert "\n" not in str(raised.value)
+
+
+def test_rest_of_train_needs_a_sampled_training_split(corpora, tmp_path):
+    plan = text_plan(corpora)
+    del plan["subsample"]
+    with pytest.raises(KdError, match=r"caches.own.unlabelled.rest_of_train: the plan trains on the whole"):
+        resolved(tmp_path, plan)
+    assert resolved(tmp_path / "b", plan, max_train_sentences=60).cells  # --max-train-sentences samples it
 
 
 def test_rest_of_train_holds_no_labelled_or_evaluation_sentence(corpora, tmp_path):

@@ -171,14 +171,18 @@ class CellGraph:
 
         if spec.file:
             return (), {"recipe": spec.recipe_text(), "file": file_sha256(spec.file)}, (("unlabelled", spec.file),)
+        if spec.rest_of_train and "train" not in self.plan.subsample:
+            raise KdError(f"caches.{cache}.unlabelled.rest_of_train: the plan trains on the whole training split, "
+                          "so none is left (sample it: subsample: {train: N}, or --max-train-sentences N)")
         tasks = [corpus] if spec.rest_of_train else self.cache_tasks(cache, corpus)
-        key = ("text", cache, corpus if spec.rest_of_train else None)
+        # One text per corpus (its rest), else one per set of corpora whose evaluation splits it leaves out.
+        key = ("text", cache, corpus if spec.rest_of_train else None, tuple(tasks))
         if key not in self.made:
             config = text_config(spec, corpus if spec.rest_of_train else None, tasks, self.digests,
                                  {c: digest for c, (_, digest) in self.sources.items()})
             read = [*spec.from_corpora, *([corpus] if spec.rest_of_train else [])]
             paths = tuple((c, self.sources[c][0]) for c in read if c in self.sources)
-            self._add(key, "text", cache, key[2], None, config, paths=paths)
+            self._add(key, "text", cache, corpus if tasks == [corpus] else None, None, config, paths=paths)
         return (self.made[key],), {"recipe": spec.recipe_text(), "cell": True}, ()
 
     def cache_tasks(self, name: str, corpus: str) -> list[str]:
