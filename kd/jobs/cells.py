@@ -26,6 +26,9 @@ from kd.training.loop import TrainingOptions
 from kd.training.transformer_job import TransformerJob
 
 
+SEEDLESS = ("text", "study")  # a text, and a tuned model's study (its first seed's cache), are of no seed
+
+
 @dataclass(frozen=True)
 class Cell:
     cell_id: str
@@ -43,7 +46,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        seed = None if self.kind == "text" else "seeds" if self.seed is None else f"seed{self.seed}"  # text: no seed
+        seed = None if self.kind in SEEDLESS else "seeds" if self.seed is None else f"seed{self.seed}"
         parts = [self.kind, self.name, self.corpus, seed]
         return "/".join(p for p in parts if p)
 
@@ -55,7 +58,7 @@ class Cell:
         kind = None if self.kind == "model" else self.kind  # a teacher and its cache may share a name
         # The seed before the corpus: the list shows about 20 characters, and a long corpus name
         # (BioNLP13PC, BioNLP13CG) is told apart by its start as much as by its end.
-        seed = None if self.kind == "text" else "all seeds" if self.seed is None else f"s{self.seed}"
+        seed = None if self.kind in SEEDLESS else "all seeds" if self.seed is None else f"s{self.seed}"
         parts = [self.name, kind, seed, self.corpus]
         return " ".join(p for p in parts if p)
 
@@ -157,12 +160,39 @@ class CellGraph:
         if spec.kind == "stm":
             return self._add(key, "model", spec.name, corpus, seed,
                              tagger_config([corpus], spec.options, seed, self.digests))
+        if spec.kind == "tuned":
+            return self.tuned(spec, corpus, seed)
         cache = self.cache(spec.cache, corpus, seed, f"models.{spec.name}")
         config = tagger_config([corpus], spec.options, seed, self.digests, distill_config(spec.options))
         if spec.unlabelled is None:
             return self._add(key, "model", spec.name, corpus, seed, config, (cache,))
         text, config["unlabelled"], paths = self.text(spec.unlabelled, corpus, self.plan.caches[spec.cache].name)
         return self._add(key, "model", spec.name, corpus, seed, config, (cache, *text), paths=paths)
+
+    def tuned(self, spec: ModelSpec, corpus: str, seed: int) -> Cell:
+        """A tuned model's refit of `seed`, after its study on the corpus (kd.jobs.plan_tuned)."""
+        from kd.jobs.plan_tuned import refit_config, study_config
+
+        first = self.plan.seeds[0]
+        paths: tuple = (("space", spec.tuning["space"]),)
+
+        def with_text(config: dict[str, Any], cache: Cell) -> tuple[Cell, ...]:
+            if spec.unlabelled is None:
+                return (cache,)
+            text, config["unlabelled"], where = self.text(spec.unlabelled, corpus, spec.cache)
+            nonlocal paths
+            paths = (("space", spec.tuning["space"]), *where)
+            return (cache, *text)
+
+        key = ("study", spec.name, corpus)
+        if key not in self.made:
+            config = study_config(spec.tuning, corpus, first, self.digests[corpus])
+            inputs = with_text(config, self.cache(spec.cache, corpus, first, f"models.{spec.name}"))
+            self._add(key, "study", spec.name, corpus, None, config, inputs, paths=paths)
+        config = refit_config(spec.tuning, corpus, seed, self.digests[corpus])
+        inputs = with_text(config, self.cache(spec.cache, corpus, seed, f"models.{spec.name}"))
+        return self._add(("model", spec.name, corpus, seed), "model", spec.name, corpus, seed, config,
+                         (self.made[key], *inputs), paths=paths)
 
     def text(self, spec: TextSpec, corpus: str, cache: str) -> tuple[tuple[Cell, ...], dict[str, Any], tuple]:
         """A cache's or a student's text: (the text cell it needs, if any; its entry in the user's

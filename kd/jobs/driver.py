@@ -145,4 +145,4 @@ def plan_status(resolved: ResolvedPlan, client, experiment: str) -> dict[str, li
 
 
 def count_by_kind(cells: list[Cell]) -> dict[str, int]:
-    return {kind: sum(c.kind == kind for c in cells) for kind in ("text", "teacher", "cache", "model")}
+    return {kind: sum(c.kind == kind for c in cells) for kind in ("text", "teacher", "cache", "study", "model")}

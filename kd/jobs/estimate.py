@@ -137,10 +137,11 @@ def estimate(resolved: ResolvedPlan, client, experiment: str | None) -> Estimate
                 "unknown", "not-downloaded"} else text_tokens(cell, resolved.data.data_dir)
             continue
         text = _text_of(cell, texts, resolved)
-        if config["job"] in ("tagger", "transformer"):
+        if config["job"] != "cache":  # a study: its trials' students
             labelled = sum(corpus_tokens(c, config["train_splits"]) for c in config["corpora"])
             ratio = (config["distill"] or {}).get("unlabelled_ratio")
-            count = config["training"]["epochs"] * (labelled + (min(text, round(ratio * labelled)) if ratio else text))
+            count = config.get("trials", 1) * config["training"]["epochs"] * (
+                labelled + (min(text, round(ratio * labelled)) if ratio else text))
             if config["job"] == "transformer":
                 transformer.epoch_tokens += count
             else:
@@ -157,7 +158,7 @@ def estimate(resolved: ResolvedPlan, client, experiment: str | None) -> Estimate
          transformer.source) = measured_transformer_rates(client, experiment)
     per_corpus.update({key: count for key, count in texts.items() if key.startswith("unlabelled file ")})
     per_corpus.update({f"{corpus} ({'+'.join(splits)})": count for (corpus, splits), count in sorted(tokens.items())})
-    return Estimate(cells={k: sum(c.kind == k for c in cells) for k in ("text", "teacher", "cache", "model")},
+    return Estimate(cells={k: sum(c.kind == k for c in cells) for k in ("text", "teacher", "cache", "study", "model")},
                     tokens=per_corpus, epoch_tokens=epoch_tokens, cache_tokens=cache_tokens, tokens_per_second=rate,
                     source=source, transformer=transformer,
                     cell_seconds=cell_seconds, unknown=sorted(unknown),

@@ -48,7 +48,7 @@ from kd.utils.paths import is_path_component
 __all__ = ["DISTILL_KEYS", "MODEL_KEYS", "OPTION_KEYS", "SCHEDULE_KEYS", "SPLIT_KEYS", "TRAINING_KEYS", "CacheSpec",
            "ModelSpec", "Plan", "TableSpec", "TeacherSpec", "load_plan", "with_overrides"]
 
-MODEL_KINDS = ("stm", "student", "teacher")
+MODEL_KINDS = ("stm", "student", "teacher", "tuned")
 ENSEMBLES = ("seed", "seeds")  # one cache per seed, or one over the teachers of every seed
 TOP_KEYS = ("name", "data_dir", "corpora", "seeds", "subsample", "defaults", "teachers", "caches", "models", "tables")
 
@@ -70,6 +70,7 @@ class ModelSpec:
     options: dict[str, Any]
     cache: str | None = None  # a student's cache
     teacher: str | None = None  # kind teacher: the teacher whose runs make the column
+    tuning: dict[str, Any] | None = None  # kind tuned: its study (kd.jobs.plan_tuned)
     unlabelled: TextSpec | None = None  # a student's transfer text: its cache's
 
 
@@ -197,6 +198,8 @@ def _model(source: PlanFile, name: str, spec: Any, defaults: dict[str, Any]) -> 
         if not isinstance(spec.get("teacher"), str):
             raise source.error(key + ("teacher",), "missing: the teacher whose runs make this column")
         return ModelSpec(name=name, kind=kind, options={}, teacher=spec["teacher"])
+    if kind == "tuned":
+        return _tuned(source, key, name, spec)
     student = kind == "student"
     check_known(source, key, spec, ("kind", *OPTION_KEYS, *((*DISTILL_KEYS, "cache", "unlabelled") if student else ())))
     options = merge_options(source, key, spec, OPTION_KEYS + (DISTILL_KEYS if student else ()), defaults)
@@ -210,6 +213,20 @@ def _model(source: PlanFile, name: str, spec: Any, defaults: dict[str, Any]) -> 
         raise source.error(key + ("unlabelled_ratio",), "applies only with unlabelled text (unlabelled: true)")
     return ModelSpec(name=name, kind=kind, options=options, cache=spec.get("cache") if student else None,
                      unlabelled=text)
+
+
+def _tuned(source: PlanFile, key: tuple, name: str, spec: dict) -> ModelSpec:
+    from kd.jobs.plan_tuned import TUNED_KEYS, parse_tuned
+
+    check_known(source, key, spec, TUNED_KEYS)
+    if not isinstance(spec.get("cache"), str):
+        raise source.error(key + ("cache",), "missing: the cache a tuned student learns from")
+    tuning = parse_tuned(source, key, spec)
+    text = spec.get("unlabelled")
+    if text is not None and text is not True:
+        text = parse_text(source, key + ("unlabelled",), text)
+    return ModelSpec(name=name, kind="tuned", options={"loss": tuning["loss"]}, cache=spec["cache"], unlabelled=text,
+                     tuning=tuning)
 
 
 def _student_text(source: PlanFile, model: ModelSpec, caches: dict[str, CacheSpec]) -> ModelSpec:

@@ -110,7 +110,7 @@ class CellRunner:
         """Tagger cells resume from their checkpoint. A cache is rebuilt, and a transformer teacher
         trained again from its pretrained encoder (`kd train-teacher --resume` continues one; plans
         do not yet)."""
-        return self.cell.kind not in ("cache", "text") and self.cell.config["job"] != "transformer"
+        return self.cell.kind not in ("cache", "text", "study") and self.cell.config["job"] != "transformer"
 
     def inputs(self) -> tuple[list[str], str | None]:
         """The runs the cell's job uses and its text file: a text cell's run is the last input of a
@@ -161,6 +161,10 @@ class CellRunner:
 
             build_text_cell(cell.config, dict(cell.paths), context.data_dir, run)
             run.finish()
+        elif cell.config["job"] in ("study", "refit"):
+            from kd.jobs.plan_tuned import run_refit_cell, run_study_cell
+
+            (run_study_cell if cell.kind == "study" else run_refit_cell)(cell, context, self.client, input_runs, text, run)
         elif cell.kind == "cache":
             from kd.cache.build import CacheJob, build_cache
 
