@@ -88,3 +88,58 @@ def test_a_plan_with_a_tuned_student_runs_and_reruns_reusing_its_cells(tmp_path)
         assert all(r.tags["model_kind"] == "tuned" and "test_f1" in r.metrics for r in refits)
         assert refits[0].tags["model_id"] == refits[1].tags["model_id"]  # one model across corpora
         assert refits[0].metrics["unlabelled_sentences"] > 0
+
+
+@pytest.mark.slow
+def test_a_study_killed_mid_trial_continues_and_every_trial_finishes_once(tmp_path):
+    """The worker training a trial is SIGKILLed after its first epoch; the plan run (or the next one)
+    continues the study: the study holds `trials` finished trials, each with one finished run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from kd.jobs.plan_runs import runs_by_cell, search_all
+    from kd.tracking.backend import open_client
+    from tests.conftest import subprocess_env
+    from tests.test_plan_run import _deadline, run_in_process
+
+    corpora = make_corpora(tmp_path / "corpora")
+    plan = tuned_plan(corpora, tmp_path, trials=3)
+    (tmp_path / "space.yaml").write_text(SPACE.replace("epochs: 1", "epochs: 3"))
+    plan.update(seeds=[1], corpora=["tiny", "other"])
+    plan["tables"]["t"]["models"] = ["STM", "MTM", "TSM"]
+    del plan["models"]["SMU"]
+    path = write_plan(tmp_path / "plan.yaml", plan)
+    with isolated_store(tmp_path) as uri:
+        process = subprocess.Popen([sys.executable, "-m", "kd", "plan", "run", str(path), "--experiment", "k",
+                                    "--workers", "1", "--threads", "1", "--no-report"], cwd=tmp_path,
+                                   env=subprocess_env(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        client = open_client(uri)
+        killed = None
+        for _ in _deadline(240):
+            assert process.poll() is None, process.communicate()
+            for run in search_all(client, "k", "tags.tuning = 'trial' and attributes.status = 'RUNNING'"):
+                if client.get_metric_history(run.info.run_id, "train_loss"):
+                    os.kill(int(run.data.tags["kd.pid"]), signal.SIGKILL)
+                    killed = run.info.run_id
+                    break
+            if killed:
+                break
+        process.communicate(timeout=400)
+        run_in_process("run", path, "--experiment", "k", "--workers", 1, "--threads", 1, "--no-report")
+        cells = resolved(tmp_path / "check", plan).cells
+        runs = runs_by_cell(client, "k", cells)
+        statuses = {cells[c].label: sorted(r.info.status for r in rs) for c, rs in runs.items()}
+        # Every cell finished once; the killed study cell's first run (no checkpoint to resume: the
+        # study itself continues) is FAILED beside it, like a killed cache's.
+        assert all(s.count("FINISHED") == 1 for s in statuses.values()), statuses
+        assert sum(s != ["FINISHED"] for s in statuses.values()) <= 1, statuses
+        assert client.get_run(killed).info.status in ("FAILED", "KILLED")
+        for corpus in ("tiny", "other"):
+            study = next(r for c, rs in runs.items() for r in rs
+                         if cells[c].label == f"study/TSM/{corpus}" and r.info.status == "FINISHED")
+            trials = search_all(client, "k", f"tags.study = '{study.data.tags['study']}' and tags.tuning = 'trial' "
+                                              "and attributes.status = 'FINISHED'")
+            numbers = sorted(int(t.data.tags["trial_number"]) for t in trials)
+            assert len(numbers) == len(set(numbers)) == 3, numbers
