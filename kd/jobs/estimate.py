@@ -163,7 +163,7 @@ def estimate(resolved: ResolvedPlan, client, experiment: str | None) -> Estimate
                     source=source, transformer=transformer,
                     cell_seconds=cell_seconds, unknown=sorted(unknown),
                     seconds=epoch_tokens / rate + cache_tokens / DEFAULT_CACHE_TOKENS_PER_SECOND + transformer.seconds
-                    + len(cells) * cell_seconds)
+                    + sum(c.config.get("trials", 1) for c in cells) * cell_seconds)  # a study: a start-up a trial
 
 
 def _text_of(cell, texts: dict[str, int], resolved: ResolvedPlan) -> int:

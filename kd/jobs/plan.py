@@ -14,11 +14,12 @@ the key (`experiments/x.yaml:12: models.SM.alpha: ...`), before anything runs.
       mtm: {teachers: [mtm]}
       mix: {teachers: [bert, mtm]}     # an ensemble: the teachers' outputs averaged
       own: {teachers: [mtm], unlabelled: {rest_of_train: true, max_sentences: 2000}}  # kd.jobs.plan_text
-    models:                            # kind: stm, student (from a cache) or teacher (a teacher's column)
+    models:                            # kind: stm, student (from a cache), teacher (a teacher's column), tuned
       STM: {kind: stm}
       MTM: {kind: teacher, teacher: mtm}
       SM: {kind: student, cache: mtm, loss: logits, alpha: 0.5}
       SMU: {kind: student, cache: own, unlabelled: true, unlabelled_ratio: 2}
+      TSM: {kind: tuned, cache: own, space: kl, trials: 20, unlabelled: true}  # kd.jobs.plan_tuned
     tables:
       table1: {title: ..., models: [STM, MTM, SM], metric: test_f1, posthoc: wilcoxon-holm}
 
