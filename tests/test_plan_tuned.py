@@ -45,6 +45,15 @@ def test_a_tuned_model_is_a_study_per_corpus_and_a_refit_per_seed(tmp_path):
     assert again["model/STM/tiny/seed1"] == cells["model/STM/tiny/seed1"].cell_id
 
 
+def test_plan_run_epochs_shortens_the_study_and_its_refits(tmp_path):
+    plan = tuned_plan(make_corpora(tmp_path / "corpora"), tmp_path)
+    cells = {c.label: c for c in resolved(tmp_path, plan, epochs=3).cells.values()}
+    assert cells["study/TSM/tiny"].config["training"]["epochs"] == 3
+    assert cells["model/TSM/tiny/seed1"].config["training"]["epochs"] == 3
+    plain = {c.label: c for c in resolved(tmp_path / "b", plan).cells.values()}
+    assert plain["study/TSM/tiny"].config["training"]["epochs"] == 1  # the space's
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda m: m.update(space="nowhere.yaml"), "models.TSM.space: 'nowhere.yaml': no such search space"),
     (lambda m: m.update(trials=0), "models.TSM.trials: 0: expected a number of trials"),

@@ -174,6 +174,7 @@ class CellGraph:
         from kd.jobs.plan_tuned import refit_config, study_config
 
         first = self.plan.seeds[0]
+        tuning = {**spec.tuning, "epochs": spec.options.get("epochs", spec.tuning["epochs"])}  # --epochs N
         paths: tuple = (("space", spec.tuning["space"]),)
 
         def with_text(config: dict[str, Any], cache: Cell) -> tuple[Cell, ...]:
@@ -186,10 +187,10 @@ class CellGraph:
 
         key = ("study", spec.name, corpus)
         if key not in self.made:
-            config = study_config(spec.tuning, corpus, first, self.digests[corpus])
+            config = study_config(tuning, corpus, first, self.digests[corpus])
             inputs = with_text(config, self.cache(spec.cache, corpus, first, f"models.{spec.name}"))
             self._add(key, "study", spec.name, corpus, None, config, inputs, paths=paths)
-        config = refit_config(spec.tuning, corpus, seed, self.digests[corpus])
+        config = refit_config(tuning, corpus, seed, self.digests[corpus])
         inputs = with_text(config, self.cache(spec.cache, corpus, seed, f"models.{spec.name}"))
         return self._add(("model", spec.name, corpus, seed), "model", spec.name, corpus, seed, config,
                          (self.made[key], *inputs), paths=paths)

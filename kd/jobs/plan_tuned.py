@@ -81,7 +81,17 @@ def tune_job(cell, context, cache_run: str, text: str | None):
     return TuneJob(task=cell.corpus, cache_run=cache_run, space=dict(cell.paths)["space"], n_trials=study["trials"],
                    study=f"plan-{cell.cell_id}", storage=str(Path(context.checkpoint_dir) / "studies" / f"{cell.cell_id}.log"),
                    sampler=study["sampler"], pruner=study["pruner"], seed=study["seed"], data_dir=context.data_dir,
-                   device=context.device, experiment=context.experiment, unlabelled=text)
+                   device=context.device, experiment=context.experiment, unlabelled=text,
+                   overrides=epochs_override(cell))
+
+
+def epochs_override(cell) -> dict[str, Any]:
+    """`kd plan run --epochs N` over the space's epochs (a space that tunes epochs refuses it)."""
+    from kd.tuning.space import load_search_space
+
+    space = load_search_space(dict(cell.paths)["space"])
+    epochs = cell.config["training"]["epochs"]
+    return {} if epochs == int(space.fixed.get("epochs", default("epochs"))) else {"epochs": epochs}
 
 
 def run_study_cell(cell, context, client, input_runs: list[str], text: str | None, run) -> None:
@@ -108,7 +118,7 @@ def run_refit_cell(cell, context, client, input_runs: list[str], text: str | Non
     study_run = client.get_run(input_runs[0])
     job = tune_job(cell, context, input_runs[1], text)
     space = load_search_space(job.space)
-    values = {**space.fixed, **json.loads(study_run.data.tags["best_params"])}
+    values = {**space.fixed, **job.overrides, **json.loads(study_run.data.tags["best_params"])}
     student = student_job(job, values, seed=cell.seed, train_splits=["train", "devel"], eval_split="test")
     run_tagger_job(student, client, Path(context.checkpoint_dir), placement=RunPlacement(attach_to=run.run_id, tags={
         "model_kind": "tuned", "search_space": space.name, "study": study_run.data.tags["study"], "tuning": "refit"}))
