@@ -139,7 +139,7 @@ def estimate(resolved: ResolvedPlan, client, experiment: str | None) -> Estimate
         text = _text_of(cell, texts, resolved)
         if config["job"] != "cache":  # a study: its trials' students
             labelled = sum(corpus_tokens(c, config["train_splits"]) for c in config["corpora"])
-            ratio = (config["distill"] or {}).get("unlabelled_ratio")
+            ratio = (config.get("distill") or {}).get("unlabelled_ratio")
             count = config.get("trials", 1) * config["training"]["epochs"] * (
                 labelled + (min(text, round(ratio * labelled)) if ratio else text))
             if config["job"] == "transformer":
