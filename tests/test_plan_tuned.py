@@ -97,6 +97,8 @@ def test_a_plan_with_a_tuned_student_runs_and_reruns_reusing_its_cells(tmp_path)
         assert all(r.tags["model_kind"] == "tuned" and "test_f1" in r.metrics for r in refits)
         assert refits[0].tags["model_id"] == refits[1].tags["model_id"]  # one model across corpora
         assert refits[0].metrics["unlabelled_sentences"] > 0
+        report = run_in_process("report", path, "--experiment", "tuned", "--out", tmp_path / "reports")
+        assert "TSM" in report, report[-2000:]
 
 
 @pytest.mark.slow
