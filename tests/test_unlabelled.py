@@ -159,6 +159,44 @@ def test_a_student_learns_from_the_cached_unlabelled_sentences(unlabelled_world)
 
 
 @pytest.mark.slow
+def test_kd_tune_trials_learn_from_the_unlabelled_text(unlabelled_world, tmp_path):
+    """`kd tune --unlabelled FILE`: every trial's student trains on the text too (its tokens in its
+    training tokens); the study is another one (its default name has the text's digest)."""
+    world = unlabelled_world
+    client = MlflowClient(world["uri"])
+    space = tmp_path / "space.yaml"
+    space.write_text("fixed: {loss: logits, word_dim: 16, char_dim: 8, char_hidden: 8, shared_hidden: 16, "
+                     "task_hidden: 16, hidden_dim: 16, batch_size: 16, epochs: 1}\n"
+                     "params:\n  alpha: {type: float, low: 0.0, high: 1.0}\n")
+    result = run_kd("tune", "--task", "tiny", "--data-dir", world["data_dir"], "--cache", world["cache"],
+                    "--space", space, "--n-trials", "2", "--pruner", "none", "--unlabelled", world["text"],
+                    "--storage", tmp_path / "journal.log", "--json")
+    assert "-text" in result["study"] and result["finished_trials"] == 2
+    parent = client.get_run(result["parent_run_id"])
+    trials = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    sentences = read_conll(world["text"])
+    tiny_tokens = sum(len(s) for s in read_conll(world["data_dir"] / "tiny" / "train.tsv"))
+    assert len(trials) == 2
+    for trial in trials:
+        assert trial.data.metrics["unlabelled_sentences"] == len(sentences)
+        assert trial.data.metrics["train_tokens"] == tiny_tokens + sum(len(s) for s in sentences)
+        assert trial.data.params["unlabelled"] == str(world["text"].resolve())
+    refused = run_kd_failure("tune", "--task", "tiny", "--data-dir", world["data_dir"], "--cache", world["cache"],
+                             "--space", space, "--unlabelled", tmp_path / "missing.txt")
+    assert "missing.txt" in refused
+
+
+def run_kd_failure(*args) -> str:
+    from click.testing import CliRunner
+
+    from kd.cli.main import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 2, result.output
+    return one_line_error(result)
+
+
+@pytest.mark.slow
 def test_cached_targets_of_unlabelled_sentences_are_the_live_teachers(unlabelled_world):
     from kd.cache.build import open_cache_run
     from kd.cache.knowledge import TeacherKnowledge

@@ -87,7 +87,7 @@ def show(experiment, **options) -> None:
     resolved = resolve_plan(options, allow_missing=True)
     found = estimate(resolved, tracking_client(), experiment)
     click.echo(f"plan {resolved.plan.name}: {len(resolved.cells)} cells "
-               f"({', '.join(f'{n} {k}' for k, n in found.cells.items())}), "
+               f"({', '.join(f'{n} {k}' for k, n in found.cells.items() if n or k not in ('text', 'study'))}), "
                f"{len(resolved.plan.tables)} table{'s' if len(resolved.plan.tables) != 1 else ''} ({', '.join(resolved.plan.tables)})")
     for corpus, count in found.tokens.items():
         click.echo(f"  {corpus}: {count:,} tokens")

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from kd.cli.one_line_errors import handle_errors
-from kd.cli.options import (WHOLE_NUMBER, apply_threads, data_dir_option, echo_result, run_options, started_in,
-                            tracking_client, tracking_uri)
+from kd.cli.options import (WHOLE_NUMBER, apply_threads, data_dir_option, echo_result, resolved_file, run_options,
+                            started_in, tracking_client, tracking_uri)
 from kd.cli.progress import TuneDisplay, stop_cleanly, wants_live_display
 
 
@@ -37,13 +37,19 @@ def find_space(space: str) -> str:
 @click.option("--pruner", type=click.Choice(["median", "percentile", "hyperband", "none"]), default="median",
               show_default=True, help="median prunes trials in the bottom half at an epoch, percentile the bottom third.")
 @click.option("--seed", type=WHOLE_NUMBER, default=1, show_default=True)
+@click.option("--unlabelled", default=None, type=click.Path(dir_okay=False),
+              help="Every trial's student also learns from these sentences without gold tags (the --cache "
+                   "must hold them: kd cache-logits --unlabelled FILE); --set unlabelled_ratio=R draws R per "
+                   "labelled sentence each epoch. The default study name includes the text's digest.")
+@click.option("--allow-eval-overlap", type=bool, default=False, is_flag=False, flag_value=True,
+              help="Accept --unlabelled text that holds sentences of the corpus's devel or test split.")
 @click.option("--refit-seeds", type=WHOLE_NUMBER, default=0, show_default=True,
               help="Afterwards, train the best configuration on train+devel with this many seeds and score test.")
 @data_dir_option
 @run_options("device", "threads", "experiment", "checkpoint_dir", "json", "progress")
 @handle_errors
-def tune(task, cache_run, space, overrides, n_trials, timeout, study, storage, sampler, pruner, seed, refit_seeds,
-         data_dir, device, threads, experiment, checkpoint_dir, as_json, progress) -> None:
+def tune(task, cache_run, space, overrides, n_trials, timeout, study, storage, sampler, pruner, seed, unlabelled,
+         allow_eval_overlap, refit_seeds, data_dir, device, threads, experiment, checkpoint_dir, as_json, progress) -> None:
     """Tune the distillation of one corpus with an Optuna study (devel F1 of students trained on train)."""
     from kd.tuning.space import parse_override
     from kd.tuning.study import TrialHooks, TuneJob, tune as run_tune
@@ -52,7 +58,8 @@ def tune(task, cache_run, space, overrides, n_trials, timeout, study, storage, s
     job = TuneJob(task=task, cache_run=cache_run, space=find_space(space), n_trials=n_trials, timeout=timeout,
                   study=study, storage=storage, sampler=sampler, pruner=pruner, seed=seed, refit_seeds=refit_seeds,
                   data_dir=data_dir or None, device=device, experiment=experiment,
-                  overrides=dict(parse_override(text) for text in overrides))
+                  overrides=dict(parse_override(text) for text in overrides),
+                  unlabelled=resolved_file(unlabelled), allow_eval_overlap=allow_eval_overlap)
     client = tracking_client()
     display = TuneDisplay(client, tracking_uri(), wants_live_display(progress))
     hooks = TrialHooks(on_trial=display.on_trial, training=display)

@@ -15,6 +15,7 @@ from kd.cache.store import LAYERS
 from kd.data.types import SPLITS
 from kd.errors import KdError
 from kd.jobs.plan import DISTILL_KEYS, MODEL_KEYS, SCHEDULE_KEYS, SPLIT_KEYS, TRAINING_KEYS, ModelSpec, Plan
+from kd.jobs.plan_text import TextSpec, text_config
 from kd.jobs.teacher_spec import TeacherSpec, transformer_job_options
 from kd.losses.distill import get_loss
 from kd.training.distillation import DistillOptions
@@ -23,6 +24,9 @@ from kd.option_schema import default
 from kd.training.job_definition import TaggerJob
 from kd.training.loop import TrainingOptions
 from kd.training.transformer_job import TransformerJob
+
+
+SEEDLESS = ("text", "study")  # a text, and a tuned model's study (its first seed's cache), are of no seed
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,13 @@ class Cell:
     # A transformer teacher's encoder, a folder or hub id: where it is, not what it is (the config's
     # `base` is), so not part of the identity.
     base: str | None = None
+    # Likewise where its inputs lie: a text cell's unsampled corpora, a user's text file.
+    paths: tuple[tuple[str, str], ...] = ()
 
     @property
     def label(self) -> str:
-        parts = [self.kind, self.name, self.corpus, "seeds" if self.seed is None else f"seed{self.seed}"]
+        seed = None if self.kind in SEEDLESS else "seeds" if self.seed is None else f"seed{self.seed}"
+        parts = [self.kind, self.name, self.corpus, seed]
         return "/".join(p for p in parts if p)
 
     @property
@@ -51,7 +58,8 @@ class Cell:
         kind = None if self.kind == "model" else self.kind  # a teacher and its cache may share a name
         # The seed before the corpus: the list shows about 20 characters, and a long corpus name
         # (BioNLP13PC, BioNLP13CG) is told apart by its start as much as by its end.
-        parts = [self.name, kind, "all seeds" if self.seed is None else f"s{self.seed}", self.corpus]
+        seed = None if self.kind in SEEDLESS else "all seeds" if self.seed is None else f"s{self.seed}"
+        parts = [self.name, kind, seed, self.corpus]
         return " ".join(p for p in parts if p)
 
 
@@ -71,11 +79,12 @@ def tagger_config(corpora: list[str], options: dict[str, Any], seed: int, digest
 
 
 def tagger_job(config: dict[str, Any], *, data_dir: str | None, experiment: str, run_name: str | None, device: str,
-               cache_run: str | None) -> TaggerJob:
-    """The TaggerJob of a tagger cell, with its cache's run id for a student."""
+               cache_run: str | None, unlabelled: str | None = None) -> TaggerJob:
+    """The TaggerJob of a tagger cell, with its cache's run id (and its text file) for a student."""
     distill = None
     if config["distill"] is not None:
-        distill = DistillOptions(**config["distill"], cache_run=cache_run)
+        text = {"unlabelled": unlabelled, "unlabelled_recipe": config["unlabelled"]["recipe"]} if unlabelled else {}
+        distill = DistillOptions(**config["distill"], cache_run=cache_run, **text)
     return TaggerJob(corpora=list(config["corpora"]), data_dir=data_dir, model=TaggerConfig(**config["model"]),
                      training=TrainingOptions(**config["training"]), **run_plan(config), device=device,
                      experiment=experiment, run_name=run_name, distill=distill)
@@ -110,17 +119,19 @@ def distill_config(options: dict[str, Any]) -> dict[str, Any]:
 class CellGraph:
     """Expands a plan into cells, each made once however many models or caches use it."""
 
-    def __init__(self, plan: Plan, digests: dict[str, str]) -> None:
+    def __init__(self, plan: Plan, digests: dict[str, str], sources: dict[str, tuple[str, str]] | None = None) -> None:
         self.plan, self.digests = plan, digests
+        self.sources = sources or {}  # corpus -> (unsampled folder, digest): what text cells read
         self.cells: dict[str, Cell] = {}  # in dependency order: a cell after the cells it uses
         self.made: dict[tuple, Cell] = {}
         self.cache_users = self._cache_users()
 
     def _add(self, key: tuple, kind: str, name: str, corpus: str | None, seed: int | None, config: dict[str, Any],
-             depends_on: tuple[Cell, ...] = (), base: str | None = None) -> Cell:
+             depends_on: tuple[Cell, ...] = (), **where: Any) -> Cell:
+        """`where`: the cell's `base` and `paths` (where its inputs lie, not part of its identity)."""
         ids = tuple(c.cell_id for c in depends_on)
         cell = Cell(cell_id=identity(config, ids), kind=kind, name=name, corpus=corpus, seed=seed, config=config,
-                    depends_on=ids, base=base)
+                    depends_on=ids, **where)
         self.made[key] = self.cells.setdefault(cell.cell_id, cell)
         return self.made[key]
 
@@ -149,19 +160,77 @@ class CellGraph:
         if spec.kind == "stm":
             return self._add(key, "model", spec.name, corpus, seed,
                              tagger_config([corpus], spec.options, seed, self.digests))
+        if spec.kind == "tuned":
+            return self.tuned(spec, corpus, seed)
         cache = self.cache(spec.cache, corpus, seed, f"models.{spec.name}")
-        return self._add(key, "model", spec.name, corpus, seed, tagger_config(
-            [corpus], spec.options, seed, self.digests, distill_config(spec.options)), (cache,))
+        config = tagger_config([corpus], spec.options, seed, self.digests, distill_config(spec.options))
+        if spec.unlabelled is None:
+            return self._add(key, "model", spec.name, corpus, seed, config, (cache,))
+        text, config["unlabelled"], paths = self.text(spec.unlabelled, corpus, self.plan.caches[spec.cache].name)
+        return self._add(key, "model", spec.name, corpus, seed, config, (cache, *text), paths=paths)
+
+    def tuned(self, spec: ModelSpec, corpus: str, seed: int) -> Cell:
+        """A tuned model's refit of `seed`, after its study on the corpus (kd.jobs.plan_tuned)."""
+        from kd.jobs.plan_tuned import refit_config, study_config
+
+        first = self.plan.seeds[0]
+        tuning = {**spec.tuning, "epochs": spec.options.get("epochs", spec.tuning["epochs"])}  # --epochs N
+        paths: tuple = (("space", spec.tuning["space"]),)
+
+        def with_text(config: dict[str, Any], cache: Cell) -> tuple[Cell, ...]:
+            if spec.unlabelled is None:
+                return (cache,)
+            text, config["unlabelled"], where = self.text(spec.unlabelled, corpus, spec.cache)
+            nonlocal paths
+            paths = (("space", spec.tuning["space"]), *where)
+            return (cache, *text)
+
+        key = ("study", spec.name, corpus)
+        if key not in self.made:
+            config = study_config(tuning, corpus, first, self.digests[corpus])
+            inputs = with_text(config, self.cache(spec.cache, corpus, first, f"models.{spec.name}"))
+            self._add(key, "study", spec.name, corpus, None, config, inputs, paths=paths)
+        config = refit_config(tuning, corpus, seed, self.digests[corpus])
+        inputs = with_text(config, self.cache(spec.cache, corpus, seed, f"models.{spec.name}"))
+        return self._add(("model", spec.name, corpus, seed), "model", spec.name, corpus, seed, config,
+                         (self.made[key], *inputs), paths=paths)
+
+    def text(self, spec: TextSpec, corpus: str, cache: str) -> tuple[tuple[Cell, ...], dict[str, Any], tuple]:
+        """A cache's or a student's text: (the text cell it needs, if any; its entry in the user's
+        configuration; where a user's file lies)."""
+        from kd.data.text.builder import file_sha256
+
+        if spec.file:
+            return (), {"recipe": spec.recipe_text(), "file": file_sha256(spec.file)}, (("unlabelled", spec.file),)
+        if spec.rest_of_train and "train" not in self.plan.subsample:
+            raise KdError(f"caches.{cache}.unlabelled.rest_of_train: the plan trains on the whole training split, "
+                          "so none is left (sample it: subsample: {train: N}, or --max-train-sentences N)")
+        tasks = [corpus] if spec.rest_of_train else self.cache_tasks(cache, corpus)
+        # One text per corpus (its rest), else one per set of corpora whose evaluation splits it leaves out.
+        key = ("text", cache, corpus if spec.rest_of_train else None, tuple(tasks))
+        if key not in self.made:
+            config = text_config(spec, corpus if spec.rest_of_train else None, tasks, self.digests,
+                                 {c: digest for c, (_, digest) in self.sources.items()})
+            read = [*spec.from_corpora, *([corpus] if spec.rest_of_train else [])]
+            paths = tuple((c, self.sources[c][0]) for c in read if c in self.sources)
+            self._add(key, "text", cache, corpus if tasks == [corpus] else None, None, config, paths=paths)
+        return (self.made[key],), {"recipe": spec.recipe_text(), "cell": True}, ()
+
+    def cache_tasks(self, name: str, corpus: str) -> list[str]:
+        """The corpora a cache holds: its teachers' (a single-corpus teacher's: `corpus`)."""
+        spec = self.plan.caches[name]
+        return self.teacher_corpora(spec.teachers[0]) if spec.teachers[0] in self.plan.teachers else [corpus]
 
     def cache(self, name: str, corpus: str, seed: int, user: str) -> Cell:
         spec = self.plan.caches[name]
-        per_corpus = any(source in self.plan.models for source in spec.teachers)
+        per_corpus = any(source in self.plan.models for source in spec.teachers) or bool(
+            spec.unlabelled and spec.unlabelled.rest_of_train)  # each corpus's own text
         cache_seed = seed if spec.ensemble == "seed" else None
         key = ("cache", name, corpus if per_corpus else None, cache_seed)
         if key in self.made:
             return self.made[key]
         seeds = [seed] if cache_seed is not None else list(self.plan.seeds)
-        if per_corpus:
+        if any(source in self.plan.models for source in spec.teachers):
             sources = tuple(self.model(self.plan.models[s], corpus, sd) for sd in seeds for s in spec.teachers)
             tasks = [corpus]
         else:
@@ -172,9 +241,15 @@ class CellGraph:
         if corpus not in tasks:
             raise KdError(f"{user}: corpus {corpus} is not among the corpora of cache {name} ({', '.join(tasks)})")
         splits, layers = self.cache_users[name]
+        if per_corpus:
+            tasks = [corpus]
         config = {"job": "cache", "tasks": tasks, "splits": splits, "layers": list(spec.layers) or layers,
                   "dtype": spec.dtype, "data": {c: self.digests[c] for c in tasks}}
-        return self._add(key, "cache", name, corpus if per_corpus else None, cache_seed, config, sources)
+        paths: tuple = ()
+        if spec.unlabelled is not None:
+            text, config["unlabelled"], paths = self.text(spec.unlabelled, corpus, name)
+            sources = (*sources, *text)
+        return self._add(key, "cache", name, corpus if per_corpus else None, cache_seed, config, sources, paths=paths)
 
     def columns(self, table: str) -> dict[str, list[Cell]]:
         """Model -> the cells whose runs make its column in `table` (a teacher column: its teacher's)."""
@@ -200,9 +275,10 @@ class CellGraph:
                 for name, (splits, layers) in found.items()}
 
 
-def expand(plan: Plan, digests: dict[str, str]) -> CellGraph:
-    """The cells every table of the plan needs (`graph.cells`, a cell after those it uses)."""
-    graph = CellGraph(plan, digests)
+def expand(plan: Plan, digests: dict[str, str], sources: dict[str, tuple[str, str]] | None = None) -> CellGraph:
+    """The cells every table of the plan needs (`graph.cells`, a cell after those it uses);
+    `sources`: corpus -> (unsampled folder, digest) of the corpora text cells read."""
+    graph = CellGraph(plan, digests, sources)
     for table in plan.tables.values():
         for seed in plan.seeds:
             for name in table.models:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kd.errors import KdError
 from kd.jobs.cells import Cell, CellGraph, expand
-from kd.jobs.plan_data import PlanData, corpus_dirs, prepare_data
+from kd.jobs.plan_data import PlanData, corpus_digest, corpus_dirs, prepare_data
 from kd.jobs.executor import ExecutorOptions, dask_client, run_cells
 from kd.jobs.plan import Plan
 from kd.jobs.runner import CellContext, CellResult
@@ -39,13 +39,14 @@ def resolve(plan: Plan, work_dir: Path) -> ResolvedPlan:
     if renamed:  # a folder named CORPUS-IOB: the corpus is CORPUS
         raise KdError(f"{plan.path}: corpora: {renamed[0]!r}: name the corpus as {', '.join(dirs)} lists it")
     data = prepare_data(dirs, plan.subsample, work_dir.resolve())
-    return with_cells(plan, data, work_dir)
+    return with_cells(plan, data, work_dir, text_sources(plan, dirs))
 
 
-def with_cells(plan: Plan, data: PlanData, work_dir: Path) -> ResolvedPlan:
-    """The plan's cells over its found corpora (`data`); errors name the plan file."""
+def with_cells(plan: Plan, data: PlanData, work_dir: Path, sources: dict[str, tuple[str, str]]) -> ResolvedPlan:
+    """The plan's cells over its found corpora (`data`) and the corpora its text reads (`sources`,
+    text_sources); errors name the plan file."""
     try:
-        graph = expand(plan, data.digests)
+        graph = expand(plan, data.digests, sources)
     except KdError as error:
         raise KdError(f"{plan.path}: {error}") from None
     return ResolvedPlan(plan=plan, data=data, graph=graph, plan_id=plan_identity(graph.cells, plan.tables),
@@ -69,7 +70,21 @@ def outline(plan: Plan, work_dir: Path) -> ResolvedPlan:
                         work_dir.resolve()) if present else PlanData(plan.data_dir or Path("."), {}, {})
     data = PlanData(data.data_dir, {**data.digests, **{c: "not-downloaded" for c in missing}},
                     {**data.splits, **{c: ("train", "devel", "test") for c in missing}}, missing)
-    return with_cells(plan, data, work_dir)
+    return with_cells(plan, data, work_dir, text_sources(plan, {}, missing))
+
+
+def text_sources(plan: Plan, dirs: dict[str, Path], missing: tuple[str, ...] = ()) -> dict[str, tuple[str, str]]:
+    """corpus -> (unsampled folder, digest) of the corpora the plan's text specifications read
+    (their training splits): `from_corpora`, and the plan's corpora for `rest_of_train`."""
+    wanted: list[str] = []
+    for cache in plan.caches.values():
+        text = cache.unlabelled
+        if text is not None and not text.file:
+            wanted += [c for c in (*text.from_corpora, *(plan.corpora if text.rest_of_train else ()))
+                       if c not in wanted and c not in missing]
+    found = {**dirs, **corpus_dirs([c for c in wanted if c not in dirs], plan.data_dir,
+                                   f"{plan.path}: caches: unlabelled")} if wanted else dict(dirs)
+    return {c: (str(found[c]), corpus_digest(found[c])) for c in wanted if c in found}
 
 
 @dataclass
@@ -131,4 +146,4 @@ def plan_status(resolved: ResolvedPlan, client, experiment: str) -> dict[str, li
 
 
 def count_by_kind(cells: list[Cell]) -> dict[str, int]:
-    return {kind: sum(c.kind == kind for c in cells) for kind in ("teacher", "cache", "model")}
+    return {kind: sum(c.kind == kind for c in cells) for kind in ("text", "teacher", "cache", "study", "model")}

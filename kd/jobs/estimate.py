@@ -8,9 +8,11 @@ experiment their cost is reported as unknown and left out of the estimate, never
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from kd.jobs.plan_data import token_counts
+from kd.jobs.plan_text import text_tokens
 from kd.jobs.driver import ResolvedPlan
 from kd.jobs.plan_runs import search_all
 
@@ -125,28 +127,53 @@ def estimate(resolved: ResolvedPlan, client, experiment: str | None) -> Estimate
         return tokens[key]
 
     epoch_tokens = cache_tokens = 0
+    per_corpus: dict[str, int] = {}
     transformer = TransformerCost()
+    texts: dict[str, int] = {}  # text cell (or a user's file) -> its tokens
     for cell in cells:
         config = cell.config
-        if config["job"] in ("tagger", "transformer"):
-            count = config["training"]["epochs"] * sum(corpus_tokens(c, config["train_splits"]) for c in config["corpora"])
+        if config["job"] == "text":
+            texts[cell.cell_id] = per_corpus[f"unlabelled {cell.label}"] = 0 if set(config["sources"].values()) & {
+                "unknown", "not-downloaded"} else text_tokens(cell, resolved.data.data_dir)
+            continue
+        text = _text_of(cell, texts, resolved)
+        if config["job"] != "cache":  # a study: its trials' students
+            labelled = sum(corpus_tokens(c, config["train_splits"]) for c in config["corpora"])
+            ratio = (config.get("distill") or {}).get("unlabelled_ratio")
+            count = config.get("trials", 1) * config["training"]["epochs"] * (
+                labelled + (min(text, round(ratio * labelled)) if ratio else text))
             if config["job"] == "transformer":
                 transformer.epoch_tokens += count
             else:
                 epoch_tokens += count
             continue
-        per_source = sum(corpus_tokens(c, config["splits"]) for c in config["tasks"])
+        per_source = sum(corpus_tokens(c, config["splits"]) for c in config["tasks"]) + text * len(config["tasks"])
         through_transformer = sum(resolved.cells[s].config["job"] == "transformer" for s in cell.depends_on)
+        teachers = sum(resolved.cells[s].kind != "text" for s in cell.depends_on)
         transformer.cache_tokens += through_transformer * per_source
-        cache_tokens += (len(cell.depends_on) - through_transformer) * per_source
+        cache_tokens += (teachers - through_transformer) * per_source
     rate, cell_seconds, source = measured_throughput(client, experiment)
     if transformer.epoch_tokens:
         (transformer.train_tokens_per_second, transformer.predict_tokens_per_second,
          transformer.source) = measured_transformer_rates(client, experiment)
-    per_corpus = {f"{corpus} ({'+'.join(splits)})": count for (corpus, splits), count in sorted(tokens.items())}
-    return Estimate(cells={k: sum(c.kind == k for c in cells) for k in ("teacher", "cache", "model")},
+    per_corpus.update({key: count for key, count in texts.items() if key.startswith("unlabelled file ")})
+    per_corpus.update({f"{corpus} ({'+'.join(splits)})": count for (corpus, splits), count in sorted(tokens.items())})
+    return Estimate(cells={k: sum(c.kind == k for c in cells) for k in ("text", "teacher", "cache", "study", "model")},
                     tokens=per_corpus, epoch_tokens=epoch_tokens, cache_tokens=cache_tokens, tokens_per_second=rate,
                     source=source, transformer=transformer,
                     cell_seconds=cell_seconds, unknown=sorted(unknown),
                     seconds=epoch_tokens / rate + cache_tokens / DEFAULT_CACHE_TOKENS_PER_SECOND + transformer.seconds
-                    + len(cells) * cell_seconds)
+                    + sum(c.config.get("trials", 1) for c in cells) * cell_seconds)  # a study: a start-up a trial
+
+
+def _text_of(cell, texts: dict[str, int], resolved: ResolvedPlan) -> int:
+    """Tokens of the unlabelled text a cache caches or a student learns from (0: none)."""
+    text = cell.config.get("unlabelled")
+    if not text:
+        return 0
+    if text.get("cell"):
+        return texts.get(cell.depends_on[-1], 0)
+    key = "unlabelled file " + Path(dict(cell.paths)["unlabelled"]).name
+    if key not in texts:
+        texts[key] = text_tokens(cell, resolved.data.data_dir)
+    return texts[key]

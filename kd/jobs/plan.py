@@ -13,10 +13,13 @@ the key (`experiments/x.yaml:12: models.SM.alpha: ...`), before anything runs.
     caches:                            # one per seed, or `ensemble: seeds` for one over all seeds
       mtm: {teachers: [mtm]}
       mix: {teachers: [bert, mtm]}     # an ensemble: the teachers' outputs averaged
-    models:                            # kind: stm, student (from a cache) or teacher (a teacher's column)
+      own: {teachers: [mtm], unlabelled: {rest_of_train: true, max_sentences: 2000}}  # kd.jobs.plan_text
+    models:                            # kind: stm, student (from a cache), teacher (a teacher's column), tuned
       STM: {kind: stm}
       MTM: {kind: teacher, teacher: mtm}
       SM: {kind: student, cache: mtm, loss: logits, alpha: 0.5}
+      SMU: {kind: student, cache: own, unlabelled: true, unlabelled_ratio: 2}
+      TSM: {kind: tuned, cache: own, space: kl, trials: 20, unlabelled: true}  # kd.jobs.plan_tuned
     tables:
       table1: {title: ..., models: [STM, MTM, SM], metric: test_f1, posthoc: wilcoxon-holm}
 
@@ -38,6 +41,7 @@ from kd.errors import FieldError
 from kd.jobs.names import check_references
 from kd.jobs.plan_file import (DISTILL_KEYS, MODEL_KEYS, OPTION_KEYS, SCHEDULE_KEYS, SPLIT_KEYS, TRAINING_KEYS,
                                PlanFile, as_mapping, as_names, check_known, check_rules, is_int, merge_options)
+from kd.jobs.plan_text import TextSpec, parse_text
 from kd.jobs.teacher_spec import TeacherSpec, parse_teacher
 from kd.statistics.tests import POSTHOC_TESTS
 from kd.utils.paths import is_path_component
@@ -45,7 +49,7 @@ from kd.utils.paths import is_path_component
 __all__ = ["DISTILL_KEYS", "MODEL_KEYS", "OPTION_KEYS", "SCHEDULE_KEYS", "SPLIT_KEYS", "TRAINING_KEYS", "CacheSpec",
            "ModelSpec", "Plan", "TableSpec", "TeacherSpec", "load_plan", "with_overrides"]
 
-MODEL_KINDS = ("stm", "student", "teacher")
+MODEL_KINDS = ("stm", "student", "teacher", "tuned")
 ENSEMBLES = ("seed", "seeds")  # one cache per seed, or one over the teachers of every seed
 TOP_KEYS = ("name", "data_dir", "corpora", "seeds", "subsample", "defaults", "teachers", "caches", "models", "tables")
 
@@ -57,6 +61,7 @@ class CacheSpec:
     ensemble: str = "seed"
     layers: tuple[str, ...] = ()  # () = the layers the losses of its students read
     dtype: str = "float16"
+    unlabelled: TextSpec | None = None  # the transfer text it also caches (kd.jobs.plan_text)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ class ModelSpec:
     options: dict[str, Any]
     cache: str | None = None  # a student's cache
     teacher: str | None = None  # kind teacher: the teacher whose runs make the column
+    tuning: dict[str, Any] | None = None  # kind tuned: its study (kd.jobs.plan_tuned)
+    unlabelled: TextSpec | None = None  # a student's transfer text: its cache's
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,7 @@ def load_plan(path: str | Path, data_dir: str | Path | None = None) -> Plan:
     models = {name: _model(source, name, spec, defaults)
               for name, spec in as_mapping(source, ("models",), data.get("models")).items()}
     tables = {name: _table(source, name, spec) for name, spec in as_mapping(source, ("tables",), data.get("tables")).items()}
+    models = {name: _student_text(source, spec, caches) for name, spec in models.items()}
     plan = Plan(path=Path(path), name=_folder_name(source, ("name",), data.get("name") or Path(path).stem),
                 text=source.text,
                 data_dir=_data_dir(source, data.get("data_dir"), data_dir),
@@ -162,7 +170,7 @@ def _cache(source: PlanFile, name: str, spec: Any) -> CacheSpec:
 
     key = ("caches", name)
     spec = as_mapping(source, key, spec)
-    check_known(source, key, spec, ("teachers", "ensemble", "layers", "dtype"))
+    check_known(source, key, spec, ("teachers", "ensemble", "layers", "dtype", "unlabelled"))
     if "teachers" not in spec:
         raise source.error(key + ("teachers",), "missing: the teachers (or models) whose outputs it holds")
     ensemble = spec.get("ensemble", "seed")
@@ -176,7 +184,8 @@ def _cache(source: PlanFile, name: str, spec: Any) -> CacheSpec:
     if dtype not in DTYPES:
         raise source.error(key + ("dtype",), f"{dtype!r}: use one of {', '.join(DTYPES)}")
     return CacheSpec(name=name, teachers=tuple(as_names(source, key + ("teachers",), spec["teachers"])),
-                     ensemble=ensemble, layers=layers, dtype=dtype)
+                     ensemble=ensemble, layers=layers, dtype=dtype,
+                     unlabelled=parse_text(source, key + ("unlabelled",), spec["unlabelled"]) if "unlabelled" in spec else None)
 
 
 def _model(source: PlanFile, name: str, spec: Any, defaults: dict[str, Any]) -> ModelSpec:
@@ -190,13 +199,48 @@ def _model(source: PlanFile, name: str, spec: Any, defaults: dict[str, Any]) -> 
         if not isinstance(spec.get("teacher"), str):
             raise source.error(key + ("teacher",), "missing: the teacher whose runs make this column")
         return ModelSpec(name=name, kind=kind, options={}, teacher=spec["teacher"])
+    if kind == "tuned":
+        return _tuned(source, key, name, spec)
     student = kind == "student"
-    check_known(source, key, spec, ("kind", *OPTION_KEYS, *((*DISTILL_KEYS, "cache") if student else ())))
+    check_known(source, key, spec, ("kind", *OPTION_KEYS, *((*DISTILL_KEYS, "cache", "unlabelled") if student else ())))
     options = merge_options(source, key, spec, OPTION_KEYS + (DISTILL_KEYS if student else ()), defaults)
     check_rules(source, key, options, distill=student)
     if student and not isinstance(spec.get("cache"), str):
         raise source.error(key + ("cache",), "missing: the cache a student learns from")
-    return ModelSpec(name=name, kind=kind, options=options, cache=spec.get("cache") if student else None)
+    text = spec.get("unlabelled")
+    if text is not None and text is not True:  # true: its cache's text; else the same as its cache's
+        text = parse_text(source, key + ("unlabelled",), text)
+    if text is None and "unlabelled_ratio" in spec:
+        raise source.error(key + ("unlabelled_ratio",), "applies only with unlabelled text (unlabelled: true)")
+    return ModelSpec(name=name, kind=kind, options=options, cache=spec.get("cache") if student else None,
+                     unlabelled=text)
+
+
+def _tuned(source: PlanFile, key: tuple, name: str, spec: dict) -> ModelSpec:
+    from kd.jobs.plan_tuned import TUNED_KEYS, parse_tuned
+
+    check_known(source, key, spec, TUNED_KEYS)
+    if not isinstance(spec.get("cache"), str):
+        raise source.error(key + ("cache",), "missing: the cache a tuned student learns from")
+    tuning = parse_tuned(source, key, spec)
+    text = spec.get("unlabelled")
+    if text is not None and text is not True:
+        text = parse_text(source, key + ("unlabelled",), text)
+    return ModelSpec(name=name, kind="tuned", options={"loss": tuning["loss"]}, cache=spec["cache"], unlabelled=text,
+                     tuning=tuning)
+
+
+def _student_text(source: PlanFile, model: ModelSpec, caches: dict[str, CacheSpec]) -> ModelSpec:
+    """A student's `unlabelled`: its cache's text (`true`, or the same file or specification)."""
+    if model.unlabelled is None or model.cache not in caches:
+        return model
+    cached = caches[model.cache].unlabelled
+    key = ("models", model.name, "unlabelled")
+    if cached is None:
+        raise source.error(key, f"cache {model.cache} caches no unlabelled text (give it `unlabelled:`)")
+    if model.unlabelled is not True and model.unlabelled != cached:
+        raise source.error(key, f"not the text of its cache {model.cache} (use `unlabelled: true` for it)")
+    return dataclasses.replace(model, unlabelled=cached)
 
 
 def _table(source: PlanFile, name: str, spec: Any) -> TableSpec:

@@ -121,7 +121,8 @@ def plan_run_or_error(client, experiment: str, plan_id: str, plan_path: Path):
 
 def cells_summary(cells: dict) -> dict[str, Any]:
     return {"cells": len(cells), "by_kind": {kind: sum(c.kind == kind for c in cells.values())
-                                             for kind in ("teacher", "cache", "model")},
+                                             for kind in ("text", "teacher", "cache", "study", "model")
+                                             if kind not in ("text", "study") or any(c.kind == kind for c in cells.values())},
             "list": [{"cell": c.cell_id, "label": c.label, "depends_on": list(c.depends_on)} for c in cells.values()]}
 
 

@@ -110,7 +110,19 @@ class CellRunner:
         """Tagger cells resume from their checkpoint. A cache is rebuilt, and a transformer teacher
         trained again from its pretrained encoder (`kd train-teacher --resume` continues one; plans
         do not yet)."""
-        return self.cell.kind != "cache" and self.cell.config["job"] != "transformer"
+        return self.cell.kind not in ("cache", "text", "study") and self.cell.config["job"] != "transformer"
+
+    def inputs(self) -> tuple[list[str], str | None]:
+        """The runs the cell's job uses and its text file: a text cell's run is the last input of a
+        cache or student with a text specification; a user's file is where the plan names it."""
+        text = self.cell.config.get("unlabelled")
+        if not text:
+            return list(self.input_runs), None
+        if text.get("cell"):
+            from kd.jobs.plan_text import text_file
+
+            return list(self.input_runs[:-1]), text_file(self.client, self.input_runs[-1], self.context.checkpoint_dir)
+        return list(self.input_runs), dict(self.cell.paths)["unlabelled"]
 
     def tags(self) -> dict[str, str]:
         cell = self.cell
@@ -143,13 +155,23 @@ class CellRunner:
     def execute(self, run: TrackedRun) -> tuple[str, float]:
         context, cell = self.context, self.cell
         started = time.perf_counter()
-        if cell.kind == "cache":
+        input_runs, text = self.inputs()
+        if cell.kind == "text":
+            from kd.jobs.plan_text import build_text_cell
+
+            build_text_cell(cell.config, dict(cell.paths), context.data_dir, run)
+            run.finish()
+        elif cell.config["job"] in ("study", "refit"):
+            from kd.jobs.plan_tuned import run_refit_cell, run_study_cell
+
+            (run_study_cell if cell.kind == "study" else run_refit_cell)(cell, context, self.client, input_runs, text, run)
+        elif cell.kind == "cache":
             from kd.cache.build import CacheJob, build_cache
 
-            job = CacheJob(teacher_runs=list(self.input_runs), tasks=list(cell.config["tasks"]),
+            job = CacheJob(teacher_runs=input_runs, tasks=list(cell.config["tasks"]),
                            splits=list(cell.config["splits"]), layers=list(cell.config["layers"]),
                            dtype=cell.config["dtype"], data_dir=context.data_dir, device=context.device,
-                           experiment=context.experiment, run_name=cell.run_name)
+                           experiment=context.experiment, run_name=cell.run_name, unlabelled=text)
             build_cache(job, self.client, context.tracking_uri, attach_to=run.run_id)
         elif cell.config["job"] == "transformer":
             from pathlib import Path
@@ -166,7 +188,7 @@ class CellRunner:
 
             job = tagger_job(cell.config, data_dir=context.data_dir, experiment=context.experiment,
                              run_name=cell.run_name, device=context.device,
-                             cache_run=self.input_runs[0] if self.input_runs else None)
+                             cache_run=input_runs[0] if input_runs else None, unlabelled=text)
             run_tagger_job(job, self.client, Path(context.checkpoint_dir), placement=RunPlacement(attach_to=run.run_id))
         return run.run_id, time.perf_counter() - started
 

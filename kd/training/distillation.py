@@ -37,6 +37,10 @@ class DistillOptions:
     # Each epoch draws this many unlabelled sentences per labelled one, continuing through the file
     # from epoch to epoch (kd.training.unlabelled); None: the whole file every epoch.
     unlabelled_ratio: float | None = None
+    # What the text is, for the model's identity: the recipe that made it (a plan's text
+    # specification, the same for every corpus), or None: "a file given by the user". Its digest
+    # stays on the run (tag unlabelled_sha256) for provenance.
+    unlabelled_recipe: str | None = None
     # Run even when the unlabelled text holds sentences of the corpus's devel or test split (a
     # transductive experiment); the run is tagged with how many.
     allow_eval_overlap: bool = False

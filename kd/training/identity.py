@@ -20,7 +20,8 @@ ID_LENGTH = 12  # hex digits: 48 bits, no collision to expect among the models o
 # Short forms of the loss weights in model names: student-kl-a0.5-t1.
 WEIGHT_LETTERS = {"alpha": "a", "beta": "b", "gamma": "g", "kappa": "k", "tau": "t"}
 # What defines a tuned model (the refits of a study, one per corpus and seed), besides its search space.
-TUNED_DEFINITION = ("output", "loss", "teacher_kind", "teacher_output", "ensemble", "train_splits", "eval_split")
+TUNED_DEFINITION = ("output", "loss", "teacher_kind", "teacher_output", "ensemble", "train_splits", "eval_split",
+                    "unlabelled")
 
 
 def tagger_definition(job: TaggerJob, teacher: Any = None, search_space: str | None = None) -> dict[str, Any]:
@@ -39,8 +40,9 @@ def tagger_definition(job: TaggerJob, teacher: Any = None, search_space: str | N
         fields = get_loss(job.distill.loss).defining_fields()
         definition.update(loss=job.distill.loss, **{name: weights[name] for name in fields})
         if job.distill.unlabelled:
-            # The text, not where it lies: the same sentences under another name train the same model.
-            definition["unlabelled"] = file_digest(job.distill.unlabelled)
+            # The recipe of the text, not its digest: students given each corpus's own text by one
+            # recipe are one model across corpora (the digest is the run's unlabelled_sha256 tag).
+            definition["unlabelled"] = job.distill.unlabelled_recipe or "file"
             if job.distill.unlabelled_ratio is not None:
                 definition["unlabelled_ratio"] = job.distill.unlabelled_ratio
         if teacher is not None:
@@ -97,10 +99,12 @@ def model_name(definition: dict[str, Any]) -> str:
     return "-".join(parts)
 
 
-def identity_tags(definition: dict[str, Any]) -> dict[str, str]:
-    """The tags every training run carries; `model_definition` is what compare's legend shows."""
+def identity_tags(definition: dict[str, Any], unlabelled: str | None = None) -> dict[str, str]:
+    """The tags every training run carries; `model_definition` is what compare's legend shows.
+    `unlabelled`: a student's text file, whose digest is kept for provenance (not identity)."""
     return {"model_id": model_id(definition), "model_name": model_name(definition),
-            "model_definition": json.dumps(definition, sort_keys=True, separators=(",", ":"))}
+            "model_definition": json.dumps(definition, sort_keys=True, separators=(",", ":")),
+            **({"unlabelled_sha256": file_digest(unlabelled)} if unlabelled else {})}
 
 
 def default_run_name(name: str, corpora: list[str], seed: int) -> str:

@@ -114,7 +114,8 @@ def run_tags(assembly: Assembly, extra_tags: dict[str, Any] | None) -> dict[str,
             **({"unlabelled_eval_overlap": assembly.facts["unlabelled_eval_overlap"]}
                if "unlabelled_eval_overlap" in assembly.facts else {}), **extra}
     tuned = str(extra.get("search_space")) if tags["model_kind"] == "tuned" else None
-    return {**identity_tags(tagger_definition(job, teacher, search_space=tuned)), **tags}
+    unlabelled = job.distill.unlabelled if job.distill else None
+    return {**identity_tags(tagger_definition(job, teacher, search_space=tuned), unlabelled), **tags}
 
 
 def start_run(client, assembly: Assembly, checkpoint_dir: Path, placement: RunPlacement) -> tuple[TrackedRun, Path]:

@@ -56,8 +56,14 @@ class TuneJob:
     experiment: str = "kd"
     # Options the space fixes (or leaves at kd's defaults) set to other values: `--set epochs=3`.
     overrides: dict[str, Any] = field(default_factory=dict)
+    # Transfer text every trial's (and refit's) student also learns from; the cache must hold it
+    # (kd cache-logits --unlabelled FILE). `--set unlabelled_ratio=R` (or the space) draws R per labelled.
+    unlabelled: str | None = None
+    allow_eval_overlap: bool = False
 
     def __post_init__(self) -> None:
+        if self.unlabelled is not None and not Path(self.unlabelled).is_file():
+            raise FieldError("unlabelled", self.unlabelled, "no such file")
         if self.n_trials < 1:
             raise FieldError("n_trials", self.n_trials, "must be at least 1")
         if self.sampler not in SAMPLERS:
@@ -170,11 +176,16 @@ class TrialWatch(TrainingHooks):
         self.log(message)
 
 
-def default_study_name(task: str, space: SearchSpace, overrides: dict[str, Any] | None = None) -> str:
+def default_study_name(task: str, space: SearchSpace, overrides: dict[str, Any] | None = None,
+                       unlabelled: str | None = None) -> str:
     """`<corpus>-<space>`; with `--set` values, those too (`NCBI-disease-logits-epochs3`): trials of
-    another fixed value are another study, not more samples of this one."""
+    another fixed value are another study, not more samples of this one; likewise with transfer text
+    (`-text<first 8 hex digits of its SHA-256>`)."""
+    from kd.training.identity import file_digest
+
     suffix = "".join(f"-{name}{value}" for name, value in sorted((overrides or {}).items()))
-    return f"{Path(task).name}-{space.name}{suffix}"
+    text = f"-text{file_digest(unlabelled)[:8]}" if unlabelled else ""
+    return f"{Path(task).name}-{space.name}{suffix}{text}"
 
 
 def finished_states():
@@ -247,7 +258,8 @@ def student_job(job: TuneJob, values: dict[str, Any], *, seed: int, train_splits
             corpora=[job.task], data_dir=job.data_dir, model=TaggerConfig(**model),
             training=TrainingOptions(seed=seed, **training), train_splits=train_splits, eval_split=eval_split,
             device=job.device, experiment=job.experiment,
-            distill=DistillOptions(cache_run=job.cache_run, **distill))
+            distill=DistillOptions(cache_run=job.cache_run, unlabelled=job.unlabelled,
+                                   allow_eval_overlap=job.allow_eval_overlap, **distill))
     except FieldError as error:  # a value the space gave: named as the space names it
         if error.field not in values:
             raise
@@ -271,7 +283,7 @@ def tune(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None] 
     FINISHED with it, or FAILED (KILLED when interrupted) if this worker fails."""
     hooks = hooks or TrialHooks()
     space = with_fixed(load_search_space(job.space), job.overrides)
-    study_name = job.study or default_study_name(job.task, space, job.overrides)
+    study_name = job.study or default_study_name(job.task, space, job.overrides, job.unlabelled)
     storage_text = describe_storage(job.storage)
     epochs = int(space.fixed.get("epochs", TrainingOptions().epochs))
     study = _open_study(study_name, open_storage(job.storage), make_pruner(job.pruner, epochs))

@@ -29,6 +29,7 @@ class TextJob:
     files: Sequence[Path] = ()
     from_corpora: Sequence[Path] = ()  # their training splits are read
     for_corpora: Sequence[Path] = ()  # their devel and test sentences are removed
+    exclude_train_of: Sequence[Path] = ()  # their training sentences are removed (the rest of a split)
     out: Path = Path("transfer.txt")
     max_sentences: int | None = None
     seed: int = 1
@@ -79,6 +80,9 @@ def build_text(job: TextJob) -> dict[str, Any]:
     """Writes `job.out` and its manifest (`<out>.manifest.json`); returns the manifest."""
     collected = collect(job)
     evaluation = evaluation_keys(job.for_corpora)
+    for corpus_dir in job.exclude_train_of:
+        for sentence in load_split(corpus_dir, "train"):
+            evaluation.setdefault(sentence_key(sentence.tokens), f"{corpus_name(corpus_dir)}/train (labelled)")
     kept: list[tuple[str, ...]] = []
     seen: set[str] = set()
     removed: Counter[str] = Counter()
