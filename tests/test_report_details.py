@@ -14,7 +14,7 @@ from kd.cli.main import cli
 from kd.statistics.compare import RunRecord, compare_runs
 from kd.statistics.comparison_options import ComparisonOptions
 from kd.statistics.comparison_report import render_markdown, write_outputs
-from tests.conftest import isolated_store
+from tests.conftest import isolated_store, one_line_error
 from tests.test_compare import published_table
 from tests.test_plan import corpora, tiny_plan, write_plan  # noqa: F401 (a fixture)
 
@@ -107,3 +107,27 @@ def test_drop_incomplete_lists_the_dropped_model_and_does_not_warn_about_it(tmp_
     write_outputs(comparison, tmp_path, ["md"])
     assert not any(line.startswith("Warning:") and "MTM" in line
                    for line in (tmp_path / "table.md").read_text().splitlines())
+
+
+def test_predict_refuses_a_multi_task_model_without_task_before_loading_its_weights(tmp_path):
+    """The saved model's description lists its tasks: the refusal needs no weights (none are here)."""
+    from kd.models.io import WEIGHTS_FILE, save_model
+    from tests.test_model_io import make
+
+    model, vocabularies = make()
+    folder = save_model(model, vocabularies, tmp_path / "model")
+    text = tmp_path / "input.txt"
+    text.write_text("IL-2 binds p53 .\n")
+    runner = CliRunner()
+
+    def predict(*args: str):
+        return runner.invoke(cli, ["predict", "--model", str(folder), "--input", str(text), *args])
+    tagged = predict("--task", "BC2GM")
+    assert tagged.exit_code == 0, tagged.output
+    assert [line.split("\t")[0] for line in tagged.output.splitlines() if line] == ["IL-2", "binds", "p53", "."]
+    (folder / WEIGHTS_FILE).unlink()  # loading the model now fails: a refusal must come before it
+    assert one_line_error(predict()) == \
+        "error: the model tags several corpora (BC2GM, BC5CDR.chem): choose one with --task"
+    assert one_line_error(predict("--task", "nope")) == \
+        "error: --task nope: the model has no such task; it has BC2GM, BC5CDR.chem"
+    assert predict("--task", "BC2GM").exit_code == 2  # a chosen task loads the weights, which are gone

@@ -351,13 +351,15 @@ def predict(model_ref, input_path, raw, out_path, task, device, precision, runti
         tagger = load_onnx_tagger(model_ref, tracking_uri(), onnx_file, task)
     else:
         from kd.models.device import resolve_device
-        from kd.models.inference import SavedTagger
+        from kd.models.inference import SavedTagger, chosen_task
         from kd.tracking.logged_models import load_logged_tagger
 
         if onnx_file:
             raise KdError("--onnx applies to --runtime onnx")
         device = resolve_device(device)
-        tagger = SavedTagger(load_logged_tagger(model_ref, tracking_uri(), device), device, task, precision)
+        # A multi-task model without --task (or a task it lacks) is refused from its description, before its weights load.
+        saved = load_logged_tagger(model_ref, tracking_uri(), device, check_tasks=lambda tasks: chosen_task(tasks, task))
+        tagger = SavedTagger(saved, device, task, precision)
     if raw:
         from kd.cli.raw_output import write_entities
 

@@ -3,6 +3,7 @@ teacher (kd.models.transformer): shared by `kd predict`, the MLflow pyfunc model
 reloaded models."""
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,31 @@ def find_saved_tagger(root: str | Path, shown_as: str | None = None) -> Path:
     return found[0]
 
 
+def description_tasks(found: Path) -> list[str]:
+    """The tasks, in head order, that the description file of the saved model in `found` (a folder
+    `find_saved_tagger` gave) lists: read without loading any weights."""
+    name = transformer.CONFIG_FILE if (found / transformer.CONFIG_FILE).is_file() else io.CONFIG_FILE
+    return list(json.loads((found / name).read_text())["config"]["tasks"])
+
+
+def saved_tasks(root: str | Path, shown_as: str | None = None) -> list[str] | None:
+    """As `description_tasks` for the saved model under `root`, or None where its description cannot
+    say (loading the model then says why, in its own words)."""
+    try:
+        return description_tasks(find_saved_tagger(root, shown_as)) or None
+    except (KdError, OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def chosen_task(tasks: Sequence[str], task: str | None) -> str:
+    """The task a model of these tasks tags with: `task`, which a multi-task model needs (one line, exit 2)."""
+    if task is None and len(tasks) > 1:
+        raise KdError(f"the model tags several corpora ({', '.join(tasks)}): choose one with --task")
+    if task is not None and task not in tasks:
+        raise KdError(f"--task {task}: the model has no such task; it has {', '.join(tasks)}")
+    return task or tasks[0]
+
+
 def load_saved_tagger(directory: str | Path, device: str | torch.device = "cpu",
                       shown_as: str | None = None) -> SavedModel | SavedTransformer:
     """The saved model under `directory`, whichever its kind; neither kind unpickles anything."""
@@ -63,12 +89,7 @@ class SavedTagger:
         self.model = saved.model
         self.vocabularies = saved.vocabularies if isinstance(saved, SavedModel) else None
         self.device = torch.device(device)
-        tasks = self.model.task_names
-        if task is None and len(tasks) > 1:
-            raise KdError(f"the model tags several corpora ({', '.join(tasks)}): choose one with --task")
-        if task is not None and task not in tasks:
-            raise KdError(f"--task {task}: the model has no such task; it has {', '.join(tasks)}")
-        self.task = task or tasks[0]
+        self.task = chosen_task(self.model.task_names, task)
         self.precision = precision
 
     def tag(self, sentences: Sequence[Sequence[str]], batch_tokens: int = PREDICT_BATCH_TOKENS,

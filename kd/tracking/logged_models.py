@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import shutil
 import tempfile
@@ -13,8 +12,9 @@ import torch
 
 import kd
 from kd.errors import KdError, disk_full_names
-from kd.models.inference import SavedTransformer, find_saved_tagger, load_saved_tagger
-from kd.models.io import CONFIG_FILE, SavedModel, load_model
+from kd.models.inference import (SavedTransformer, description_tasks, find_saved_tagger, load_saved_tagger,
+                                 saved_tasks)
+from kd.models.io import SavedModel, load_model
 from kd.tracking.runs import TrackedRun
 
 MODEL_ARTIFACT = "model"
@@ -34,9 +34,7 @@ def _saved_tasks(model_directory: Path) -> tuple[list[str], bool]:
     from kd.models import transformer
 
     found = find_saved_tagger(model_directory)
-    is_transformer = (found / transformer.CONFIG_FILE).is_file()
-    description = json.loads((found / (transformer.CONFIG_FILE if is_transformer else CONFIG_FILE)).read_text())
-    return list(description["config"]["tasks"]), is_transformer
+    return description_tasks(found), (found / transformer.CONFIG_FILE).is_file()
 
 
 # Shown on the logged model's page and checked when it is logged (MLflow runs the model on it).
@@ -162,9 +160,14 @@ def load_logged_model(model: str, tracking_uri: str, device: str | torch.device 
         return load_model(directory, device, shown_as=shown_as)
 
 
-def load_logged_tagger(model: str, tracking_uri: str,
-                       device: str | torch.device = "cpu") -> SavedModel | SavedTransformer:
+def load_logged_tagger(model: str, tracking_uri: str, device: str | torch.device = "cpu",
+                       check_tasks: Callable[[list[str]], object] | None = None) -> SavedModel | SavedTransformer:
     """As `load_logged_model`, for a model of either kind: a BiLSTM tagger or a transformer
-    teacher (`kd train-teacher --kind transformer`, whose run keeps its folder as the artifact `model`)."""
+    teacher (`kd train-teacher --kind transformer`, whose run keeps its folder as the artifact `model`).
+    `check_tasks` is given the tasks the model's description lists before its weights load (a
+    refusal then takes no loading: a transformer's takes seconds)."""
     with fetched_model(model, tracking_uri) as (directory, shown_as):
+        tasks = saved_tasks(directory, shown_as) if check_tasks else None
+        if tasks:
+            check_tasks(tasks)
         return load_saved_tagger(directory, device, shown_as=shown_as)
