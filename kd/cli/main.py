@@ -357,8 +357,10 @@ def predict(model_ref, input_path, raw, out_path, task, device, precision, runti
         if onnx_file:
             raise KdError("--onnx applies to --runtime onnx")
         device = resolve_device(device)
-        # A multi-task model without --task (or a task it lacks) is refused from its description, before its weights load.
-        saved = load_logged_tagger(model_ref, tracking_uri(), device, check_tasks=lambda tasks: chosen_task(tasks, task))
+        # A multi-task model without --task (or a task it lacks) is refused from its description,
+        # before its weights load.
+        saved = load_logged_tagger(model_ref, tracking_uri(), device,
+                                   check_tasks=lambda tasks: chosen_task(tasks, task))
         tagger = SavedTagger(saved, device, task, precision)
     if raw:
         from kd.cli.raw_output import write_entities
