@@ -131,3 +131,13 @@ def test_predict_refuses_a_multi_task_model_without_task_before_loading_its_weig
     assert one_line_error(predict("--task", "nope")) == \
         "error: --task nope: the model has no such task; it has BC2GM, BC5CDR.chem"
     assert predict("--task", "BC2GM").exit_code == 2  # a chosen task loads the weights, which are gone
+
+
+def test_one_pair_is_one_pair_in_table_md():
+    """Two models make one pair: the pairwise section says "over 1 pair", not "1 pairs"."""
+    table = published_table().iloc[:5, :2]
+    markdown = render_markdown(compare_runs(fraction_records(table), ComparisonOptions(model_keys=("model",))))
+    assert "Holm-adjusted over 1 pair)" in markdown and "1 pairs" not in markdown
+    three = render_markdown(compare_runs(fraction_records(published_table().iloc[:5, :3]),
+                                         ComparisonOptions(model_keys=("model",))))
+    assert "Holm-adjusted over 3 pairs)" in three

@@ -94,7 +94,7 @@ def pairwise_markdown(comparison: Comparison) -> list[str]:
     and per corpus the pairs that differ beyond seed noise."""
     alpha = comparison.result.alpha
     lines = ["", f"## Pairs over corpora (mean difference A - B in F1 points, 95% bootstrap interval over "
-                 f"corpora; Wilcoxon signed-rank, Holm-adjusted over {len(comparison.effects)} pairs)", "",
+                 f"corpora; Wilcoxon signed-rank, Holm-adjusted over {len(comparison.effects)} pair{'s' if len(comparison.effects) != 1 else ''})", "",
              "| A | B | mean difference | 95% interval | W | p | p (Holm) |", "|---|---|---:|---|---:|---:|---:|"]
     for row in pairwise_table(comparison).itertuples():
         mark = " *" if row.p_holm < alpha else ""
@@ -133,6 +133,6 @@ def _seed_markdown(comparison: Comparison) -> list[str]:
                  f"{r.seeds} seeds, p {_p(r.p_holm)}{', weak' if r.weak else ''})"
                  for r in differing.head(LISTED_PER_CORPUS).itertuples()]
         more = f"; and {len(differing) - LISTED_PER_CORPUS} more (seed_tests.csv)" if len(differing) > LISTED_PER_CORPUS else ""
-        note = f" ({untested} pairs untested: fewer than 2 seeds)" if untested else ""
+        note = f" ({untested} pair{'s' if untested != 1 else ''} untested: fewer than 2 seeds)" if untested else ""
         lines.append(f"- {corpus}: {'; '.join(shown) if shown else 'no pair differs'}{more}{note}")
     return lines
