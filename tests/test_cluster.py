@@ -101,6 +101,9 @@ def test_a_real_scheduler_passes_and_no_dashboard_is_opened_unless_asked():
         [str(w.message) for w in caught]
 
 
+# End to end through `kd plan run` (the HTTP case waits out the real 10 s handshake timeout): slow;
+# the library-level test above checks the same refusals with a 1 s timeout.
+@pytest.mark.slow
 @pytest.mark.parametrize("server", [http_server, lambda: tcp_listener(GARBAGE)], ids=["http", "garbage-tcp"])
 def test_plan_run_at_a_non_scheduler_is_one_line_and_starts_nothing(tmp_path, server):
     data_dir = make_corpora(tmp_path / "corpora")
