@@ -9,6 +9,9 @@ Settings:
   passive, all cores   `kd train --threads <cores>`: `main()` makes OpenMP threads wait passively
   kd default           `kd train` as users run it: passive waiting, half the cores (1 on 2 cores)
   --threads 1          one torch thread
+  active, all cores    OMP_WAIT_POLICY=ACTIVE (threads spin while they wait, without end)
+  spin N, all cores    GNU OpenMP's GOMP_SPINCOUNT=N: threads spin N rounds, then sleep (bounded
+                       spinning; libgomp's own default without a wait policy is 300,000)
 
 Each run is a fresh process (`--epochs 1`, small sizes stay the defaults); the figures are its wall
 time and its CPU time (user + system, of the process and its children).
@@ -29,12 +32,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OLD_DEFAULT = "import sys; from kd.cli.main import cli; sys.argv[0] = 'kd'; cli(prog_name='kd')"
+ALL_CORES = ["--threads", str(os.cpu_count())]
+# setting -> (command, its arguments, environment variables of its own)
 SETTINGS = {
-    "torch default": ([sys.executable, "-c", OLD_DEFAULT], ["--threads", str(os.cpu_count())]),
-    "passive, all cores": ([sys.executable, "-m", "kd"], ["--threads", str(os.cpu_count())]),
-    "kd default": ([sys.executable, "-m", "kd"], []),
-    "--threads 1": ([sys.executable, "-m", "kd"], ["--threads", "1"]),
+    "torch default": ([sys.executable, "-c", OLD_DEFAULT], ALL_CORES, {}),
+    "passive, all cores": ([sys.executable, "-m", "kd"], ALL_CORES, {}),
+    "kd default": ([sys.executable, "-m", "kd"], [], {}),
+    "--threads 1": ([sys.executable, "-m", "kd"], ["--threads", "1"], {}),
+    "active, all cores": ([sys.executable, "-m", "kd"], ALL_CORES, {"OMP_WAIT_POLICY": "ACTIVE"}),
+    "spin 10k, all cores": ([sys.executable, "-m", "kd"], ALL_CORES, {"GOMP_SPINCOUNT": "10000"}),
+    "spin 100k, all cores": ([sys.executable, "-m", "kd"], ALL_CORES, {"GOMP_SPINCOUNT": "100000"}),
+    "spin 1M, all cores": ([sys.executable, "-m", "kd"], ALL_CORES, {"GOMP_SPINCOUNT": "1000000"}),
 }
+CONDITIONS = {"alone": 0, "one busy process": 1, "two busy processes": 2}
 
 
 def first_sentences(source: Path, count: int) -> str:
@@ -89,21 +99,22 @@ def main() -> None:
         scratch = Path(scratch)
         corpus = subsample(args.data_dir / args.corpus, scratch / args.corpus, args.sentences)
         env = {key: value for key, value in os.environ.items()
-               if key not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "MLFLOW_RUN_ID")}
+               if key not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS",
+                              "MLFLOW_RUN_ID")}
         env.update(MLFLOW_TRACKING_URI=f"sqlite:///{scratch / 'mlflow.db'}", PYTHONPATH=str(REPO))
         for repeat in range(args.repeats):
-            for condition in ("alone", "one busy process"):
-                competitor = busy_loop() if condition != "alone" else None
+            for condition, busy in CONDITIONS.items():
+                competitors = [busy_loop() for _ in range(busy)]
                 try:
-                    for setting, (command, extra) in SETTINGS.items():
+                    for setting, (command, extra, own_env) in SETTINGS.items():
                         full = [*command, "train", "--task", str(corpus), "--epochs", "1", "--experiment", "threads",
                                 "--checkpoint-dir", str(scratch / "checkpoints"), "--json", *extra]
-                        wall, cpu = timed_run(full, scratch, env)
+                        wall, cpu = timed_run(full, scratch, {**env, **own_env})
                         results.setdefault((condition, setting), []).append((wall, cpu))
                         print(f"repeat {repeat + 1}, {condition}, {setting}: {wall:.1f} s wall, {cpu:.1f} s CPU",
                               file=sys.stderr, flush=True)
                 finally:
-                    if competitor is not None:
+                    for competitor in competitors:
                         competitor.kill()
                         competitor.wait()
     print(f"\nkd train --epochs 1 on {args.sentences} sentences of {args.corpus}, {os.cpu_count()} CPUs, "
