@@ -16,10 +16,10 @@ from kd.cli.one_line_errors import OneLineErrors, handle_errors
 from kd.cli.export_cmd import check_export_available, export, export_at_end_option, export_finished_run
 from kd.cli.plan_cmd import plan
 from kd.errors import KdError
-from kd.cli.options import (WHOLE_NUMBER, apply_threads, as_path, data_dir_option, directory_option, echo_result,
-                            model_options, option_given, point_project_run, project_run_id, project_target,
-                            resolved_file, run_options, schema_option, schema_options, split_options, take,
-                            tracking_client, tracking_uri, training_options)
+from kd.cli.options import (WHOLE_NUMBER, allow_eval_overlap_option, apply_threads, as_path, data_dir_option,
+                            directory_option, echo_result, model_options, option_given, point_project_run,
+                            project_run_id, project_target, resolved_file, run_options, schema_option, schema_options,
+                            split_options, take, tracking_client, tracking_uri, training_options)
 from kd.option_schema import names_of
 from kd.cli.progress import TrainingDisplay, resume_hint, stop_cleanly, wants_live_display
 from kd.cli.tune_cmd import tune
@@ -123,13 +123,6 @@ def run_transformer_teacher(corpora: list[str], base: str | None, resume_run_id:
                                       resume_run_id=resume_run_id, attach_to=attach_to)
     point_project_run(client, experiment, summary.run_id)
     echo_result(options["as_json"], {"run_id": summary.run_id, **summary.metrics})
-
-
-def allow_eval_overlap_option(whose: str):
-    # A flag that also takes a value: `mlflow run -P allow_eval_overlap=true` passes `--allow_eval_overlap true`.
-    return click.option("--allow-eval-overlap", is_flag=False, flag_value=True, type=click.BOOL, default=False,
-                        help=f"Accept --unlabelled text that holds sentences of {whose} (transductive "
-                             "experiments; also --allow-eval-overlap true); the run is tagged unlabelled_eval_overlap.")
 
 
 @cli.command("cache-logits")

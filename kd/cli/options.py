@@ -234,3 +234,11 @@ def point_project_run(client, experiment: str, run_id: str) -> None:
         client.set_tag(project_run, "kd.run_id", run_id)
         client.set_tag(project_run, "mlflow.note.content",
                        f"kd logged this project run's work as run {run_id} in experiment {experiment}.")
+
+
+def allow_eval_overlap_option(whose: str) -> Callable[[Callable], Callable]:
+    """`--allow-eval-overlap` of every command that takes --unlabelled text (cache-logits, distill, tune)."""
+    # A flag that also takes a value: `mlflow run -P allow_eval_overlap=true` passes `--allow_eval_overlap true`.
+    return click.option("--allow-eval-overlap", is_flag=False, flag_value=True, type=click.BOOL, default=False,
+                        help=f"Accept --unlabelled text that holds sentences of {whose} (transductive "
+                             "experiments; also --allow-eval-overlap true); the run is tagged unlabelled_eval_overlap.")

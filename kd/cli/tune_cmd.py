@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from kd.cli.one_line_errors import handle_errors
-from kd.cli.options import (WHOLE_NUMBER, apply_threads, data_dir_option, echo_result, resolved_file, run_options,
-                            started_in, tracking_client, tracking_uri)
+from kd.cli.options import (WHOLE_NUMBER, allow_eval_overlap_option, apply_threads, data_dir_option, echo_result,
+                            resolved_file, run_options, started_in, tracking_client, tracking_uri)
 from kd.cli.progress import TuneDisplay, stop_cleanly, wants_live_display
 
 
@@ -41,8 +41,7 @@ def find_space(space: str) -> str:
               help="Every trial's student also learns from these sentences without gold tags (the --cache "
                    "must hold them: kd cache-logits --unlabelled FILE); --set unlabelled_ratio=R draws R per "
                    "labelled sentence each epoch. The default study name includes the text's digest.")
-@click.option("--allow-eval-overlap", type=bool, default=False, is_flag=False, flag_value=True,
-              help="Accept --unlabelled text that holds sentences of the corpus's devel or test split.")
+@allow_eval_overlap_option("the corpus's devel or test split")
 @click.option("--refit-seeds", type=WHOLE_NUMBER, default=0, show_default=True,
               help="Afterwards, train the best configuration on train+devel with this many seeds and score test.")
 @data_dir_option
