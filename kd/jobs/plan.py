@@ -21,7 +21,8 @@ the key (`experiments/x.yaml:12: models.SM.alpha: ...`), before anything runs.
       SMU: {kind: student, cache: own, unlabelled: true, unlabelled_ratio: 2}
       TSM: {kind: tuned, cache: own, space: kl, trials: 20, unlabelled: true}  # kd.jobs.plan_tuned
     tables:
-      table1: {title: ..., models: [STM, MTM, SM], metric: test_f1, posthoc: wilcoxon-holm}
+      table1: {title: ..., models: [STM, MTM, SM], metric: test_f1, posthoc: wilcoxon-holm,
+               versus: {SM: [MTM, STM]}}   # per corpus, did SM pass them (default: `default_versus`)
 
 A transformer teacher (`kind: transformer`) fine-tunes `base` with `kd train-teacher --kind
 transformer`'s defaults (learning rate 5e-5, 3 epochs, dropout 0.1) and refuses the BiLSTM's size
@@ -84,6 +85,7 @@ class TableSpec:
     posthoc: str = "wilcoxon-holm"
     alpha: float = 0.05
     rope: float = 0.5  # of the Bayesian tests, in F1 points; 0: off
+    versus: tuple[tuple[str, str], ...] = ()  # (model, baseline): did it pass it, per corpus (kd.statistics.versus)
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,8 @@ def load_plan(path: str | Path, data_dir: str | Path | None = None) -> Plan:
     caches = {name: _cache(source, name, spec) for name, spec in as_mapping(source, ("caches",), data.get("caches")).items()}
     models = {name: _model(source, name, spec, defaults)
               for name, spec in as_mapping(source, ("models",), data.get("models")).items()}
-    tables = {name: _table(source, name, spec) for name, spec in as_mapping(source, ("tables",), data.get("tables")).items()}
+    tables = {name: _table(source, name, spec, models, caches)
+              for name, spec in as_mapping(source, ("tables",), data.get("tables")).items()}
     models = {name: _student_text(source, spec, caches) for name, spec in models.items()}
     plan = Plan(path=Path(path), name=_folder_name(source, ("name",), data.get("name") or Path(path).stem),
                 text=source.text,
@@ -243,12 +246,13 @@ def _student_text(source: PlanFile, model: ModelSpec, caches: dict[str, CacheSpe
     return dataclasses.replace(model, unlabelled=cached)
 
 
-def _table(source: PlanFile, name: str, spec: Any) -> TableSpec:
+def _table(source: PlanFile, name: str, spec: Any, models: dict[str, ModelSpec],
+           caches: dict[str, CacheSpec]) -> TableSpec:
     key = ("tables", _folder_name(source, ("tables", name), name))
     spec = as_mapping(source, key, spec)
-    check_known(source, key, spec, ("title", "models", "metric", "posthoc", "alpha", "bayesian"))
-    models = tuple(as_names(source, key + ("models",), spec.get("models")))
-    if len(models) < 3:
+    check_known(source, key, spec, ("title", "models", "metric", "posthoc", "alpha", "bayesian", "versus"))
+    columns = tuple(as_names(source, key + ("models",), spec.get("models")))
+    if len(columns) < 3:
         raise source.error(key + ("models",), "the Friedman test needs at least three models")
     posthoc = spec.get("posthoc", "wilcoxon-holm")
     if posthoc not in POSTHOC_TESTS:
@@ -258,8 +262,43 @@ def _table(source: PlanFile, name: str, spec: Any) -> TableSpec:
         raise source.error(key + ("alpha",), f"{alpha!r}: expected a significance level between 0 and 1")
     if not isinstance(rope, (int, float)) or not 0 <= rope < math.inf:
         raise source.error(key + ("bayesian",), f"{rope!r}: expected 0 (off) or a ROPE in F1 points")
-    return TableSpec(name=name, models=models, title=str(spec.get("title", "")), metric=str(spec.get("metric", "test_f1")),
-                     posthoc=posthoc, alpha=float(alpha), rope=float(rope))
+    versus = _versus(source, key + ("versus",), spec["versus"], columns) if "versus" in spec else \
+        default_versus(columns, models, caches)
+    return TableSpec(name=name, models=columns, title=str(spec.get("title", "")), metric=str(spec.get("metric", "test_f1")),
+                     posthoc=posthoc, alpha=float(alpha), rope=float(rope), versus=versus)
+
+
+def _versus(source: PlanFile, key: tuple, value: Any, columns: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """`versus: {model: [baseline, ...]}`, every name a model of the table; `{}`: no pairs."""
+    pairs = []
+    for model, baselines in as_mapping(source, key, value).items():
+        if model not in columns:
+            raise source.error(key + (model,), f"{model!r}: not a model of this table (models: {', '.join(columns)})")
+        for index, baseline in enumerate(as_names(source, key + (model,), baselines)):
+            if baseline not in columns:
+                raise source.error(key + (model, index), f"{baseline!r}: not a model of this table "
+                                                         f"(models: {', '.join(columns)})")
+            if baseline == model:
+                raise source.error(key + (model, index), f"{baseline!r}: a model cannot be its own baseline")
+            pairs.append((model, baseline))
+    return tuple(pairs)
+
+
+def default_versus(columns: tuple[str, ...], models: dict[str, ModelSpec],
+                   caches: dict[str, CacheSpec]) -> tuple[tuple[str, str], ...]:
+    """Without `versus:`, each student or tuned model of the table against the table's columns of
+    the teachers its cache holds (a teacher column, or a model the cache names), then against the
+    table's single-task models (kind stm)."""
+    in_table = {name: models[name] for name in columns if name in models}  # unknown names: check_references
+    stms = [name for name, spec in in_table.items() if spec.kind == "stm"]
+    pairs = []
+    for name, spec in in_table.items():
+        if spec.kind not in ("student", "tuned"):
+            continue
+        held = caches[spec.cache].teachers if spec.cache in caches else ()
+        teachers = [other for other, o in in_table.items() if other in held or (o.kind == "teacher" and o.teacher in held)]
+        pairs += [(name, baseline) for baseline in dict.fromkeys(teachers + stms) if baseline != name]
+    return tuple(pairs)
 
 
 def with_overrides(plan: Plan, *, only: str | None = None, corpora: list[str] | None = None,

@@ -47,7 +47,7 @@ def report_plan(resolved: ResolvedPlan, client, experiment: str, plan_run_id: st
     for name, spec in resolved.plan.tables.items():
         comparison = compare_runs(records[name], ComparisonOptions(
             spec.metric, (f"tags.{MODEL_TAG}",), "tags.task", spec.posthoc, spec.alpha,
-            bayesian=BayesianOptions(rope=spec.rope), seed=seed))
+            bayesian=BayesianOptions(rope=spec.rope), seed=seed, versus=spec.versus))
         # Columns in the plan's order, not compare's alphabetical one (a merged "A = B" where A is).
         columns = list(comparison.table.mean.columns)
         order = [c for m in spec.models for c in columns if c.split(" = ")[0] == m]

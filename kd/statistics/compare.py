@@ -22,6 +22,7 @@ from kd.statistics.comparison_options import BayesianOptions, ComparisonOptions
 from kd.statistics.pairwise import WilcoxonHolm, bootstrap_differences, model_pairs, wilcoxon_holm
 from kd.statistics.seeds import seed_tests
 from kd.statistics.tests import FriedmanResult, average_ranks, friedman
+from kd.statistics.versus import check_versus, versus_table
 from kd.statistics.validity import (INTERVAL_CORPORA, all_equal, degenerate_notes, identical_groups, merged_label,
                                     quiet_numerics, too_few_notes, unconverged_counts, unconverged_note)
 
@@ -68,6 +69,7 @@ class Comparison:
     notes: list[str] = field(default_factory=list)  # what the numbers cannot say (kd.statistics.validity)
     unconverged: pd.DataFrame | None = None  # corpus x model: seeds whose devel F1 still rose at the end
     degenerate: bool = False  # every cell the same score: nothing ranked or tested
+    versus: pd.DataFrame | None = None  # per (model, baseline, corpus): difference over seeds (kd.statistics.versus)
 
 
 def fetch_runs(client, experiment: str, filter_string: str | None) -> list[RunRecord]:
@@ -257,7 +259,8 @@ def cell_table(cells: Cells) -> CellTable:
 
 def compare_runs(records: Sequence[RunRecord], options: ComparisonOptions | None = None) -> Comparison:
     """The cell table, its validity notes (`kd.statistics.validity`), the Friedman test and post-hoc
-    p-values where they apply, then the pairwise statistics (`add_pairwise_statistics`)."""
+    p-values where they apply, then the pairwise statistics (`add_pairwise_statistics`) and the
+    per-corpus differences of the `versus` pairs (kd.statistics.versus)."""
     if not records:
         raise KdError("no finished runs to compare (check --experiment and --filter)")
     o = options or ComparisonOptions()
@@ -271,6 +274,7 @@ def compare_runs(records: Sequence[RunRecord], options: ComparisonOptions | None
     warnings = [w for w in warnings if not any(w.startswith(f"{model}: ") for model in dropped)]
     scale = display_scale(table.mean)
     degenerate = all_equal(table.mean)
+    check_versus(o.versus, list(table.mean.columns))  # before the merge: the names it uses
     table, cells, renamed, merge_notes = (table, cells, {}, []) if degenerate else merge_identical(table, cells)
     notes = degenerate_notes(table.mean, scale)  # after merging: a tie of one model with itself is no note
     models, corpora = list(table.mean.columns), list(table.mean.index)
@@ -288,6 +292,9 @@ def compare_runs(records: Sequence[RunRecord], options: ComparisonOptions | None
                                 legend={renamed.get(m, m): d for m, d in legend.items() if renamed.get(m, m) in models},
                                 notes=notes, unconverged=unconverged, degenerate=degenerate)
         add_pairwise_statistics(comparison, cells)
+    if o.versus:
+        by_name = {(m, c): cells[(renamed.get(m, m), c)] for pair in o.versus for m in pair for c in corpora}
+        comparison.versus = versus_table(by_name, o.versus, corpora, scale=scale, seed=o.seed)
     return comparison
 
 

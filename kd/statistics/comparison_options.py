@@ -20,8 +20,9 @@ class BayesianOptions:
 class ComparisonOptions:
     """What a comparison is asked: the `metric`, the tags/params naming a model (`model_keys`;
     None: kd's own tags) and a corpus, the post-hoc test and `alpha`, whether models missing on
-    some corpus are left out (else an error), the Bayesian tests, and the `seed` of the bootstrap
-    and the Bayesian tests."""
+    some corpus are left out (else an error), the Bayesian tests, the `seed` of the bootstraps
+    and the Bayesian tests, and the (model, baseline) pairs whose per-corpus difference over seeds
+    is reported (`versus`, kd.statistics.versus)."""
 
     metric: str = "test_f1"
     model_keys: tuple[str, ...] | None = None
@@ -31,3 +32,4 @@ class ComparisonOptions:
     drop_incomplete: bool = False
     bayesian: BayesianOptions = field(default_factory=BayesianOptions)
     seed: int = 0
+    versus: tuple[tuple[str, str], ...] = ()

@@ -15,6 +15,7 @@ from kd.statistics.compare import Comparison, compare_runs, fetch_runs
 from kd.statistics.comparison_options import ComparisonOptions
 from kd.statistics.report_pairwise import (bayesian_table, finite_or_none, pairwise_json, pairwise_markdown,
                                           pairwise_table, write_bayesian_plots)
+from kd.statistics.report_versus import versus_json, versus_markdown
 from kd.utils.atomic import atomic_file, atomic_path
 
 FORMATS = ("md", "csv", "tex", "json")
@@ -79,7 +80,7 @@ def render_markdown(comparison: Comparison) -> str:
     lines += legend_markdown(comparison)
     if comparison.table.var.isna().any().any():
         lines += ["", "Average variance is over the cells with 2 or more seeds (n/a: none)."]
-    return "\n".join(lines + pairwise_markdown(comparison)) + "\n"
+    return "\n".join(lines + pairwise_markdown(comparison) + versus_markdown(comparison.versus, comparison.seed)) + "\n"
 
 
 def legend_markdown(comparison: Comparison) -> list[str]:
@@ -116,7 +117,7 @@ def results_json(comparison: Comparison, files: Mapping[str, str], run_id: str |
     return {**pairwise_json(comparison, plots), "posthoc": r.posthoc, "alpha": r.alpha,
         "metric": comparison.metric, "friedman_statistic": finite_or_none(r.statistic),
         "friedman_p_value": finite_or_none(r.p_value), "critical_difference": finite_or_none(r.critical_difference),
-        "validity": comparison.notes, "degenerate": comparison.degenerate,
+        "versus": versus_json(comparison.versus, comparison.seed), "validity": comparison.notes, "degenerate": comparison.degenerate,
         "unconverged": {} if comparison.unconverged is None else {
             corpus: {m: int(n) for m, n in row.items() if n} for corpus, row in comparison.unconverged.iterrows()
             if row.any()}, "average_ranks": {m: float(v) for m, v in r.average_ranks.items()},
@@ -211,6 +212,11 @@ def write_outputs(comparison: Comparison, out: Path, formats: Sequence[str]) -> 
                                                                                               float_format="%.6g"))
         files["seed_tests_csv"] = _write_text(out / "seed_tests.csv",
                                               comparison.seed_tests.to_csv(index=False, float_format="%.6g"))
+        if comparison.versus is not None:
+            files["versus_csv"] = _write_text(out / "versus.csv", comparison.versus.to_csv(index=False,
+                                                                                          float_format="%.6g"))
+        else:  # not a previous comparison's
+            (out / "versus.csv").unlink(missing_ok=True)
     plots = write_bayesian_plots(comparison, out)
     if "csv" in formats:
         # Plot paths relative to the csv, so that they hold in the run's artifacts too.

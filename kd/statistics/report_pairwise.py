@@ -63,25 +63,27 @@ def write_bayesian_plots(comparison: Comparison, out: Path) -> dict[str, str]:
     return written
 
 
+def json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """A table's rows as JSON values: NaN as null, numpy scalars as Python's."""
+    return [{k: (finite_or_none(v) if isinstance(v, (float, np.floating)) else
+                 bool(v) if isinstance(v, (bool, np.bool_)) else int(v) if isinstance(v, np.integer) else v)
+             for k, v in row.items()} for row in frame.to_dict("records")]
+
+
 def pairwise_json(comparison: Comparison, plots: dict[str, str]) -> dict[str, Any]:
     w, options = comparison.wilcoxon, comparison.bayesian_options
 
     def matrix(frame: pd.DataFrame) -> dict[str, dict[str, float | None]]:
         return {m: {n: finite_or_none(v) for n, v in row.items()} for m, row in frame.iterrows()}
 
-    def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-        return [{k: (finite_or_none(v) if isinstance(v, (float, np.floating)) else
-                     bool(v) if isinstance(v, (bool, np.bool_)) else int(v) if isinstance(v, np.integer) else v)
-                 for k, v in row.items()} for row in frame.to_dict("records")]
-
     return {
         "points_scale": comparison.scale, "seed": comparison.seed,
         "wilcoxon_holm": {"statistic": matrix(w.statistic), "p_values": matrix(w.p_values),
                           "p_holm": matrix(w.adjusted)},
-        "pairs": records(pairwise_table(comparison)),
+        "pairs": json_records(pairwise_table(comparison)),
         "bayesian": {"rope": options.rope, "samples": options.samples, "hierarchical": options.hierarchical,
-                     "results": records(bayesian_table(comparison, plots))},
-        "seed_tests": {"weak_below_seeds": WEAK_SEEDS, "results": records(comparison.seed_tests)},
+                     "results": json_records(bayesian_table(comparison, plots))},
+        "seed_tests": {"weak_below_seeds": WEAK_SEEDS, "results": json_records(comparison.seed_tests)},
     }
 
 
