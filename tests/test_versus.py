@@ -9,6 +9,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -216,3 +217,32 @@ def test_plan_report_says_per_corpus_whether_each_student_passed_its_teacher_and
     assert f"## {TITLE}" in markdown and results["table1"]["markdown"].endswith(markdown)
     assert "- SM vs MTM: passed on 1 of 2 corpora, behind on 1" in markdown
     assert "- ensemble_SM vs STM: passed on 1 of 2 corpora, behind on 1" in markdown
+
+
+def test_parse_versus_reads_repeated_and_semicolon_separated_groups():
+    from kd.statistics.versus import parse_versus
+
+    assert parse_versus(["SM:MTM, STM;SM_text:MTM", " TSM : STM "]) == (
+        ("SM", "MTM"), ("SM", "STM"), ("SM_text", "MTM"), ("TSM", "STM"))
+    for bad in ("SM", "SM:", ":MTM"):
+        with pytest.raises(FieldError, match="expected MODEL:BASELINE"):
+            parse_versus([bad])
+
+
+def test_kd_compare_versus_writes_the_section_and_words_errors_as_the_option(tracking, tmp_path):
+    from click.testing import CliRunner
+
+    from kd.cli.main import cli
+    from tests.conftest import one_line_error
+    from tests.test_compare import log_table
+
+    table = pd.DataFrame(MEANS).loc[["x", "y", "z"]]
+    log_table(tracking, "v", table, seeds=3, noise=0.5)
+    args = ["compare", "--experiment", "v", "--model-key", "model", "--bayesian", "0", "--no-log", "--format", "md",
+            "--out", str(tmp_path)]
+    result = CliRunner().invoke(cli, [*args, "--versus", "SM:MTM,STM"])
+    assert result.exit_code == 0, result.output
+    assert "- SM vs MTM: passed on 1 of 3 corpora, behind on 1, not separable on 1" in result.output
+    assert "- SM vs STM: passed on 2 of 3 corpora, not separable on 1" in result.output
+    bad = CliRunner().invoke(cli, [*args, "--versus", "SM:TSM"])
+    assert bad.exit_code == 2 and one_line_error(bad) == "error: --versus TSM: not a model of the comparison (models: MTM, SM, STM)"

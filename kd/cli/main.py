@@ -220,15 +220,18 @@ def distill(task, cache_run, teachers, unlabelled, allow_eval_overlap, resume_ru
               help="Leave out models missing on some corpus instead of failing.")
 @click.option("--no-log", type=click.BOOL, is_flag=False, flag_value=True, default=False,
               help="Do not log a comparison run.")
+@click.option("--versus", multiple=True, help="MODEL:BASELINE[,BASELINE...] (repeatable, or ;-separated): per "
+              "corpus, did MODEL pass each baseline (difference of seed means, bootstrap interval over seeds).")
 @run_options("json", "threads", "progress")
 @handle_errors
 def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, alpha, rope, hierarchical, seed, out,
-            formats, drop_incomplete, no_log, as_json, threads, progress) -> None:
+            formats, drop_incomplete, no_log, versus, as_json, threads, progress) -> None:
     """Table, Friedman test, post-hoc tests and rank diagram of an experiment's runs."""
     import json as json_module
 
     from kd.statistics.comparison_options import BayesianOptions, ComparisonOptions
     from kd.statistics.comparison_report import run_comparison
+    from kd.statistics.versus import parse_versus
 
     if not 0 <= rope < float("inf"):
         raise click.BadParameter(f"{rope:g}: must be 0 (off) or a positive ROPE in F1 points", param_hint="--bayesian")
@@ -237,7 +240,7 @@ def compare(experiment, metric, model_key, corpus_key, filter_string, posthoc, a
     asked = ComparisonOptions(
         metric=metric, model_keys=tuple(k.strip() for k in model_key.split(",") if k.strip()) if model_key else None,
         corpus_key=corpus_key, posthoc=posthoc, alpha=alpha, drop_incomplete=drop_incomplete,
-        bayesian=BayesianOptions(rope=rope, hierarchical=hierarchical), seed=seed)
+        bayesian=BayesianOptions(rope=rope, hierarchical=hierarchical), seed=seed, versus=parse_versus(versus))
     # No per-step hook: a spinner with the elapsed time says the statistics are being computed.
     status = Console(stderr=True).status(f"comparing the runs of {experiment} ...")
     with status if wants_live_display(progress) else contextlib.nullcontext():

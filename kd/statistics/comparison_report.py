@@ -270,7 +270,8 @@ def run_comparison(client, experiment: str, out: Path, options: ComparisonOption
                         "corpus_key": options.corpus_key, "filter": filter_string or "", "posthoc": options.posthoc,
                         "alpha": options.alpha, "bayesian_rope": options.bayesian.rope,
                         "hierarchical": options.bayesian.hierarchical, "seed": options.seed,
-                        "models": ",".join(comparison.table.mean.columns), "runs_used": comparison.runs_used})
+                        "models": ",".join(comparison.table.mean.columns), "runs_used": comparison.runs_used,
+                        **({"versus": ";".join(f"{a}:{b}" for a, b in options.versus)} if options.versus else {})})
         files = write_outputs(comparison, out, formats)
         results = write_results_json(comparison, out, files, run.run_id)
         r = comparison.result

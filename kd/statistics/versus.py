@@ -34,6 +34,19 @@ def verdict(low: float, high: float) -> str:
     return PASSED if low > 0 else BEHIND if high < 0 else NOT_SEPARABLE
 
 
+def parse_versus(groups: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """(model, baseline) pairs from `MODEL:BASELINE[,BASELINE...]` groups, several to a value when
+    separated by `;` (one value is all `mlflow run -P versus=...` passes)."""
+    pairs = []
+    for group in (g.strip() for value in groups for g in value.split(";") if g.strip()):
+        model, _, baselines = (part.strip() for part in group.partition(":"))
+        names = [b.strip() for b in baselines.split(",") if b.strip()]
+        if not model or not names:
+            raise FieldError("versus", group, "expected MODEL:BASELINE[,BASELINE...] (groups separated by ;)")
+        pairs += [(model, name) for name in names]
+    return tuple(pairs)
+
+
 def check_versus(pairs: Sequence[tuple[str, str]], models: Sequence[str]) -> None:
     """Every model and baseline named is one of `models`, and no model is its own baseline."""
     for model, baseline in pairs:
