@@ -136,6 +136,9 @@ def test_compare_refuses_a_model_it_does_not_have_naming_the_field():
         compare_runs(fraction_runs(MEANS), ComparisonOptions(model_keys=("model",), versus=(("TSM", "MTM"),)))
     with pytest.raises(FieldError, match="^versus 'SM:SM': a model cannot be its own baseline$"):
         compare_runs(fraction_runs(MEANS), ComparisonOptions(model_keys=("model",), versus=(("SM", "SM"),)))
+    partial = [r for r in fraction_runs(MEANS) if not (r.tags["model"] == "SM" and r.tags["task"] == "z")]
+    with pytest.raises(FieldError, match="^versus 'SM': left out of the comparison: missing on some corpora$"):
+        compare_runs(partial, ComparisonOptions(model_keys=("model",), drop_incomplete=True, versus=(("SM", "MTM"),)))
 
 
 def test_a_plan_table_measures_students_against_their_teacher_and_the_stm_by_default(corpora, tmp_path):

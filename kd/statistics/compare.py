@@ -274,7 +274,7 @@ def compare_runs(records: Sequence[RunRecord], options: ComparisonOptions | None
     warnings = [w for w in warnings if not any(w.startswith(f"{model}: ") for model in dropped)]
     scale = display_scale(table.mean)
     degenerate = all_equal(table.mean)
-    check_versus(o.versus, list(table.mean.columns))  # before the merge: the names it uses
+    check_versus(o.versus, list(table.mean.columns), dropped)  # before the merge: the names it uses
     table, cells, renamed, merge_notes = (table, cells, {}, []) if degenerate else merge_identical(table, cells)
     notes = degenerate_notes(table.mean, scale)  # after merging: a tie of one model with itself is no note
     models, corpora = list(table.mean.columns), list(table.mean.index)

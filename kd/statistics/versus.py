@@ -47,10 +47,13 @@ def parse_versus(groups: Sequence[str]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def check_versus(pairs: Sequence[tuple[str, str]], models: Sequence[str]) -> None:
-    """Every model and baseline named is one of `models`, and no model is its own baseline."""
+def check_versus(pairs: Sequence[tuple[str, str]], models: Sequence[str], dropped: Sequence[str] = ()) -> None:
+    """Every model and baseline named is one of `models` (not one `dropped` for lacking a corpus), and
+    no model is its own baseline."""
     for model, baseline in pairs:
         for name in (model, baseline):
+            if name in dropped:
+                raise FieldError("versus", name, "left out of the comparison: missing on some corpora")
             if name not in models:
                 raise FieldError("versus", name, f"not a model of the comparison (models: {', '.join(models)})")
         if model == baseline:
