@@ -47,7 +47,8 @@ def test_the_interval_is_the_percentile_interval_of_the_exact_bootstrap_distribu
     # 2,000 resamples put the 2.5% quantile within 3 standard errors (3 * 0.35%) of its level.
     assert exact[math.floor(0.0145 * len(exact))] <= row.low <= exact[math.ceil(0.0355 * len(exact))]
     assert exact[math.floor(0.9645 * len(exact))] <= row.high <= exact[math.ceil(0.9855 * len(exact))]
-    # Resampling both sides together (paired) or leaving one side fixed gives other intervals.
+    # The exact bounds are [-1.33, -0.67] and [7.0, 7.33]: resampling the seeds as pairs (differences 2, 3,
+    # 4: an interval within [2, 4]) or the model's seeds alone (never below 0) would fail here.
     assert row.low < 0 < row.high and verdict(row.low, row.high) == "not separable"
 
 
