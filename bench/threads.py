@@ -3,15 +3,18 @@ corpus, alone and next to one busy process, for each thread setting, interleaved
 setting meets the same conditions (other work on the machine included).
 
 Settings:
-  torch default        kd's command line before it chose its threads: torch's own thread count (all
-                       cores) and libgomp's default waiting, which spins before it sleeps (the click group
-                       called directly, so kd's `main()` sets nothing, with --threads <cores>)
-  passive, all cores   `kd train --threads <cores>`: `main()` makes OpenMP threads wait passively
-  kd default           `kd train` as users run it: passive waiting, half the cores (1 on 2 cores)
+  torch default        torch's own thread count (all cores) and libgomp's default waiting, which spins
+                       before it sleeps (the click group called directly, with --threads <cores>)
+  kd default           `kd train` as users run it: the thread count follows the machine's load
+                       (kd.training.threads: the free cores, one thread while another process is busy)
+  1 thread, passive    kd's default before the count followed the load (OMP_WAIT_POLICY=PASSIVE, 1 thread
+                       on 2 cores)
   --threads 1          one torch thread
+  passive, all cores   `kd train --threads <cores>` with OMP_WAIT_POLICY=PASSIVE
   active, all cores    OMP_WAIT_POLICY=ACTIVE (threads spin while they wait, without end)
   spin N, all cores    GNU OpenMP's GOMP_SPINCOUNT=N: threads spin N rounds, then sleep (bounded
-                       spinning; libgomp's own default without a wait policy is 300,000)
+                       spinning; libgomp's own default without a wait policy is 300,000); `--settings`
+                       picks them
 
 Each run is a fresh process (`--epochs 1`, small sizes stay the defaults); the figures are its wall
 time and its CPU time (user + system, of the process and its children).
@@ -36,9 +39,10 @@ ALL_CORES = ["--threads", str(os.cpu_count())]
 # setting -> (command, its arguments, environment variables of its own)
 SETTINGS = {
     "torch default": ([sys.executable, "-c", OLD_DEFAULT], ALL_CORES, {}),
-    "passive, all cores": ([sys.executable, "-m", "kd"], ALL_CORES, {}),
     "kd default": ([sys.executable, "-m", "kd"], [], {}),
+    "1 thread, passive": ([sys.executable, "-m", "kd"], ["--threads", "1"], {"OMP_WAIT_POLICY": "PASSIVE"}),
     "--threads 1": ([sys.executable, "-m", "kd"], ["--threads", "1"], {}),
+    "passive, all cores": ([sys.executable, "-m", "kd"], ALL_CORES, {"OMP_WAIT_POLICY": "PASSIVE"}),
     "active, all cores": ([sys.executable, "-m", "kd"], ALL_CORES, {"OMP_WAIT_POLICY": "ACTIVE"}),
     "spin 10k, all cores": ([sys.executable, "-m", "kd"], ALL_CORES, {"GOMP_SPINCOUNT": "10000"}),
     "spin 100k, all cores": ([sys.executable, "-m", "kd"], ALL_CORES, {"GOMP_SPINCOUNT": "100000"}),
@@ -92,6 +96,10 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=1000, help="Training sentences of the subsample.")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help="Comma-separated settings to run (default: all).")
+    parser.add_argument("--conditions", default=",".join(CONDITIONS),
+                        help="Comma-separated conditions (default: all).")
     args = parser.parse_args()
 
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
@@ -103,10 +111,12 @@ def main() -> None:
                               "MLFLOW_RUN_ID")}
         env.update(MLFLOW_TRACKING_URI=f"sqlite:///{scratch / 'mlflow.db'}", PYTHONPATH=str(REPO))
         for repeat in range(args.repeats):
-            for condition, busy in CONDITIONS.items():
+            for condition in args.conditions.split(","):
+                busy = CONDITIONS[condition]
                 competitors = [busy_loop() for _ in range(busy)]
                 try:
-                    for setting, (command, extra, own_env) in SETTINGS.items():
+                    for setting in args.settings.split(","):
+                        command, extra, own_env = SETTINGS[setting]
                         full = [*command, "train", "--task", str(corpus), "--epochs", "1", "--experiment", "threads",
                                 "--checkpoint-dir", str(scratch / "checkpoints"), "--json", *extra]
                         wall, cpu = timed_run(full, scratch, {**env, **own_env})

@@ -70,6 +70,38 @@ def test_entity_scores_with_no_predicted_entities():
     assert (scores.precision, scores.recall, scores.f1) == (0.0, 0.0, 0.0)
 
 
+def test_entity_scores_are_seqevals_strict_iob2_report():
+    """seqeval's classification_report (strict IOB2) is the truth: micro and per-type precision,
+    recall, F1 and support on random tag sequences, stray I- tags and type changes included."""
+    import random
+
+    from seqeval.metrics import classification_report
+    from seqeval.scheme import IOB2
+
+    rng = random.Random(0)
+    tags = ["O", "O", "B-A", "I-A", "B-B", "I-B", "B-C"]
+    for _ in range(300):
+        gold = [[rng.choice(tags) for _ in range(rng.randint(1, 8))] for _ in range(rng.randint(1, 6))]
+        predicted = [[rng.choice(tags) for _ in sentence] for sentence in gold]
+        report = classification_report(gold, predicted, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)
+        scores = entity_scores(gold, predicted)
+        micro = report.pop("micro avg")
+        assert (scores.precision, scores.recall, scores.f1) == pytest.approx(
+            (micro["precision"], micro["recall"], micro["f1-score"]), abs=1e-12)
+        expected = {name: {"precision": v["precision"], "recall": v["recall"], "f1": v["f1-score"],
+                           "support": v["support"]} for name, v in report.items() if not name.endswith(" avg")}
+        assert set(scores.per_type) == set(expected), (gold, predicted)
+        for name, values in expected.items():
+            assert scores.per_type[name] == pytest.approx(values, abs=1e-12), (name, gold, predicted)
+
+
+def test_entity_scores_refuse_sentences_of_different_lengths():
+    with pytest.raises(ValueError, match="sentence 1"):
+        entity_scores([["O"], ["B-A", "O"]], [["O"], ["B-A"]])
+    with pytest.raises(ValueError):
+        entity_scores([["O"], ["O"]], [["O"]])
+
+
 def test_as_metrics_prefix():
     scores = entity_scores(GOLD, PRED)
     assert scores.as_metrics("devel") == {"devel_precision": scores.precision, "devel_recall": scores.recall,

@@ -20,7 +20,8 @@ from kd.data.types import Sentence
 from kd.data.vocab import build_vocabularies
 from kd.models.inference import SavedTagger
 from kd.models.io import save_model
-from kd.models.raw_text import iob2_spans, tag_documents
+from kd.data.iob2 import iob2_spans
+from kd.models.raw_text import tag_documents
 from kd.models.tagger import Tagger, TaggerConfig
 from tests.conftest import ENTITIES, one_line_error
 

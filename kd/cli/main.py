@@ -19,7 +19,7 @@ from kd.errors import KdError
 from kd.cli.options import (WHOLE_NUMBER, allow_eval_overlap_option, apply_threads, as_path, data_dir_option,
                             directory_option, echo_result, model_options, option_given, point_project_run,
                             project_run_id, project_target, resolved_file, run_options, schema_option, schema_options,
-                            split_options, take, tracking_client, tracking_uri, training_options)
+                            split_options, take, tracking_client, tracking_uri, training_options, training_threads)
 from kd.option_schema import names_of
 from kd.cli.progress import TrainingDisplay, resume_hint, stop_cleanly, wants_live_display
 from kd.cli.tune_cmd import tune
@@ -282,11 +282,11 @@ def run_job(corpora: list[str], resume_run_id: str | None, options: dict[str, An
     exports the finished model (kd export)."""
     refuse_missing_corpora(corpora, options["data_dir"])
     from kd.models.tagger import TaggerConfig
-    from kd.training.loop import TrainingOptions
+    from kd.training.loop import HookChain, TrainingOptions
     from kd.training.tagger_job import RunPlacement, TaggerJob, run_tagger_job
 
     check_export_available(options.get("export_format"))
-    apply_threads(options["threads"])
+    threads = training_threads(options["threads"])
     job = None
     if not resume_run_id:
         job = TaggerJob(corpora=corpora, model=TaggerConfig(**take(options, "model")),
@@ -303,7 +303,7 @@ def run_job(corpora: list[str], resume_run_id: str | None, options: dict[str, An
         job.experiment = experiment
     display = TrainingDisplay(client, tracking_uri(), wants_live_display(options["progress"]))
     with stop_cleanly(display, resume_hint(click.get_current_context().info_name)):
-        summary = run_tagger_job(job, client, Path(options["checkpoint_dir"]), hooks=display,
+        summary = run_tagger_job(job, client, Path(options["checkpoint_dir"]), hooks=HookChain(display, threads),
                                  resume_run_id=resume_run_id, placement=RunPlacement(attach_to=attach_to), tasks=tasks)
     point_project_run(client, experiment, summary.run_id)
     echo_result(options["as_json"], {"run_id": summary.run_id, **summary.metrics,
@@ -369,11 +369,6 @@ def predict(model_ref, input_path, raw, out_path, task, device, precision, runti
 def main() -> None:
     # Progress bars for copying local artifacts are noise in logs and CI.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # OpenMP threads that wait for work sleep instead of spinning: with one other busy process on
-    # 2 cores, spinning threads made a one-epoch run several times slower (bench/README.md,
-    # "Threads"). libgomp reads this once, when torch loads it, so it is set here, before any
-    # command imports torch; a value the user set wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     cli(prog_name="kd")
 
 

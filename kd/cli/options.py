@@ -72,9 +72,9 @@ model_options = schema_options(*names_of("model"))
 RUN_OPTIONS = {
     "device": click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N]."),
     "threads": click.option("--threads", type=WHOLE_NUMBER, default=0, show_default=True,
-                            help="CPU threads for torch; 0: half the cores (1 on 2 cores), or $OMP_NUM_THREADS if "
-                                 "set. Threads wait passively, so a busy machine does not stall them "
-                                 "(bench/README.md, \"Threads\")."),
+                            help="CPU threads for torch; 0: kd's default: training takes the free cores (1 thread while "
+                                 "another process is busy), other commands half the cores; $OMP_NUM_THREADS if "
+                                 "set (bench/README.md, \"Threads\")."),
     "experiment": click.option("--experiment", default="kd", show_default=True, help="MLflow experiment."),
     "run_name": click.option("--run-name", default=None, help="MLflow run name."),
     "checkpoint_dir": click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=".kd/checkpoints",
@@ -119,14 +119,17 @@ def take(options: dict[str, Any], group: str) -> dict[str, Any]:
 
 
 def default_threads() -> int | None:
-    """kd's thread count when `--threads` is 0: half the cores, leaving the rest to another process.
-    On 2 cores with one other busy process, torch's default (2 threads, spinning) took 57-92 s for an
-    epoch that 1 thread ran in 13 s; 2 passively waiting threads took 14 s then, but 17 s on a quiet
-    machine, where 1 thread took 12.6 s and torch's default 10.4-11.3 s (bench/README.md, "Threads").
-    A user's OMP_NUM_THREADS is torch's choice and stays (None)."""
+    """kd's thread count when `--threads` is 0 outside training (prediction, caching, export): half
+    the cores, leaving the rest to another process. A user's OMP_NUM_THREADS is torch's choice and
+    stays (None)."""
     if os.environ.get("OMP_NUM_THREADS"):
         return None
-    return max(1, (os.cpu_count() or 1) // 2)
+    return max(1, usable_cores() // 2)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, e.g. a container's or taskset's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def apply_threads(threads: int | None) -> None:
@@ -138,6 +141,21 @@ def apply_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def training_threads(threads: int | None):
+    """`--threads` of a training command, as training hooks: a count (or $OMP_NUM_THREADS) is set
+    once; 0, kd's default, follows the machine's load: the free cores, up to half of them but at
+    least 2, and one thread while another process is busy (kd.training.threads)."""
+    from kd.training.loop import TrainingHooks
+
+    if threads or os.environ.get("OMP_NUM_THREADS"):
+        apply_threads(threads)
+        return TrainingHooks()
+    from kd.training.threads import LoadFollowingThreads
+
+    cores = usable_cores()
+    return LoadFollowingThreads(ceiling=max(min(2, cores), cores // 2), cores=cores)
 
 
 def tracking_client():

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from kd.data.batching import BATCH_TOKEN_BUDGET
+from kd.data.iob2 import iob2_spans
 from kd.data.conll import decode_utf8, read_file_bytes
 from kd.data.text.tokenise import Token, split_sentences
 from kd.errors import DataError, KdError
@@ -49,21 +50,6 @@ class DocumentTooLong(KdError):
 
 class TokenTagger(Protocol):
     def tag(self, sentences: Sequence[Sequence[str]]) -> list[list[str]]: ...
-
-
-def iob2_spans(tags: Sequence[str]) -> list[tuple[int, int, str]]:
-    """(first token, token after the last, label) of each entity of a strict IOB2 tag sequence."""
-    spans: list[tuple[int, int, str]] = []
-    start, label = None, None
-    for position, tag in enumerate(tags):
-        if start is not None and tag == f"I-{label}":
-            continue
-        if start is not None:
-            spans.append((start, position, label))
-        start, label = (position, tag[2:]) if tag.startswith("B-") else (None, None)
-    if start is not None:
-        spans.append((start, len(tags), label))
-    return spans
 
 
 def sentence_entities(document: str, tokens: Sequence[Token], tags: Sequence[str],

@@ -24,7 +24,7 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 def _requirements(transformer: bool) -> list[str]:
     from importlib.metadata import version
 
-    names = ("torch", "mlflow", "numpy", "seqeval", "pandas") + (
+    names = ("torch", "mlflow", "numpy", "pandas") + (
         ("transformers", "safetensors", "tokenizers") if transformer else ())
     return [f"{name}=={version(name)}" for name in names]
 

@@ -79,8 +79,10 @@ def devel_selection(evaluators: dict[str, Any], selects_on_devel: bool) -> dict[
         return {}
 
     def evaluate_devel(epoch: int) -> dict[str, float]:
-        scores, _ = evaluators["devel"].run()
-        return {k: v for k, v in metric_names("devel", scores).items() if k.split("/")[-1] == "devel_f1"}
+        result = evaluators["devel"].run()
+        metrics = {k: v for k, v in metric_names("devel", result[0]).items() if k.split("/")[-1] == "devel_f1"}
+        evaluators["devel"].remember(epoch, metrics["devel_f1"], result)
+        return metrics
     return {"evaluate_epoch": evaluate_devel, "selection_metric": "devel_f1"}
 
 
@@ -94,7 +96,9 @@ def score_splits(evaluators: dict[str, Any], state: TrainingState,
     results: SplitResults = {}
     for split, evaluator in evaluators.items():
         started = time.perf_counter()
-        results[split] = evaluator.run()
+        # The best devel epoch's weights were restored: its result from training is theirs.
+        recalled = evaluator.recall(state.best_epoch) if split != timed_split else None
+        results[split] = recalled or evaluator.run()
         if split == timed_split:
             words = sum(d.num_tokens for d in evaluator.datasets.values())
             final["predict_tokens_per_second"] = words / (time.perf_counter() - started)
