@@ -90,8 +90,10 @@ def kd_process(code: Path, workdir: Path, corpus: Path, output: str) -> dict[str
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("OMP_", "MLFLOW_", "KD_", "GOMP_"))} | {"PYTHONPATH": str(code)}
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", CHILD.replace("OUT", repr(str(out))), json.dumps(STAGES), "-", *args],
-                   cwd=workdir, env=env, check=True, capture_output=True, timeout=1800)
+    result = subprocess.run([sys.executable, "-c", CHILD.replace("OUT", repr(str(out))), json.dumps(STAGES), "-", *args],
+                            cwd=workdir, env=env, capture_output=True, text=True, timeout=1800)
+    if result.returncode:
+        raise SystemExit(f"{code}: kd train failed ({result.returncode}): {result.stderr[-2000:]}")
     figures = {"wall": time.perf_counter() - started, **json.loads(out.read_text())}
     figures["outside the epoch"] = figures["wall"] - figures.get("the training epoch", 0.0)
     return figures

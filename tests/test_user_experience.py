@@ -106,6 +106,23 @@ def test_kd_leaves_the_openmp_wait_policy_to_the_user():
         assert out == expected
 
 
+def test_kd_exits_with_its_code_its_output_and_its_atexit_handlers(tmp_path):
+    """main() ends the process without the interpreter's teardown (kd.cli.main.exit_without_teardown):
+    the exit code, unflushed output and atexit handlers must survive it."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "atexit.txt"
+    for body, code in (("sys.exit(3)", 3), ("None", 0), ("sys.exit('a message')", 1)):
+        probe = (f"import atexit, sys, kd.cli.main as m; atexit.register(lambda: open({str(marker)!r}, 'a').write('ran'));"
+                 f" sys.stdout.write('unflushed'); m.cli = lambda **k: {body}; m.main()")
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
+        assert (result.returncode, result.stdout) == (code, "unflushed")
+        assert marker.read_text() == "ran"
+        marker.unlink()
+    assert "a message" in result.stderr
+
+
 # ----------------------------------------------------------------- one source per option set
 
 
