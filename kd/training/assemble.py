@@ -24,6 +24,7 @@ from kd.models.device import resolve_device
 from kd.models.predict import predict_tags
 from kd.models.tagger import Tagger
 from kd.tracking.metrics import late_gains
+from kd.training.adam import Optimizer
 from kd.training.distillation import StudentModel, distillation_loss
 from kd.training.evaluate import EntityScores, Evaluator, metric_names
 from kd.training.job_definition import RunPlan, TaggerJob, TaskData, build_tagger, load_tasks
@@ -47,7 +48,7 @@ class Assembly:
     facts: dict[str, Any]  # worth logging: pretrained words found, ...
     loss: LossFunction
     plan: EpochPlan
-    optimizers: dict[str, torch.optim.Optimizer]
+    optimizers: dict[str, Optimizer]
     train_data: dict[str, EncodedDataset]
     evaluators: dict[str, Evaluator]  # the scored split, and devel when it is held out
     selects_on_devel: bool  # devel is held out: the best devel epoch's weights are kept

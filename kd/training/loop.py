@@ -22,6 +22,7 @@ from kd.data.batching import Batch
 from kd.errors import KdError, disk_full_names
 from kd.models.device import autocast
 from kd.option_schema import check_fields, default
+from kd.training.adam import Optimizer
 from kd.utils.atomic import atomic_file
 
 # The batches of one epoch, drawn with the loop's generator so a resumed run draws the same ones.
@@ -89,10 +90,10 @@ def clone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
 
 
-def distinct_optimizers(optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, torch.optim.Optimizer]:
+def distinct_optimizers(optimizers: Mapping[str, Optimizer]) -> dict[str, Optimizer]:
     """Each optimizer once, under the first task that steps it: tasks may share one optimizer, whose
     state a checkpoint then holds once."""
-    first: dict[int, tuple[str, torch.optim.Optimizer]] = {}
+    first: dict[int, tuple[str, Optimizer]] = {}
     for task, optimizer in optimizers.items():
         first.setdefault(id(optimizer), (task, optimizer))
     return dict(first.values())
@@ -157,12 +158,12 @@ class Trainable:
     and the loss."""
 
     model: torch.nn.Module
-    optimizers: Mapping[str, torch.optim.Optimizer]
+    optimizers: Mapping[str, Optimizer]
     plan_epoch: EpochPlan
     loss_function: LossFunction
 
 
-def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_function: LossFunction,
+def training_step(model: torch.nn.Module, optimizer: Optimizer, loss_function: LossFunction,
                   task: str, batch: Batch, options: TrainingOptions, device: torch.device,
                   stage: Callable[[str], contextlib.AbstractContextManager]) -> Mapping[str, torch.Tensor]:
     """One optimizer step on one batch (already on `device`); returns the loss terms."""
@@ -199,7 +200,7 @@ def train_epoch(trainable: Trainable, batches: Iterable[tuple[str, Batch]], opti
     return {f"train_{name}": total / max(count, 1) for name, total in sums.items()}
 
 
-def restore(model: torch.nn.Module, optimizers: Mapping[str, torch.optim.Optimizer], state: TrainingState,
+def restore(model: torch.nn.Module, optimizers: Mapping[str, Optimizer], state: TrainingState,
             generator: np.random.Generator, seed: int) -> None:
     """Puts model, optimizers and random generators where a checkpointed `state` left them; a fresh
     state only seeds torch."""
@@ -217,7 +218,7 @@ def restore(model: torch.nn.Module, optimizers: Mapping[str, torch.optim.Optimiz
     generator.bit_generator.state = state.numpy_rng
 
 
-def save_checkpoint(state: TrainingState, model: torch.nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
+def save_checkpoint(state: TrainingState, model: torch.nn.Module, optimizers: Mapping[str, Optimizer],
                     generator: np.random.Generator, path: Path) -> None:
     state.model = clone_state(model)
     state.optimizers = {task: optimizer.state_dict() for task, optimizer in distinct_optimizers(optimizers).items()}
