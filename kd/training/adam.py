@@ -25,7 +25,8 @@ ADAM_OPTIONS: dict[str, Any] = {"betas": BETAS, "eps": EPS, "weight_decay": 0, "
                                 "maximize": False, "foreach": None, "capturable": False,
                                 "differentiable": False, "fused": True, "decoupled_weight_decay": False}
 # Options that change the update: a group (or a loaded checkpoint) must have them at these values.
-_FIXED = ("betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay")
+_FIXED = ("betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay", "capturable",
+          "differentiable")
 FUSED_DEVICES = ("cpu", "cuda")
 
 
@@ -82,7 +83,7 @@ class FusedAdam:
                                  f"not {param.dtype} on {param.device}")
             if id(param) in seen:
                 raise ValueError("some parameters appear in more than one parameter group")
-        self.param_groups.append({**self.defaults, **param_group, "params": params})
+        self.param_groups.append({**self.defaults, **param_group, "params": params, "fused": True})
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for group in self.param_groups:
