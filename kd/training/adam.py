@@ -104,7 +104,8 @@ class FusedAdam:
         """One Adam step of every parameter that has a gradient (one outside this step's graph has
         none and keeps its value and moments, as with torch.optim.Adam)."""
         for group in self.param_groups:
-            # torch groups the tensors by device and dtype for the kernel (Optimizer._group_tensors_by_device_and_dtype).
+            # One kernel call per device and dtype, as torch groups them
+            # (Optimizer._group_tensors_by_device_and_dtype).
             lists: dict[tuple[torch.device, torch.dtype], tuple[list[torch.Tensor], ...]] = {}
             for param in group["params"]:
                 if param.grad is None:
@@ -149,7 +150,8 @@ class FusedAdam:
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
         if any(len(s["params"]) != len(g["params"]) for s, g in zip(saved_groups, self.param_groups)):
-            raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
+            raise ValueError("loaded state dict contains a parameter group that doesn't match the size of "
+                             "optimizer's group")
         for saved in saved_groups:
             _check_fixed(saved, "the loaded state dict")
         by_number = {number: param for saved, group in zip(saved_groups, self.param_groups)
