@@ -96,8 +96,8 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=1000, help="Training sentences of the subsample.")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json-out", type=Path, default=None)
-    parser.add_argument("--settings", default=",".join(SETTINGS),
-                        help="Comma-separated settings to run (default: all).")
+    parser.add_argument("--settings", default=";".join(SETTINGS),
+                        help="Settings to run, separated by ; (default: all).")
     parser.add_argument("--conditions", default=",".join(CONDITIONS),
                         help="Comma-separated conditions (default: all).")
     args = parser.parse_args()
@@ -115,7 +115,7 @@ def main() -> None:
                 busy = CONDITIONS[condition]
                 competitors = [busy_loop() for _ in range(busy)]
                 try:
-                    for setting in args.settings.split(","):
+                    for setting in args.settings.split(";"):
                         command, extra, own_env = SETTINGS[setting]
                         full = [*command, "train", "--task", str(corpus), "--epochs", "1", "--experiment", "threads",
                                 "--checkpoint-dir", str(scratch / "checkpoints"), "--json", *extra]

@@ -1,13 +1,11 @@
 """The `kd` command line: thin wrappers that parse options and call the library."""
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import sys
-import threading
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from rich.console import Console
@@ -17,6 +15,7 @@ from kd.cli.data_cmd import data
 from kd.cli.one_line_errors import OneLineErrors, handle_errors
 from kd.cli.export_cmd import check_export_available, export, export_at_end_option, export_finished_run
 from kd.cli.plan_cmd import plan
+from kd.cli.process_exit import exit_without_teardown
 from kd.errors import KdError
 from kd.cli.options import (WHOLE_NUMBER, allow_eval_overlap_option, apply_threads, as_path, data_dir_option,
                             directory_option, echo_result, model_options, option_given, point_project_run,
@@ -377,26 +376,6 @@ def main() -> None:
     except SystemExit as stop:
         code = stop.code
     exit_without_teardown(code)
-
-
-def exit_without_teardown(code: int | str | None) -> NoReturn:
-    """Ends the process once its command is done, skipping the interpreter's teardown of the modules
-    it loaded: with torch, torch._dynamo and MLflow loaded, that teardown took 1.1 s of an idle
-    process and 1.7 s at the end of a `kd train` on 2 cores (bench/README.md, "Whole process"). The
-    atexit handlers (MLflow's, logging's, multiprocessing's) still run and the standard streams are
-    flushed; while other threads are alive the ordinary exit joins them."""
-    if isinstance(code, str):
-        print(code, file=sys.stderr)
-        code = 1
-    if threading.active_count() > 1:
-        sys.exit(code)
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
-            pass
-    os._exit(code or 0)
 
 
 if __name__ == "__main__":
