@@ -70,15 +70,16 @@ for module_name, attribute, stage in stages:
         if getattr(module, "__name__", "").startswith("kd.") and getattr(module, name, None) is original:
             setattr(module, name, getattr(owner, name))
 seconds["imports to wrap the stages"] = time.perf_counter() - started
+
+def write_stages():  # at exit: kd's main() may end the process itself (kd.cli.process_exit)
+    with open(OUT, "w") as handle:
+        json.dump(seconds, handle)
+
+import atexit
+atexit.register(write_stages)
 from kd.cli.main import main
 sys.argv = ["kd", *sys.argv[3:]]
-try:
-    main()
-except SystemExit as stop:
-    if stop.code:
-        raise
-with open(OUT, "w") as handle:
-    json.dump(seconds, handle)
+main()
 """
 
 
