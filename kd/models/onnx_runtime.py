@@ -78,8 +78,8 @@ class OnnxTagger:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        # Waiting threads sleep rather than spin: on the shared 2-core machine, 2 threads tagged NCBI-disease test in 1.76 s (median of 4) this way
-        # and in 2.17 s spinning.
+        # Waiting threads sleep rather than spin: on the shared 2-core machine, 2 threads tagged
+        # NCBI-disease test in 1.76 s (median of 4) this way and in 2.17 s spinning.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
