@@ -142,6 +142,8 @@ def test_fused_adam_refuses_what_it_would_not_do_as_torch_does():
     other = torch.optim.Adam(model.shared.parameters(), weight_decay=0.1)
     with pytest.raises(ValueError, match="weight_decay"):
         optimizer.load_state_dict(other.state_dict())
+    with pytest.raises(ValueError, match="set_to_none"):
+        optimizer.zero_grad(set_to_none=False)
 
 
 def test_kd_optimizers_are_fused_adam_on_cpu_and_torch_adam_elsewhere():
