@@ -66,7 +66,6 @@ class LoadFollowingThreads(TrainingHooks):
         self.machine_busy, self.own_cpu, self.clock, self.set_threads = machine_busy, own_cpu, clock, set_threads
         self.threads = 1
         self.set_threads(1)
-        self.counts: list[int] = [1]  # every count chosen, in order
         self.last = self._sample()
 
     def _sample(self) -> tuple[float, float, float] | None:
@@ -87,4 +86,3 @@ class LoadFollowingThreads(TrainingHooks):
         if threads != self.threads:
             self.threads = threads
             self.set_threads(threads)
-            self.counts.append(threads)
