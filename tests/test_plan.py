@@ -60,9 +60,13 @@ def ids(result) -> dict[str, str]:
     return {cell.label: cell.cell_id for cell in result.cells.values()}
 
 
+def cells_by_label(result) -> dict:
+    return {cell.label: cell for cell in result.cells.values()}
+
+
 def test_the_tiny_plan_expands_into_its_cells(corpora, tmp_path):
     result = resolved(tmp_path, tiny_plan(corpora))
-    labels = {cell.label: cell for cell in result.cells.values()}
+    labels = cells_by_label(result)
     # 2 MTMs; a cache per seed and one over both; STM, SM and ensemble SM on 2 corpora x 2 seeds.
     assert sorted(labels) == sorted(
         ["teacher/mtm/seed1", "teacher/mtm/seed2", "cache/mtm/seed1", "cache/mtm/seed2", "cache/mtm_seeds/seeds"]

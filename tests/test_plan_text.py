@@ -15,7 +15,7 @@ from kd.data.text.overlap import sentence_key
 from kd.errors import KdError
 from kd.jobs.plan import load_plan
 from tests.conftest import isolated_store, make_corpora
-from tests.test_plan import SMALL, resolved, write_plan
+from tests.test_plan import SMALL, cells_by_label, resolved, write_plan
 
 REST = {"rest_of_train": True, "max_sentences": 50, "seed": 3}
 
@@ -37,12 +37,8 @@ def corpora(tmp_path_factory) -> Path:
     return make_corpora(tmp_path_factory.mktemp("plan-text") / "corpora")
 
 
-def labels(result) -> dict:
-    return {cell.label: cell for cell in result.cells.values()}
-
-
 def test_a_rest_of_train_text_is_a_cell_per_corpus_that_its_cache_and_student_use(corpora, tmp_path):
-    cells = labels(resolved(tmp_path, text_plan(corpora)))
+    cells = cells_by_label(resolved(tmp_path, text_plan(corpora)))
     by_id = {cell.cell_id: label for label, cell in cells.items()}
     assert {"text/own/tiny", "text/own/other", "cache/own/tiny/seed1", "cache/own/other/seed1"} <= set(cells)
     assert [by_id[d] for d in cells["cache/own/tiny/seed1"].depends_on] == ["teacher/mtm/seed1", "text/own/tiny"]
@@ -58,7 +54,7 @@ def test_a_text_from_other_corpora_is_one_cell_guarding_every_cached_corpus(tmp_
 
     corpora = make_corpora(tmp_path / "corpora")
     write_corpus(corpora / "pub", seed=7)
-    cells = labels(resolved(tmp_path, text_plan(corpora, {"from_corpora": ["pub"], "max_sentences": 30})))
+    cells = cells_by_label(resolved(tmp_path, text_plan(corpora, {"from_corpora": ["pub"], "max_sentences": 30})))
     texts = [label for label in cells if label.startswith("text/")]
     assert texts == ["text/own"] and cells["text/own"].config["tasks"] == ["tiny", "other"]
     assert dict(cells["text/own"].paths) == {"pub": str((corpora / "pub").resolve())}
@@ -74,13 +70,13 @@ def test_a_text_from_other_corpora_is_one_cell_guarding_every_cached_corpus(tmp_
 
 
 def test_the_text_specification_is_part_of_the_identity_of_its_cells(corpora, tmp_path):
-    base = labels(resolved(tmp_path / "a", text_plan(corpora)))
-    other = labels(resolved(tmp_path / "b", text_plan(corpora, {**REST, "max_sentences": 40})))
+    base = cells_by_label(resolved(tmp_path / "a", text_plan(corpora)))
+    other = cells_by_label(resolved(tmp_path / "b", text_plan(corpora, {**REST, "max_sentences": 40})))
     for label in ("text/own/tiny", "cache/own/tiny/seed1", "model/SMU/tiny/seed1"):
         assert base[label].cell_id != other[label].cell_id
     for label in ("teacher/mtm/seed1", "model/STM/tiny/seed1"):
         assert base[label].cell_id == other[label].cell_id
-    again = labels(resolved(tmp_path / "c", text_plan(corpora)))
+    again = cells_by_label(resolved(tmp_path / "c", text_plan(corpora)))
     assert {k: c.cell_id for k, c in again.items()} == {k: c.cell_id for k, c in base.items()}
 
 
@@ -88,12 +84,12 @@ def test_a_file_relative_to_the_plan_is_identified_by_its_content(corpora, tmp_p
     (tmp_path / "texts").mkdir()
     (tmp_path / "texts" / "t.txt").write_text("aspirin was given\nthe patient showed fever\n")
     plan = text_plan(corpora, "texts/t.txt")
-    first = labels(resolved(tmp_path, plan))
+    first = cells_by_label(resolved(tmp_path, plan))
     cache = first["cache/own/seed1"]  # one text for every corpus: one cache
     assert not any(label.startswith("text/") for label in first)
     assert dict(cache.paths) == {"unlabelled": str(tmp_path / "texts" / "t.txt")}
     (tmp_path / "texts" / "t.txt").write_text("aspirin was given\n")
-    assert labels(resolved(tmp_path, plan))["cache/own/seed1"].cell_id != cache.cell_id
+    assert cells_by_label(resolved(tmp_path, plan))["cache/own/seed1"].cell_id != cache.cell_id
 
 
 @pytest.mark.parametrize("change, message", [

@@ -21,7 +21,7 @@ from kd.data.corpora import load_split
 from kd.errors import KdError
 from kd.jobs.plan import load_plan
 from tests.conftest import isolated_store, make_corpora, one_line_error
-from tests.test_plan import SMALL, line_of, resolved, write_plan
+from tests.test_plan import SMALL, cells_by_label, line_of, resolved, write_plan
 
 CONFIG = {"architectures": ["BertModel"], "hidden_size": 384, "num_hidden_layers": 6, "model_type": "bert"}
 
@@ -56,10 +56,6 @@ def bert_plan(data_dir: Path, base: str) -> dict:
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory) -> Path:
     return make_corpora(tmp_path_factory.mktemp("plan-bert") / "corpora")
-
-
-def cells_by_label(result) -> dict:
-    return {cell.label: cell for cell in result.cells.values()}
 
 
 def test_a_transformer_teacher_takes_fine_tuning_defaults_not_the_bilstms(corpora, tmp_path):

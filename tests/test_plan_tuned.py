@@ -10,7 +10,7 @@ from kd.errors import KdError
 from kd.jobs.plan import load_plan
 from tests.conftest import isolated_store, make_corpora
 from tests.test_plan_text import text_plan
-from tests.test_plan import resolved, write_plan
+from tests.test_plan import cells_by_label, resolved, write_plan
 
 SPACE = ("fixed: {loss: logits, word_dim: 16, char_dim: 8, char_hidden: 8, shared_hidden: 16, task_hidden: 16, "
          "hidden_dim: 16, batch_size: 16, learning_rate: 0.05, dropout: 0.1, epochs: 1}\n"
@@ -30,7 +30,7 @@ def tuned_plan(corpora: Path, root: Path, trials: int = 2) -> dict:
 def test_a_tuned_model_is_a_study_per_corpus_and_a_refit_per_seed(tmp_path):
     corpora = make_corpora(tmp_path / "corpora")
     result = resolved(tmp_path, tuned_plan(corpora, tmp_path))
-    cells = {cell.label: cell for cell in result.cells.values()}
+    cells = cells_by_label(result)
     by_id = {cell.cell_id: label for label, cell in cells.items()}
     assert {"study/TSM/tiny", "study/TSM/other"} <= set(cells)
     assert [by_id[d] for d in cells["study/TSM/tiny"].depends_on] == ["cache/own/tiny/seed1", "text/own/tiny"]
