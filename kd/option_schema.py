@@ -125,7 +125,7 @@ OPTIONS: dict[str, Option] = {option.name: option for option in (
     Option("tau", float, 1.0, "distill", "Temperature of soft and kl.", above=0),
     Option("unlabelled_ratio", float, None, "distill", "Each epoch draws this many --unlabelled sentences per "
            "labelled sentence, continuing through the file from epoch to epoch (seeded by --seed); default: the "
-           "whole file every epoch.", above=0, optional=True, tunable=False),
+           "whole file every epoch.", above=0, optional=True),
 )}
 
 

@@ -54,12 +54,43 @@ def test_plan_run_epochs_shortens_the_study_and_its_refits(tmp_path):
     assert plain["study/TSM/tiny"].config["training"]["epochs"] == 1  # the space's
 
 
+def test_unlabelled_ratio_is_fixed_for_every_trial_and_refit_and_in_their_identity(tmp_path):
+    from kd.jobs.plan_tuned import tune_job
+
+    corpora = make_corpora(tmp_path / "corpora")
+    plain = cells_by_label(resolved(tmp_path / "a", tuned_plan(corpora, tmp_path)))
+    plan = tuned_plan(corpora, tmp_path)
+    plan["models"]["TSM"]["unlabelled_ratio"] = 1
+    ratio = cells_by_label(resolved(tmp_path / "b", plan))
+    for label in ("study/TSM/tiny", "model/TSM/tiny/seed1"):
+        assert "fixed" not in plain[label].config  # plans without the key keep their cells
+        assert ratio[label].config["fixed"] == {"unlabelled_ratio": 1.0}
+        assert ratio[label].cell_id != plain[label].cell_id
+        context = type("Context", (), {"checkpoint_dir": str(tmp_path), "data_dir": str(corpora), "device": "cpu",
+                                       "experiment": "x"})()
+        text = tmp_path / "text.txt"
+        text.write_text("a b\n")
+        assert tune_job(ratio[label], context, "cache-run", str(text)).overrides == {"unlabelled_ratio": 1.0}
+    assert ratio["model/STM/tiny/seed1"].cell_id == plain["model/STM/tiny/seed1"].cell_id
+
+
+def test_a_space_that_tunes_the_ratio_cannot_have_it_fixed_by_the_plan(tmp_path):
+    plan = tuned_plan(make_corpora(tmp_path / "corpora"), tmp_path)
+    (tmp_path / "space.yaml").write_text(SPACE + "  unlabelled_ratio: {type: float, low: 0.5, high: 2.0}\n")
+    plan["models"]["TSM"]["unlabelled_ratio"] = 1
+    with pytest.raises(KdError, match=r"models.TSM.unlabelled_ratio: .*space.yaml tunes it"):
+        load_plan(write_plan(tmp_path / "plan.yaml", plan))
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda m: m.update(space="nowhere.yaml"), "models.TSM.space: 'nowhere.yaml': no such search space"),
     (lambda m: m.update(trials=0), "models.TSM.trials: 0: expected a number of trials"),
     (lambda m: m.update(pruner="best"), "models.TSM.pruner: 'best': use one of"),
     (lambda m: m.update(alpha=0.5), "models.TSM.alpha: unknown key"),
     (lambda m: m.pop("cache"), "models.TSM.cache: missing"),
+    (lambda m: m.update(unlabelled_ratio=0), "models.TSM.unlabelled_ratio 0: must be positive"),
+    (lambda m: (m.pop("unlabelled"), m.update(unlabelled_ratio=1)),
+     "models.TSM.unlabelled_ratio: applies only with unlabelled text"),
 ])
 def test_bad_tuned_keys_are_one_line_naming_file_line_and_key(tmp_path, change, message):
     plan = tuned_plan(make_corpora(tmp_path / "corpora"), tmp_path)
@@ -72,7 +103,7 @@ def test_bad_tuned_keys_are_one_line_naming_file_line_and_key(tmp_path, change, 
 
 @pytest.mark.slow
 def test_a_plan_with_a_tuned_student_runs_and_reruns_reusing_its_cells(tmp_path):
-    from kd.jobs.plan_runs import runs_by_cell
+    from kd.jobs.plan_runs import runs_by_cell, search_all
     from kd.tracking.backend import open_client
     from tests.test_plan_run import run_in_process
 
@@ -80,6 +111,7 @@ def test_a_plan_with_a_tuned_student_runs_and_reruns_reusing_its_cells(tmp_path)
     plan = tuned_plan(corpora, tmp_path)
     plan["seeds"] = [1]
     plan["corpora"] = ["tiny", "other"]
+    plan["models"]["TSM"]["unlabelled_ratio"] = 0.5
     path = write_plan(tmp_path / "plan.yaml", plan)
     with isolated_store(tmp_path) as uri:
         first = run_in_process("run", path, "--experiment", "tuned", "--workers", 1, "--threads", 1, "--no-report")
@@ -97,6 +129,9 @@ def test_a_plan_with_a_tuned_student_runs_and_reruns_reusing_its_cells(tmp_path)
         assert all(r.tags["model_kind"] == "tuned" and "test_f1" in r.metrics for r in refits)
         assert refits[0].tags["model_id"] == refits[1].tags["model_id"]  # one model across corpora
         assert refits[0].metrics["unlabelled_sentences"] > 0
+        assert all(r.params["unlabelled_ratio"] == "0.5" for r in refits)
+        trials = [r for r in search_all(client, "tuned", "tags.tuning = 'trial'")]
+        assert len(trials) == 4 and all(r.data.params["unlabelled_ratio"] == "0.5" for r in trials)
         report = run_in_process("report", path, "--experiment", "tuned", "--out", tmp_path / "reports")
         assert "TSM" in report, report[-2000:]
 

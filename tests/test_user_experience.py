@@ -183,7 +183,7 @@ def test_mlproject_parameters_are_the_schema_options():
 def test_search_space_keys_are_the_tunable_options():
     assert KNOWN_KEYS == {"output", "word_dim", "char_dim", "char_hidden", "shared_hidden", "task_hidden", "hidden_dim",
                           "dropout", "epochs", "batch_size", "learning_rate", "clip_norm", "precision", "loss", "alpha",
-                          "beta", "gamma", "kappa", "tau"}
+                          "beta", "gamma", "kappa", "tau", "unlabelled_ratio"}
 
 
 def test_every_entry_point_takes_threads_and_a_workdir_and_logs_no_empty_strings():
@@ -332,6 +332,27 @@ def test_set_fixes_a_value_of_the_space_and_names_the_study(tmp_path):
     assert fixed.fixed == {"loss": "logits", "epochs": 3, "word_dim": 16}
     assert default_study_name("data/tiny", fixed, overrides) == "tiny-space-epochs3-word_dim16"
     assert default_study_name("data/tiny", space) == "tiny-space"
+
+
+def test_set_fixes_the_unlabelled_ratio_as_the_help_says(tmp_path):
+    """`kd tune --set unlabelled_ratio=R` (its help and kd.tuning.study say so) was refused as an
+    unknown option: a ratio is a value a space may fix or tune, unlike the text file itself."""
+    from kd.errors import KdError
+    from kd.tuning.study import TuneJob, student_job
+
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE)
+    fixed = with_fixed(load_search_space(path), dict([parse_override("unlabelled_ratio=0.5")]))
+    assert fixed.fixed["unlabelled_ratio"] == 0.5
+    text = tmp_path / "text.txt"
+    text.write_text("a b\n")
+    job = TuneJob(task="tiny", cache_run="c", space=str(path), unlabelled=str(text))
+    assert student_job(job, fixed.fixed, seed=1, train_splits=["train"], eval_split="devel").distill.unlabelled_ratio == 0.5
+    without_text = TuneJob(task="tiny", cache_run="c", space=str(path))
+    with pytest.raises(KdError, match="params.unlabelled_ratio 0.5: applies only with unlabelled text"):
+        student_job(without_text, fixed.fixed, seed=1, train_splits=["train"], eval_split="devel")
+    with pytest.raises(KdError, match=re.escape("--set unlabelled_ratio 0: must be positive")):
+        with_fixed(load_search_space(path), dict([parse_override("unlabelled_ratio=0")]))
 
 
 @pytest.mark.parametrize("text, expected", [

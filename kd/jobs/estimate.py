@@ -80,20 +80,33 @@ def _training_rate(run) -> float | None:
 def measured_throughput(client, experiment: str | None) -> tuple[float, float, str]:
     """(tokens per second of training, seconds per cell besides training, where they came from).
     From the experiment's finished BiLSTM tagger runs: a least-squares line of run time over tokens x
-    epochs (its slope the rate, its intercept the start-up) where 3+ runs differ in size, else the
-    median rate with the default start-up; without runs, the defaults."""
+    epochs (its slope the rate, its intercept the start-up) where 3+ runs differ in size and the line
+    can be true, else the median rate with the default start-up; without runs, the defaults."""
     runs = search_all(client, experiment, FINISHED) if experiment else []
     points = [(work, seconds) for run in runs if run.data.tags.get("teacher_kind") != "transformer"  # apart
               and (measured := _training_time(run)) is not None for work, seconds in [measured]]
-    works = [work for work, _ in points]
-    if len(points) >= 3 and max(works) > 1.2 * min(works):
-        slope, intercept = statistics.linear_regression(works, [seconds for _, seconds in points])
-        if slope > 0:
-            return 1 / slope, max(intercept, 0.0), f"fit over {len(points)} finished runs in {experiment}"
+    fitted = _fit(points)
+    if fitted is not None:
+        return fitted[0], fitted[1], f"fit over {len(points)} finished runs in {experiment}"
     if points:
-        rate = statistics.median(work / seconds for work, seconds in points)
+        # A run's time holds its own start-up, which the estimate adds per cell.
+        rate = statistics.median(work / max(seconds - DEFAULT_CELL_SECONDS, seconds / 2) for work, seconds in points)
         return rate, DEFAULT_CELL_SECONDS, f"median of {len(points)} finished runs in {experiment}"
     return DEFAULT_TRAIN_TOKENS_PER_SECOND, DEFAULT_CELL_SECONDS, "bench/README.md (STM, default sizes, 2 threads)"
+
+
+def _fit(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """(rate, start-up) of the line through the runs, None where it cannot be true: sizes within 2x
+    of each other, or a line with a negative start-up or a rate below the slowest run's own (start-up
+    included). Fourteen STMs of 246k-310k token-epochs that took 68-160 s on a shared machine fitted
+    81 tokens/s and no start-up (each had trained at 1.7k-4k tokens/s): their times were load, not size."""
+    works = [work for work, _ in points]
+    if len(points) < 3 or max(works) < 2 * min(works):
+        return None
+    slope, intercept = statistics.linear_regression(works, [seconds for _, seconds in points])
+    if slope <= 0 or intercept < 0 or 1 / slope < min(work / seconds for work, seconds in points):
+        return None
+    return 1 / slope, intercept
 
 
 def measured_transformer_rates(client, experiment: str | None) -> tuple[float | None, float | None, str]:
@@ -139,7 +152,7 @@ def estimate(resolved: ResolvedPlan, client, experiment: str | None) -> Estimate
         text = _text_of(cell, texts, resolved)
         if config["job"] != "cache":  # a study: its trials' students
             labelled = sum(corpus_tokens(c, config["train_splits"]) for c in config["corpora"])
-            ratio = (config.get("distill") or {}).get("unlabelled_ratio")
+            ratio = {**(config.get("distill") or {}), **config.get("fixed", {})}.get("unlabelled_ratio")
             count = config.get("trials", 1) * config["training"]["epochs"] * (
                 labelled + (min(text, round(ratio * labelled)) if ratio else text))
             if config["job"] == "transformer":

@@ -4,9 +4,11 @@ configuration is trained on train+devel and scored on test, a model cell like an
 
     models:
       TSM: {kind: tuned, cache: mtm, space: logits, trials: 20, pruner: median, unlabelled: true}
+      TSM1: {kind: tuned, cache: mtm, space: kl, trials: 10, unlabelled: true, unlabelled_ratio: 1}
 
 `space` is a search space file relative to the plan, or one kd ships (`logits`, `kl.yaml`, ...);
-its `fixed` options (not the plan's `defaults`) define the students. A study cell's study lives in
+its `fixed` options (not the plan's `defaults`) define the students; `unlabelled_ratio` fixes that
+option for every trial and refit (as `kd tune --set unlabelled_ratio=R`). A study cell's study lives in
 the journal `<work>/checkpoints/studies/<cell>.log`: a killed study cell runs again and continues the
 study where it stopped (kd tune's resumption), never repeating a finished trial."""
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 from kd.jobs.plan_file import PlanFile, is_int
 from kd.option_schema import default
 
-TUNED_KEYS = ("kind", "cache", "space", "trials", "pruner", "sampler", "unlabelled")
+TUNED_KEYS = ("kind", "cache", "space", "trials", "pruner", "sampler", "unlabelled", "unlabelled_ratio")
 
 
 def find_space(source: PlanFile, key: tuple, value: Any) -> Path:
@@ -55,7 +57,25 @@ def parse_tuned(source: PlanFile, key: tuple, spec: dict) -> dict[str, Any]:
         raise source.error(key + ("sampler",), f"{sampler!r}: use one of {', '.join(SAMPLERS)}")
     return {"space": str(path), "space_name": space.name, "trials": trials, "pruner": pruner, "sampler": sampler,
             "loss": space.fixed.get("loss", default("loss")), "epochs": int(space.fixed.get("epochs", default("epochs"))),
-            "space_digest": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
+            "space_digest": hashlib.sha256(path.read_bytes()).hexdigest()[:16], "fixed": _fixed(source, key, spec, space)}
+
+
+def _fixed(source: PlanFile, key: tuple, spec: dict, space) -> dict[str, Any]:
+    """What the plan fixes over the space for every trial and refit: the unlabelled ratio."""
+    from kd.errors import FieldError
+    from kd.option_schema import check_value
+
+    if "unlabelled_ratio" not in spec:
+        return {}
+    where = key + ("unlabelled_ratio",)
+    if spec.get("unlabelled") is None:
+        raise source.error(where, "applies only with unlabelled text (unlabelled: true)")
+    if any(param.name == "unlabelled_ratio" for param in space.params):
+        raise source.error(where, f"{space.path} tunes it (params.unlabelled_ratio)")
+    try:
+        return {"unlabelled_ratio": check_value("unlabelled_ratio", spec["unlabelled_ratio"])}
+    except FieldError as error:
+        raise source.field_error(where, error) from None
 
 
 def study_config(tuning: dict[str, Any], corpus: str, seed: int, digest: str) -> dict[str, Any]:
@@ -63,12 +83,17 @@ def study_config(tuning: dict[str, Any], corpus: str, seed: int, digest: str) ->
     return {"job": "study", "corpora": [corpus], "space": tuning["space_name"], "space_digest": tuning["space_digest"],
             "trials": tuning["trials"], "pruner": tuning["pruner"], "sampler": tuning["sampler"], "seed": seed,
             "train_splits": ["train"], "training": {"epochs": tuning["epochs"]}, "distill": None,
-            "data": {corpus: digest}}
+            "data": {corpus: digest}, **_fixed_entry(tuning)}
 
 
 def refit_config(tuning: dict[str, Any], corpus: str, seed: int, digest: str) -> dict[str, Any]:
     return {"job": "refit", "corpora": [corpus], "seed": seed, "train_splits": ["train", "devel"],
-            "training": {"epochs": tuning["epochs"]}, "distill": None, "data": {corpus: digest}}
+            "training": {"epochs": tuning["epochs"]}, "distill": None, "data": {corpus: digest}, **_fixed_entry(tuning)}
+
+
+def _fixed_entry(tuning: dict[str, Any]) -> dict[str, Any]:
+    # Absent when nothing is fixed: the cells of plans written before the key keep their identity.
+    return {"fixed": tuning["fixed"]} if tuning.get("fixed") else {}
 
 
 def tune_job(cell, context, cache_run: str, text: str | None):
@@ -82,7 +107,7 @@ def tune_job(cell, context, cache_run: str, text: str | None):
                    study=f"plan-{cell.cell_id}", storage=str(Path(context.checkpoint_dir) / "studies" / f"{cell.cell_id}.log"),
                    sampler=study["sampler"], pruner=study["pruner"], seed=study["seed"], data_dir=context.data_dir,
                    device=context.device, experiment=context.experiment, unlabelled=text,
-                   overrides=epochs_override(cell))
+                   overrides={**epochs_override(cell), **cell.config.get("fixed", {})})
 
 
 def epochs_override(cell) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from kd.option_schema import OPTIONS, check_combination, check_value, names_of
 
 # Options a space may set or tune: the schema's tunable ones, all but what a study decides itself:
 # the seed (--seed), the teacher (--cache), pretrained vectors and unlabelled text (files, not values
-# to search), and where a run trains and is scored.
+# to search; the text's unlabelled_ratio is a value), and where a run trains and is scored.
 DISTILL_KEYS, TRAINING_KEYS, MODEL_KEYS = ({name for name in names_of(group) if OPTIONS[name].tunable}
                                           for group in ("distill", "training", "model"))
 KNOWN_KEYS = DISTILL_KEYS | TRAINING_KEYS | MODEL_KEYS
