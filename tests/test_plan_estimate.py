@@ -59,7 +59,7 @@ def test_a_corpus_kd_does_not_know_is_still_an_error(corpora, tmp_path):
 
 def test_runs_whose_times_are_load_not_size_give_the_median_rate(corpora, tmp_path):
     """Sizes within 2x and times set by the machine's load: a line through them would say 81 tokens/s
-    (issue 25's partial plan run); the estimate takes the median rate, start-up taken out, instead."""
+    (issue 25's partial plan run); the estimate takes the median rate instead."""
     from kd.tracking.backend import open_client
 
     with isolated_store(tmp_path) as uri:
@@ -68,7 +68,7 @@ def test_runs_whose_times_are_load_not_size_give_the_median_rate(corpora, tmp_pa
         for tokens, seconds in ((24_659, 150), (26_004, 70), (28_020, 160), (31_042, 75)):
             log_training_run(client, experiment, tokens, 10, seconds)
         found = estimate(resolved(tmp_path, tiny_plan(corpora)), client, "loaded")
-    # By hand: 246,590/140, 260,040/60, 280,200/150, 310,420/65 tokens a second; the median of the four.
-    rates = sorted((246_590 / 140, 260_040 / 60, 280_200 / 150, 310_420 / 65))
+    # By hand: 246,590/150, 260,040/70, 280,200/160, 310,420/75 tokens a second; the median of the four.
+    rates = sorted((246_590 / 150, 260_040 / 70, 280_200 / 160, 310_420 / 75))
     assert found.tokens_per_second == pytest.approx((rates[1] + rates[2]) / 2)
     assert found.cell_seconds == DEFAULT_CELL_SECONDS and found.source == "median of 4 finished runs in loaded"

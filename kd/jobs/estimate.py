@@ -89,8 +89,7 @@ def measured_throughput(client, experiment: str | None) -> tuple[float, float, s
     if fitted is not None:
         return fitted[0], fitted[1], f"fit over {len(points)} finished runs in {experiment}"
     if points:
-        # A run's time holds its own start-up, which the estimate adds per cell.
-        rate = statistics.median(work / max(seconds - DEFAULT_CELL_SECONDS, seconds / 2) for work, seconds in points)
+        rate = statistics.median(work / seconds for work, seconds in points)
         return rate, DEFAULT_CELL_SECONDS, f"median of {len(points)} finished runs in {experiment}"
     return DEFAULT_TRAIN_TOKENS_PER_SECOND, DEFAULT_CELL_SECONDS, "bench/README.md (STM, default sizes, 2 threads)"
 
