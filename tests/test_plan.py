@@ -273,3 +273,29 @@ def test_two_processes_claiming_one_cell_leave_one_run(corpora, tmp_path):
         assert (result.status, result.run_id) == ("reused", older.run_id)
         assert [r.info.run_id for r in cell_runs(client, "race", cell.cell_id) if r.info.status == "FINISHED"] == \
             [older.run_id]
+
+
+def test_the_cells_that_gate_the_most_are_submitted_first(corpora, tmp_path):
+    """Dask priority = the cells waiting on a cell. By hand for the tiny plan: a teacher gates its seed's
+    cache (2 students) and the seed-ensemble cache (4 students): 8 cells."""
+    from kd.jobs.executor import run_cells, waiting_cells
+
+    plan = resolved(tmp_path, tiny_plan(corpora))
+    by_label = {cell.label: waiting for cell_id, waiting in waiting_cells(plan.cells).items()
+                for cell in [plan.cells[cell_id]]}
+    assert by_label["teacher/mtm/seed1"] == by_label["teacher/mtm/seed2"] == 8
+    assert by_label["cache/mtm/seed1"] == 2 and by_label["cache/mtm_seeds/seeds"] == 4
+    assert by_label["model/STM/tiny/seed1"] == by_label["model/ensemble_SM/other/seed2"] == 0
+
+    class Recording:  # a Dask client that records what it is given and runs nothing
+        submitted: dict[str, int] = {}
+        loop = None
+
+        def submit(self, function, cell, context, *inputs, key, pure, priority):
+            self.submitted[cell.label] = priority
+            return type("Future", (), {"key": key})()
+
+    from unittest import mock
+    with mock.patch("distributed.as_completed", return_value=[]):
+        run_cells(Recording(), plan.cells, context=mock.Mock(tracking_uri="sqlite:///x.db", experiment="x"))
+    assert Recording.submitted == by_label
