@@ -135,3 +135,34 @@ def test_a_killed_worker_is_resumed_and_the_report_equals_an_uninterrupted_run(s
     assert resumed.info.status == "FINISHED" and "kd.failure" in resumed.data.tags  # the same run, finished
     assert resumed.data.metrics["epochs_trained"] == 10
     assert report_means(root, plan, "cluster") == report_means(root, plan, "local")
+
+
+def test_sigterm_stops_the_plan_its_run_killed_and_a_rerun_finishes_it(setup):
+    """SIGTERM (a batch scheduler's, `timeout`'s) used to kill `kd plan run` at once, leaving its plan
+    run RUNNING in MLflow; now it ends like Ctrl-C: plan run KILLED, one line, exit 143, no traceback."""
+    from kd.tracking.backend import open_client
+
+    root, path, plan, uri = setup
+    process = subprocess.Popen([sys.executable, "-m", "kd", "plan", "run", str(path), "--experiment", "stopped",
+                                "--workers", "2", "--threads", "1", "--no-report"], cwd=root,
+                               env=subprocess_env(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = open_client(uri)
+    for _ in _deadline(120):  # once a teacher is training (its second epoch logged), SIGTERM to kd itself
+        assert process.poll() is None, process.communicate()
+        teachers = search_all(client, "stopped", "tags.plan_teacher = 'mtm' and attributes.status = 'RUNNING'")
+        if any(len(client.get_metric_history(r.info.run_id, "train_loss")) >= 2 for r in teachers):
+            process.send_signal(signal.SIGTERM)
+            break
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("SIGTERM: stopped; the plan run is marked KILLED. Running "
+                                                      "the same `kd plan run` again continues it")
+    assert "Traceback" not in stderr
+    plan_runs = search_all(client, "stopped", "tags.model_kind = 'plan'")
+    assert [r.info.status for r in plan_runs] == ["KILLED"], [r.info.status for r in plan_runs]
+
+    run_in_process("run", path, "--experiment", "stopped", "--workers", 2, "--threads", 1, "--no-report")
+    cells = resolved(root / "check-stopped", plan).cells
+    runs = runs_by_cell(client, "stopped", cells)
+    assert all(runs[c] and runs[c][-1].info.status == "FINISHED" for c in cells)
+    assert client.get_run(plan_runs[0].info.run_id).info.status == "FINISHED"  # the same plan run, finished

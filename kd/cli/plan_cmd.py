@@ -121,6 +121,7 @@ def show(experiment, **options) -> None:
 @handle_errors
 def run(experiment, workers, cluster, threads, device, no_report, dashboard, **options) -> None:
     """Run every cell not finished yet, then report the tables."""
+    from kd.cli.progress import stop_plan_cleanly
     from kd.jobs.driver import run_plan
     from kd.jobs.executor import ExecutorOptions
 
@@ -134,9 +135,10 @@ def run(experiment, workers, cluster, threads, device, no_report, dashboard, **o
 
     client = tracking_client()
     experiment, attach_to = project_target(client, experiment, option_given("experiment"))
-    outcome = run_plan(resolved, client, absolute_tracking_uri(), experiment, executor,
-                       attach_to=attach_to, on_result=progress,
-                       on_dashboard=lambda link: click.echo(f"Dask dashboard: {link}", err=True))
+    with stop_plan_cleanly("Running the same `kd plan run` again"):
+        outcome = run_plan(resolved, client, absolute_tracking_uri(), experiment, executor,
+                           attach_to=attach_to, on_result=progress,
+                           on_dashboard=lambda link: click.echo(f"Dask dashboard: {link}", err=True))
     point_project_run(client, experiment, outcome.plan_run_id)
     click.echo(f"plan run {outcome.plan_run_id}: " + ", ".join(f"{n} {s}" for s, n in sorted(outcome.counts.items()))
                + f" in {outcome.seconds:.1f} s", err=True)

@@ -192,17 +192,35 @@ def stop_cleanly(display: TrainingDisplay, after_stop: Callable[[str], str]) -> 
     """Ctrl-C (SIGINT) and SIGTERM end the command without a traceback: the run is marked KILLED
     (kd.tracking.status.run_status), its checkpoint stays, and `after_stop(run_id)` says what next
     (`resume_hint`); the exit code is 128 + the signal (130, 143)."""
+    def said(name: str) -> str:
+        if display.run_id is None:
+            return f"{name}: stopped before a run was started"
+        return f"{name}: stopped; {after_stop(display.run_id)}"
+
+    with _stopped_by_signals(said), display:
+        yield
+
+
+@contextlib.contextmanager
+def stop_plan_cleanly(rerun: str) -> Iterator[None]:
+    """Ctrl-C and SIGTERM end `kd plan run` as they end training: the plan run is marked KILLED
+    (kd.jobs.driver.run_plan) and the workers stop, where SIGTERM's default death left the plan run
+    RUNNING in MLflow for ever; one line says how to continue; exit 128 + the signal."""
+    with _stopped_by_signals(lambda name: f"{name}: stopped; the plan run is marked KILLED. {rerun} continues "
+                                          "it: finished cells are reused, the stopped ones resume from their checkpoints"):
+        yield
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(said: Callable[[str], str]) -> Iterator[None]:
+    """SIGTERM raised as Ctrl-C's KeyboardInterrupt where the program is (so that `finally` and
+    `except BaseException` blocks mark runs KILLED), then `said(signal name)` and exit 128 + the signal."""
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        with display:
-            yield
+        yield
     except KeyboardInterrupt as error:
         number = error.signal_number if isinstance(error, Interrupted) else signal.SIGINT
-        name = signal.Signals(number).name
-        if display.run_id is None:
-            click.echo(f"{name}: stopped before a run was started", err=True)
-        else:
-            click.echo(f"{name}: stopped; {after_stop(display.run_id)}", err=True)
+        click.echo(said(signal.Signals(number).name), err=True)
         sys.exit(128 + number)
     finally:
         signal.signal(signal.SIGTERM, previous)
