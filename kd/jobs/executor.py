@@ -171,7 +171,7 @@ def run_cells(client, cells: dict[str, Cell], context: CellContext,
 def waiting_cells(cells: dict[str, Cell]) -> dict[str, int]:
     """Per cell, how many cells wait on it, directly or through others: its Dask priority, so that the
     cells that gate the most run first. In submission order, issue 25's plan (132 cells, 2 workers) left
-    the seed-1 teacher, which 60 cells wait on, queued behind 40 students for an hour."""
+    the seed-1 teacher, which 67 cells wait on, queued behind about 40 students."""
     below: dict[str, set[str]] = {cell_id: set() for cell_id in cells}
     for cell in reversed(list(cells.values())):  # dependency order reversed: a cell's dependents first
         for needed in cell.depends_on:

@@ -213,8 +213,7 @@ def _model(source: PlanFile, name: str, spec: Any, defaults: dict[str, Any]) -> 
     text = spec.get("unlabelled")
     if text is not None and text is not True:  # true: its cache's text; else the same as its cache's
         text = parse_text(source, key + ("unlabelled",), text)
-    if text is None and "unlabelled_ratio" in spec:
-        raise source.error(key + ("unlabelled_ratio",), "applies only with unlabelled text (unlabelled: true)")
+    _check_ratio_has_text(source, key, spec, text)
     return ModelSpec(name=name, kind=kind, options=options, cache=spec.get("cache") if student else None,
                      unlabelled=text)
 
@@ -229,6 +228,7 @@ def _tuned(source: PlanFile, key: tuple, name: str, spec: dict) -> ModelSpec:
     text = spec.get("unlabelled")
     if text is not None and text is not True:
         text = parse_text(source, key + ("unlabelled",), text)
+    _check_ratio_has_text(source, key, spec, text)
     return ModelSpec(name=name, kind="tuned", options={"loss": tuning["loss"]}, cache=spec["cache"], unlabelled=text,
                      tuning=tuning)
 
@@ -324,3 +324,9 @@ def with_overrides(plan: Plan, *, only: str | None = None, corpora: list[str] | 
     return dataclasses.replace(plan, tables=tables, teachers=teachers, models=models, subsample=subsample,
                                corpora=tuple(corpora) if corpora else plan.corpora,
                                seeds=tuple(seeds) if seeds else plan.seeds)
+
+
+def _check_ratio_has_text(source: PlanFile, key: tuple, spec: dict, text: Any) -> None:
+    """A student's or a tuned model's `unlabelled_ratio` draws from its unlabelled text: none, no ratio."""
+    if text is None and "unlabelled_ratio" in spec:
+        raise source.error(key + ("unlabelled_ratio",), "applies only with unlabelled text (unlabelled: true)")

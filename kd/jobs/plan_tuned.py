@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kd.jobs.plan_file import PlanFile, is_int
+from kd.jobs.plan_file import PlanFile, is_int, merge_options
 from kd.option_schema import default
 
 TUNED_KEYS = ("kind", "cache", "space", "trials", "pruner", "sampler", "unlabelled", "unlabelled_ratio")
@@ -61,21 +61,11 @@ def parse_tuned(source: PlanFile, key: tuple, spec: dict) -> dict[str, Any]:
 
 
 def _fixed(source: PlanFile, key: tuple, spec: dict, space) -> dict[str, Any]:
-    """What the plan fixes over the space for every trial and refit: the unlabelled ratio."""
-    from kd.errors import FieldError
-    from kd.option_schema import check_value
-
-    if "unlabelled_ratio" not in spec:
-        return {}
-    where = key + ("unlabelled_ratio",)
-    if spec.get("unlabelled") is None:
-        raise source.error(where, "applies only with unlabelled text (unlabelled: true)")
-    if any(param.name == "unlabelled_ratio" for param in space.params):
-        raise source.error(where, f"{space.path} tunes it (params.unlabelled_ratio)")
-    try:
-        return {"unlabelled_ratio": check_value("unlabelled_ratio", spec["unlabelled_ratio"])}
-    except FieldError as error:
-        raise source.field_error(where, error) from None
+    """What the plan fixes over the space for every trial and refit: the unlabelled ratio (checked by
+    the schema as a student's is; kd.jobs.plan checks that the model has text to draw from)."""
+    if "unlabelled_ratio" in spec and any(param.name == "unlabelled_ratio" for param in space.params):
+        raise source.error(key + ("unlabelled_ratio",), f"{space.path} tunes it (params.unlabelled_ratio)")
+    return merge_options(source, key, spec, ("unlabelled_ratio",), {})
 
 
 def study_config(tuning: dict[str, Any], corpus: str, seed: int, digest: str) -> dict[str, Any]:
