@@ -68,8 +68,12 @@ def test_train_shows_its_run_and_progress_and_logs_a_model(world):
 def start_training(data_dir: Path, cwd: Path, uri: str, epochs: int = 100_000) -> subprocess.Popen:
     command = [sys.executable, "-m", "kd", "train", "--task", "tiny", "--data-dir", str(data_dir), "--epochs",
                str(epochs), *TINY, "--experiment", "stopped", "--progress", "--json"]
+    # SIGINT back to its default in the child, as a terminal's Ctrl-C finds it: a test suite started in
+    # the background (`nohup pytest &`) passes SIGINT on ignored, and Python then never raises
+    # KeyboardInterrupt (the SIGINT case timed out that way).
     return subprocess.Popen(command, cwd=cwd, env={**subprocess_env(uri), "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @pytest.mark.parametrize("signal_number, exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
