@@ -156,10 +156,10 @@ def test_every_entry_point_runs_from_a_users_folder_with_only_kd_data_dir(tmp_pa
     student = mlflow_run("distill", {"task": "tiny", "cache": cache["run_id"], "loss": "soft", "tau": "2", **small},
                          user, uri, env, experiment="kd")
     space = user / "space.yaml"
-    space.write_text("fixed: {loss: logits, epochs: 1, word_dim: 16, char_dim: 8, char_hidden: 8, shared_hidden: 16, "
+    space.write_text("fixed: {loss: logits, epochs: 2, word_dim: 16, char_dim: 8, char_hidden: 8, shared_hidden: 16, "
                      "task_hidden: 16, hidden_dim: 16}\nparams:\n  alpha: {type: float, low: 0.0, high: 1.0}\n")
     tuned = mlflow_run("tune", {"task": "tiny", "cache": cache["run_id"], "space": "space.yaml", "n_trials": "1.0",
-                                "threads": "1"}, user, uri, env)
+                                "threads": "1", "set": "epochs=1"}, user, uri, env)
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
@@ -182,6 +182,9 @@ def test_every_entry_point_runs_from_a_users_folder_with_only_kd_data_dir(tmp_pa
     default_runs = client.search_runs(["0"], filter_string="tags.`kd.run_id` = '{}'".format(stm["run_id"]))
     assert len(default_runs) == 1, "the project run in Default points to kd's run"
     assert client.get_run(tuned["parent_run_id"]).info.experiment_id == kd_experiment
+    # -P set=epochs=1, undeclared, reaches kd tune as --set epochs=1: the trial trains 1 epoch, not the space's 2.
+    trials = client.search_runs([kd_experiment], f"tags.`mlflow.parentRunId` = '{tuned['parent_run_id']}'")
+    assert tuned["study"].endswith("-epochs1") and [t.data.params["epochs"] for t in trials] == ["1"]
     assert (user / "kd-optuna.log").is_file() and not (REPO / "kd-optuna.log").exists()
     check_entry_point_runs(client, uri, stm, teacher, cache, student)
     table = Path(compared["files"]["md"])
