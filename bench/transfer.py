@@ -5,7 +5,10 @@
     python bench/transfer.py students [--data-dir ../shared/datasets] [--parts leakage,cost,elsewhere]
         [--corpora ...] [--text-corpora ...] [--devel-sentences N] [--student NCBI-disease] [--train-sentences N] [--text-sentences N]
         [--teacher-epochs N] [--student-epochs N] [--seeds 1,2,3] [--model JSON] [--training JSON] [--out FILE]
+        [--student-train-sentences N]
         Parts 1-3 (bench/transfer_students.py).
+    python bench/transfer.py summary SEED.json [SEED.json ...] [--out FILE]
+        One table from `students` runs of single seeds (their per_seed lists joined, in seed order).
 
 Figures and the commands that made them: bench/README.md, "Transfer text".
 """
@@ -24,7 +27,8 @@ SIX_CORPORA = "NCBI-disease,BC5CDR,AnatEM,BC2GM,BioNLP09,BioNLP13PC"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["agreement", "students"])
+    parser.add_argument("what", choices=["agreement", "students", "summary"])
+    parser.add_argument("runs", nargs="*", type=Path, help="summary: the JSON files of `students` runs")
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
     parser.add_argument("--corpora", default=None, help="default: all ten (agreement), the six (students)")
     parser.add_argument("--parts", default="leakage,cost,elsewhere")
@@ -32,6 +36,8 @@ def main() -> None:
     parser.add_argument("--text-corpora", default=SIX_CORPORA, help="part 3's text comes from these")
     parser.add_argument("--devel-sentences", type=int, default=0, help="cut devel to this many (0: whole)")
     parser.add_argument("--train-sentences", type=int, default=1000)
+    parser.add_argument("--student-train-sentences", type=int, default=None,
+                        help="the student corpus's labelled sentences (default --train-sentences; 0: whole split)")
     parser.add_argument("--text-sentences", type=int, default=2000)
     parser.add_argument("--teacher-epochs", type=int, default=20)
     parser.add_argument("--student-epochs", type=int, default=10)
@@ -46,6 +52,12 @@ def main() -> None:
         corpora = args.corpora.split(",") if args.corpora else sorted(
             p.name for p in args.data_dir.iterdir() if (p / "train.tsv").is_file())
         results = agreement(args.data_dir, corpora, lambda line: print(line, flush=True))
+    elif args.what == "summary":
+        from transfer_students import summarise
+
+        runs = [json.loads(path.read_text()) for path in args.runs]
+        per_seed = [seed for run in sorted(runs, key=lambda r: r["config"]["seeds"]) for seed in run["per_seed"]]
+        results = {"config": [run["config"] for run in runs], "table": summarise(per_seed), "per_seed": per_seed}
     else:
         from transfer_students import students
 

@@ -9,7 +9,12 @@ in a throwaway MLflow store. Per seed, on `--train-sentences` random training se
    whole file every epoch; epoch time is the mean wall time of an epoch (training and the devel pass);
 3. elsewhere: text built by `kd data text --from-corpora` (the training splits of `--text-corpora` other
    than the student's, the student corpus's evaluation sentences removed, `--text-sentences` sampled),
-   and the same pooled with the student corpus's left-out training sentences.
+   and the same pooled with the student corpus's left-out training sentences (with
+   `--student-train-sentences 0`, the student's whole training split is labelled and `pooled` is every
+   text corpus's training split, the student's included).
+
+Runs of single seeds (`--seeds 1`, `--seeds 2`, ... in parallel processes, same data: the samples and
+texts are seeded) are merged by `python bench/transfer.py summary seed1.json seed2.json ...`.
 """
 from __future__ import annotations
 
@@ -38,13 +43,15 @@ RATIOS = (0.5, 1.0, 2.0)
 
 
 def prepare_texts(root: Path, data: Path, args) -> dict[str, Path]:
-    """The unlabelled files: name -> path (all but `test` built by kd data text, so clean)."""
+    """The unlabelled files the parts use: name -> path (all but `test` built by kd data text, so clean).
+    When the student corpus's whole training split is labelled there is no left-out text: `pooled` is then
+    the training splits of every text corpus, the student's own included (its labelled sentences as text)."""
     student = args.student
     left_out = root / student / "train-left-out.txt"
-    texts = {"test": root / "texts" / "test.txt"}
-    texts["test"].parent.mkdir(parents=True, exist_ok=True)
+    own = [left_out] if left_out.is_file() else []
+    texts: dict[str, Path] = {}
+    (root / "texts").mkdir(parents=True, exist_ok=True)
     test = load_split(data / student, "test")
-    texts["test"].write_text("".join(" ".join(s.tokens) + "\n" for s in test))
     target = [data / student]
 
     def build(name: str, **kwargs) -> None:
@@ -53,11 +60,22 @@ def prepare_texts(root: Path, data: Path, args) -> dict[str, Path]:
         print(json.dumps({"text": name, "sentences": manifest["sentences"], "removed": manifest["removed"]}),
               flush=True)
 
-    build("clean-same-size", files=[left_out], max_sentences=len(test))
-    build("clean", files=[left_out], max_sentences=args.text_sentences)
+    needed = {text for text, _ in students_of(args.parts).values()}
+    if "test" in needed:
+        texts["test"] = root / "texts" / "test.txt"
+        texts["test"].write_text("".join(" ".join(s.tokens) + "\n" for s in test))
+    if needed & {"clean-same-size", "clean"} and not own:
+        sys.exit("parts leakage and cost need left-out training sentences: lower --student-train-sentences")
+    if "clean-same-size" in needed:
+        build("clean-same-size", files=own, max_sentences=len(test))
+    if "clean" in needed:
+        build("clean", files=own, max_sentences=args.text_sentences)
     others = [Path(args.data_dir) / c for c in args.text_corpora if c != student]
-    build("elsewhere", from_corpora=others, max_sentences=args.text_sentences)
-    build("pooled", files=[left_out], from_corpora=others, max_sentences=args.text_sentences)
+    if "elsewhere" in needed:
+        build("elsewhere", from_corpora=others, max_sentences=args.text_sentences)
+    if "pooled" in needed:
+        pooled = others if own else [Path(args.data_dir) / c for c in args.text_corpora]
+        build("pooled", files=own, from_corpora=pooled, max_sentences=args.text_sentences)
     return texts
 
 
@@ -151,7 +169,10 @@ def students(args) -> dict:
         (root / "data").mkdir()
         for corpus in args.corpora:
             target = root / corpus / "data" / corpus
-            subsample(Path(args.data_dir) / corpus, target, args.train_sentences)
+            sentences = args.train_sentences
+            if corpus == args.student and args.student_train_sentences is not None:
+                sentences = args.student_train_sentences or 10**9  # 0: the whole split
+            subsample(Path(args.data_dir) / corpus, target, sentences)
             if args.devel_sentences:
                 cut_devel(target / "devel.tsv", args.devel_sentences)
             (root / "data" / corpus).symlink_to(target)
