@@ -210,12 +210,8 @@ def _model(source: PlanFile, name: str, spec: Any, defaults: dict[str, Any]) -> 
     check_rules(source, key, options, distill=student)
     if student and not isinstance(spec.get("cache"), str):
         raise source.error(key + ("cache",), "missing: the cache a student learns from")
-    text = spec.get("unlabelled")
-    if text is not None and text is not True:  # true: its cache's text; else the same as its cache's
-        text = parse_text(source, key + ("unlabelled",), text)
-    _check_ratio_has_text(source, key, spec, text)
     return ModelSpec(name=name, kind=kind, options=options, cache=spec.get("cache") if student else None,
-                     unlabelled=text)
+                     unlabelled=_model_text(source, key, spec))
 
 
 def _tuned(source: PlanFile, key: tuple, name: str, spec: dict) -> ModelSpec:
@@ -225,12 +221,8 @@ def _tuned(source: PlanFile, key: tuple, name: str, spec: dict) -> ModelSpec:
     if not isinstance(spec.get("cache"), str):
         raise source.error(key + ("cache",), "missing: the cache a tuned student learns from")
     tuning = parse_tuned(source, key, spec)
-    text = spec.get("unlabelled")
-    if text is not None and text is not True:
-        text = parse_text(source, key + ("unlabelled",), text)
-    _check_ratio_has_text(source, key, spec, text)
-    return ModelSpec(name=name, kind="tuned", options={"loss": tuning["loss"]}, cache=spec["cache"], unlabelled=text,
-                     tuning=tuning)
+    return ModelSpec(name=name, kind="tuned", options={"loss": tuning["loss"]}, cache=spec["cache"],
+                     unlabelled=_model_text(source, key, spec), tuning=tuning)
 
 
 def _student_text(source: PlanFile, model: ModelSpec, caches: dict[str, CacheSpec]) -> ModelSpec:
@@ -326,7 +318,12 @@ def with_overrides(plan: Plan, *, only: str | None = None, corpora: list[str] | 
                                seeds=tuple(seeds) if seeds else plan.seeds)
 
 
-def _check_ratio_has_text(source: PlanFile, key: tuple, spec: dict, text: Any) -> None:
-    """A student's or a tuned model's `unlabelled_ratio` draws from its unlabelled text: none, no ratio."""
+def _model_text(source: PlanFile, key: tuple, spec: dict) -> Any:
+    """A student's or a tuned model's `unlabelled` (true: its cache's text; else a file or specification,
+    the same as its cache's), and its `unlabelled_ratio`, which draws from that text: none, no ratio."""
+    text = spec.get("unlabelled")
+    if text is not None and text is not True:
+        text = parse_text(source, key + ("unlabelled",), text)
     if text is None and "unlabelled_ratio" in spec:
         raise source.error(key + ("unlabelled_ratio",), "applies only with unlabelled text (unlabelled: true)")
+    return text
