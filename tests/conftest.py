@@ -142,6 +142,22 @@ def subprocess_env(tracking_uri: str) -> dict[str, str]:
     return env
 
 
+def kill_while(pid: int, still_true) -> bool:
+    """SIGKILLs `pid` if `still_true()` holds while the process is stopped, so what was seen (a run
+    still RUNNING) is what the kill interrupts: between seeing it and killing, a fast run could
+    finish (CI: a 3-epoch trial ended FINISHED). Otherwise lets the process go on; False then, as
+    also when the check could not tell (the store busy under the stopped process)."""
+    import signal
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        holds = bool(still_true())
+    except Exception:
+        holds = False
+    os.kill(pid, signal.SIGKILL if holds else signal.SIGCONT)
+    return holds
+
+
 def mlflow_run(entry_point: str, params: dict, experiment: str, cwd: Path, tracking_uri: str,
                env: dict[str, str] | None = None) -> dict:
     """`mlflow run <repo> -e ENTRY --env-manager local` as a user types it, logging to

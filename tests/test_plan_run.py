@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kd.jobs.plan_runs import runs_by_cell, search_all
-from tests.conftest import isolated_store, make_corpora, subprocess_env
+from tests.conftest import isolated_store, kill_while, make_corpora, subprocess_env
 from tests.test_plan import resolved, tiny_plan, write_plan
 
 pytestmark = pytest.mark.slow
@@ -80,8 +80,8 @@ def kill_a_teacher_mid_run(client, experiment: str, process: subprocess.Popen) -
     for _ in _deadline(120):
         assert process.poll() is None, process.communicate()
         for run in search_all(client, experiment, "tags.plan_teacher = 'mtm' and attributes.status = 'RUNNING'"):
-            if len(client.get_metric_history(run.info.run_id, "train_loss")) >= 2:
-                os.kill(int(run.data.tags["kd.pid"]), signal.SIGKILL)
+            if len(client.get_metric_history(run.info.run_id, "train_loss")) >= 2 and kill_while(
+                    int(run.data.tags["kd.pid"]), lambda: client.get_run(run.info.run_id).info.status == "RUNNING"):
                 return run.info.run_id
 
 

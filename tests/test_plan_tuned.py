@@ -140,14 +140,12 @@ def test_a_plan_with_a_tuned_student_runs_and_reruns_reusing_its_cells(tmp_path)
 def test_a_study_killed_mid_trial_continues_and_every_trial_finishes_once(tmp_path):
     """The worker training a trial is SIGKILLed after its first epoch; the plan run (or the next one)
     continues the study: the study holds `trials` finished trials, each with one finished run."""
-    import os
-    import signal
     import subprocess
     import sys
 
     from kd.jobs.plan_runs import runs_by_cell, search_all
     from kd.tracking.backend import open_client
-    from tests.conftest import subprocess_env
+    from tests.conftest import kill_while, subprocess_env
     from tests.test_plan_run import _deadline, run_in_process
 
     corpora = make_corpora(tmp_path / "corpora")
@@ -166,8 +164,8 @@ def test_a_study_killed_mid_trial_continues_and_every_trial_finishes_once(tmp_pa
         for _ in _deadline(240):
             assert process.poll() is None, process.communicate()
             for run in search_all(client, "k", "tags.tuning = 'trial' and attributes.status = 'RUNNING'"):
-                if client.get_metric_history(run.info.run_id, "train_loss"):
-                    os.kill(int(run.data.tags["kd.pid"]), signal.SIGKILL)
+                if client.get_metric_history(run.info.run_id, "train_loss") and kill_while(
+                        int(run.data.tags["kd.pid"]), lambda: client.get_run(run.info.run_id).info.status == "RUNNING"):
                     killed = run.info.run_id
                     break
             if killed:

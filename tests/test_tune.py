@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 from kd.data.conll import read_conll
 from kd.errors import KdError
 from kd.statistics.compare import RunRecord, default_model_name
-from tests.conftest import SMALL_MODEL, isolated_store, make_corpora, run_kd, subprocess_env
+from tests.conftest import SMALL_MODEL, isolated_store, kill_while, make_corpora, run_kd, subprocess_env
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -351,8 +351,13 @@ def test_a_killed_worker_is_resumed_without_losing_or_repeating_trials(world, tm
     with open(tmp_path / "first.err", "w") as err:
         worker = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err)
     try:
-        killed = wait_for_running_trial(worker, storage_path, "resume", timeout=240)
-        os.kill(worker.pid, signal.SIGKILL)
+        killed = None
+        for _ in range(20):  # a trial may finish between being seen and the kill: then the next one
+            running = wait_for_running_trial(worker, storage_path, "resume", timeout=240)
+            if kill_while(worker.pid, lambda: trial_state(storage_path, "resume", running.number) == TrialState.RUNNING):
+                killed = running
+                break
+        assert killed is not None, "every running trial seen finished before the worker was stopped"
     finally:
         if worker.poll() is None:
             worker.kill()
@@ -387,6 +392,10 @@ def test_a_killed_worker_is_resumed_without_losing_or_repeating_trials(world, tm
         t.user_attrs["mlflow_run_id"] for t in study.trials if t.state == TrialState.COMPLETE)
     assert all(r.data.tags["trial_state"] == "COMPLETE" for r in finished)
     assert {r.info.status for r in runs} == {"FINISHED", "KILLED"} and len(runs) == 5
+
+
+def trial_state(storage_path: Path, study_name: str, number: int) -> TrialState:
+    return optuna.load_study(study_name=study_name, storage=journal(storage_path)).trials[number].state
 
 
 def wait_for_running_trial(worker: subprocess.Popen, storage_path: Path, study_name: str, timeout: float):
@@ -458,7 +467,7 @@ def test_the_documented_postgresql_url_works(postgres_databases):
     declared dependencies (`pip install -e .[postgres]`, also in the test extra): SQLAlchemy >= 2.1
     resolves a plain `postgresql://` URL to psycopg 3."""
     from kd.tracking.backend import open_client
-    from kd.tuning.study import open_storage
+    from kd.tuning.storage import open_storage
 
     try:
         storage = open_storage(postgres_databases["optuna"], attempts=1)

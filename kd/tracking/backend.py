@@ -25,7 +25,7 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -43,7 +43,7 @@ def open_client(uri: str):
     database = sqlite_path(uri)
     if database is None:
         return MlflowClient(tracking_uri=uri)
-    with _file_lock(database.with_name(database.name + ".lock")), _quiet("mlflow.store.db.utils", "alembic"):
+    with file_lock(database.with_name(database.name + ".lock")), _quiet("mlflow.store.db.utils", "alembic"):
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)  # creates and migrates the schema if needed
     return client

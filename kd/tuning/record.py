@@ -6,19 +6,13 @@ import warnings
 from pathlib import Path
 
 from kd.tracking.runs import TrackedRun
-
-
-def _optuna():
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna
+from kd.tuning.storage import import_optuna
 
 
 def record_study(parent: TrackedRun, study, best, finished: int, n_trials: int) -> None:
     """Best parameters, counts and Optuna's plots on the parent run (tags, being mutable, hold
     what changes as workers finish)."""
-    optuna = _optuna()
+    optuna = import_optuna()
     states = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,)))
               for state in optuna.trial.TrialState}
     parent.log_metrics({f"trials_{name}": float(count) for name, count in states.items()}, step=finished)

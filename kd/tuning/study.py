@@ -31,9 +31,9 @@ from kd.training.loop import HookChain, TrainingHooks, TrainingOptions
 from kd.training.tagger_job import RunPlacement, TaggerJob, run_tagger_job
 from kd.tuning.record import record_study
 from kd.tuning.space import DISTILL_KEYS, MODEL_KEYS, TRAINING_KEYS, SearchSpace, load_search_space, with_fixed
+from kd.tuning.storage import describe_storage, import_optuna, open_storage, storage_lock
 from kd.tuning.workers import pull_trials
 
-DEFAULT_JOURNAL = "kd-optuna.log"
 SAMPLERS = ("tpe", "grid", "random")
 PRUNERS = ("median", "percentile", "hyperband", "none")
 
@@ -74,52 +74,8 @@ class TuneJob:
             raise FieldError("refit_seeds", self.refit_seeds, "must not be negative")
 
 
-def _optuna():
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return optuna
-
-
-def describe_storage(storage: str | None) -> str:
-    """The storage as logged: the journal path, or the URL without its password."""
-    if not storage or "://" not in storage:
-        return str(Path(storage or DEFAULT_JOURNAL).resolve())
-    from sqlalchemy.engine import make_url
-
-    return make_url(storage).render_as_string(hide_password=True)
-
-
-def open_storage(storage: str | None, attempts: int = 5):
-    """A journal file (a path, the default) or a database (a URL). Workers that start together on
-    a fresh database race on creating its tables; the loser retries."""
-    optuna = _optuna()
-    if not storage or "://" not in storage:
-        from optuna.storages.journal import JournalFileBackend
-
-        path = Path(storage or DEFAULT_JOURNAL)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
-    for attempt in range(attempts):
-        try:
-            # The supported spelling since Optuna 4.9: `failed_trial_callback` and
-            # RetryFailedTrialCallback are deprecated and print FutureWarnings before any output.
-            return RDBStorage(storage, heartbeat_interval=20, grace_period=60,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
-        except ImportError as error:
-            raise FieldError("storage", describe_storage(storage), f"no database driver ({error}); "
-                          "for PostgreSQL: pip install 'kd[postgres]'") from None
-        except Exception as error:  # a concurrent schema creation, or a server not up yet
-            if attempt == attempts - 1:
-                raise FieldError("storage", describe_storage(storage), f"{str(error).splitlines()[0]}") from None
-            time.sleep(0.5 + random.random() * 2 ** attempt)
-
-
 def make_sampler(name: str, space: SearchSpace, seed: int):
-    optuna = _optuna()
+    optuna = import_optuna()
     if name == "grid":
         return optuna.samplers.GridSampler(space.grid(), seed=seed)
     if name == "random":
@@ -133,7 +89,7 @@ def make_pruner(name: str, epochs: int):
     bottom half, `percentile` only the bottom third. Devel F1 of short runs swings by points between
     epochs; with two start-up trials instead of three, median pruning stopped the eventual best
     trial twice as often in bench/tune.py's studies (bench/README.md)."""
-    optuna = _optuna()
+    optuna = import_optuna()
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
     if name == "percentile":
@@ -189,7 +145,7 @@ def default_study_name(task: str, space: SearchSpace, overrides: dict[str, Any] 
 
 
 def finished_states():
-    optuna = _optuna()
+    optuna = import_optuna()
     return (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
@@ -199,7 +155,7 @@ def count_finished(study) -> int:
 
 def recover_abandoned_trials(study, client) -> list[int]:
     """Fails and re-queues RUNNING trials whose worker process on this machine is gone."""
-    optuna = _optuna()
+    optuna = import_optuna()
     host = socket.gethostname()
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -221,9 +177,18 @@ def recover_abandoned_trials(study, client) -> list[int]:
     return recovered
 
 
-def find_or_create_parent(client, experiment: str, study_name: str, storage_text: str, space: SearchSpace) -> TrackedRun:
-    """The study's parent run. Workers starting together may each create one; all then settle on
-    the earliest and the others delete their own."""
+def find_or_create_parent(client, experiment: str, study_name: str, space: SearchSpace, *, storage: str | None,
+                          opened) -> TrackedRun:
+    """The study's parent run, made by the first worker (`storage` as given, `opened` as
+    `open_storage` returned it). Two workers started together each found no parent and made one
+    (CI, on PostgreSQL), so looking and making happen under the storage's lock. Where a database
+    offers no lock, all settle on the earliest parent and the others delete their own."""
+    with storage_lock(storage, opened, f"kd parent run of {study_name}"):
+        return _find_or_create_parent(client, experiment, study_name, describe_storage(storage), space)
+
+
+def _find_or_create_parent(client, experiment: str, study_name: str, storage_text: str,
+                           space: SearchSpace) -> TrackedRun:
     def existing() -> list:
         found = client.get_experiment_by_name(experiment)
         if found is None:
@@ -284,14 +249,14 @@ def tune(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None] 
     hooks = hooks or TrialHooks()
     space = with_fixed(load_search_space(job.space), job.overrides)
     study_name = job.study or default_study_name(job.task, space, job.overrides, job.unlabelled)
-    storage_text = describe_storage(job.storage)
     epochs = int(space.fixed.get("epochs", TrainingOptions().epochs))
-    study = _open_study(study_name, open_storage(job.storage), make_pruner(job.pruner, epochs))
+    storage = open_storage(job.storage)
+    study = _open_study(study_name, storage, make_pruner(job.pruner, epochs))
     # A fresh study is reproducible from --seed; a worker joining or continuing a study mixes in its
     # process and the study's progress, or it would draw the values already tried again.
     sampler_seed = job.seed if not study.trials else job.seed + 7919 * len(study.trials) + os.getpid()
     study.sampler = make_sampler(job.sampler, space, sampler_seed)
-    parent = find_or_create_parent(client, job.experiment, study_name, storage_text, space)
+    parent = find_or_create_parent(client, job.experiment, study_name, space, storage=job.storage, opened=storage)
     client.update_run(parent.run_id, status="RUNNING")  # a study continued by a larger budget runs again
     with run_status(parent):
         return _run_study(job, client, checkpoint_dir, log, hooks, space, study, parent)
@@ -299,7 +264,7 @@ def tune(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None] 
 
 def _run_study(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], None], hooks: TrialHooks,
                space: SearchSpace, study, parent: TrackedRun) -> TuneResult:
-    optuna = _optuna()
+    optuna = import_optuna()
     study_name, storage_text = study.study_name, describe_storage(job.storage)
     recovered = recover_abandoned_trials(study, client)
     if recovered:
@@ -345,7 +310,7 @@ def _run_study(job: TuneJob, client, checkpoint_dir: Path, log: Callable[[str], 
 
 
 def _open_study(study_name: str, storage, pruner):
-    optuna = _optuna()
+    optuna = import_optuna()
     for attempt in range(5):
         try:
             study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", pruner=pruner,
@@ -359,7 +324,7 @@ def _open_study(study_name: str, storage, pruner):
 
 
 def _best_trial(study):
-    optuna = _optuna()
+    optuna = import_optuna()
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
 
