@@ -354,7 +354,8 @@ def test_a_killed_worker_is_resumed_without_losing_or_repeating_trials(world, tm
         killed = None
         for _ in range(20):  # a trial may finish between being seen and the kill: then the next one
             running = wait_for_running_trial(worker, storage_path, "resume", timeout=240)
-            if kill_while(worker.pid, lambda: trial_state(storage_path, "resume", running.number) == TrialState.RUNNING):
+            if kill_while(worker.pid, lambda: trial_state(storage_path, "resume", running.number) == TrialState.RUNNING
+                          and world.client.get_run(running.user_attrs["mlflow_run_id"]).info.status == "RUNNING"):
                 killed = running
                 break
         assert killed is not None, "every running trial seen finished before the worker was stopped"
