@@ -27,8 +27,9 @@ def import_optuna():
 
 def describe_storage(storage: str | None) -> str:
     """The storage as logged: the journal path, or the URL without its password."""
-    if not storage or "://" not in storage:
-        return str(Path(storage or DEFAULT_JOURNAL).resolve())
+    journal = journal_path(storage)
+    if journal is not None:
+        return str(journal.resolve())
     from sqlalchemy.engine import make_url
 
     return make_url(storage).render_as_string(hide_password=True)
@@ -38,12 +39,12 @@ def open_storage(storage: str | None, attempts: int = 5):
     """A journal file (a path, the default) or a database (a URL). Workers that start together on
     a fresh database race on creating its tables; the loser retries."""
     optuna = import_optuna()
-    if not storage or "://" not in storage:
+    journal = journal_path(storage)
+    if journal is not None:
         from optuna.storages.journal import JournalFileBackend
 
-        path = Path(storage or DEFAULT_JOURNAL)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     for attempt in range(attempts):
@@ -68,13 +69,9 @@ def storage_lock(storage: str | None, opened, key: str) -> Iterator[None]:
     beside a journal or a sqlite file, a transaction-scoped advisory lock on PostgreSQL. Other
     databases get no lock. Workers share the storage by definition, so its lock serialises them
     wherever they run."""
-    if not storage or "://" not in storage:
-        journal = Path(storage or DEFAULT_JOURNAL)
-        with file_lock(journal.with_name(journal.name + ".kd-lock")):
-            yield
-        return
-    engine = opened.engine
-    if engine.dialect.name == "postgresql":
+    journal = journal_path(storage)
+    engine = None if journal is not None else opened.engine
+    if engine is not None and engine.dialect.name == "postgresql":
         from sqlalchemy import text
 
         number = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
@@ -82,9 +79,19 @@ def storage_lock(storage: str | None, opened, key: str) -> Iterator[None]:
             connection.execute(text("SELECT pg_advisory_xact_lock(:number)"), {"number": number})
             yield
         return
-    database = engine.url.database if engine.dialect.name == "sqlite" else None
-    if database and database != ":memory:":
-        with file_lock(Path(database).with_name(Path(database).name + ".kd-lock")):
-            yield
+    beside = journal if journal is not None else _sqlite_file(engine)
+    if beside is None:
+        yield
         return
-    yield
+    with file_lock(beside.with_name(beside.name + ".kd-lock")):
+        yield
+
+
+def journal_path(storage: str | None) -> Path | None:
+    """The journal file a storage names (a path, or none for the default), or None for a URL."""
+    return Path(storage or DEFAULT_JOURNAL) if not storage or "://" not in storage else None
+
+
+def _sqlite_file(engine) -> Path | None:
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    return Path(database) if database and database != ":memory:" else None
